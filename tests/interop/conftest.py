@@ -1,0 +1,185 @@
+"""Shared fixtures for the Python interop suite.
+
+`broker` starts the real warren binary on a free loopback port, captures its log
+output to a file, waits (event wait: polling TCP connect) until it accepts
+connections, hands the test an object to talk to it and to read/wait on its log,
+and kills it at teardown.
+
+Environment:
+  WARREN_BIN                path of the broker binary (default <repo>/target/release/warren)
+  WARREN_START_TIMEOUT      seconds to wait for the port to accept (default 10)
+  WARREN_INTEROP_TEST_TIMEOUT  per-test watchdog in seconds (default 60)
+"""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_BIN = REPO / "target" / "release" / "warren"
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def _free_port() -> int:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+    finally:
+        s.close()
+
+
+class Broker:
+    """A running warren process: address, URL and access to its log."""
+
+    def __init__(self, proc, host, port, log_path):
+        self.proc = proc
+        self.host = host
+        self.port = port
+        self.log_path = log_path
+        self.url = f"amqp://guest:guest@{host}:{port}/%2f"
+
+    # -- log access -------------------------------------------------------
+    def log(self) -> str:
+        """Everything the broker wrote to stderr/stdout so far, ANSI colours stripped."""
+        try:
+            raw = self.log_path.read_bytes()
+        except FileNotFoundError:
+            return ""
+        return _ANSI.sub("", raw.decode("utf-8", errors="replace"))
+
+    def log_lines(self, pattern):
+        rx = re.compile(pattern)
+        return [line for line in self.log().splitlines() if rx.search(line)]
+
+    def wait_for_log(self, pattern, timeout=5.0, poll=0.05):
+        """Wait until a log line matches `pattern` (a regex); return that line.
+
+        Fails the test (with the log attached) if no line matches within `timeout` s.
+        """
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.log().splitlines():
+                if rx.search(line):
+                    return line
+            if time.monotonic() >= deadline:
+                pytest.fail(
+                    f"no broker log line matched {pattern!r} within {timeout}s; "
+                    f"log so far:\n{self.log()[-8000:]}"
+                )
+            time.sleep(poll)
+
+    # -- process ----------------------------------------------------------
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self):
+        # The broker runs in its own session/process group (start_new_session):
+        # kill that group, which holds only what this fixture started.
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # pragma: no cover - kill should not hang
+            pass
+
+
+def _wait_until_accepting(proc, host, port, deadline, log_path):
+    last_err = None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            log = _ANSI.sub("", log_path.read_text(errors="replace"))
+            pytest.fail(
+                f"warren exited with code {proc.returncode} before accepting "
+                f"connections on {host}:{port}; its output:\n{log[-8000:]}"
+            )
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError as e:  # refused / timed out: not up yet
+            last_err = e
+            time.sleep(0.05)
+    log = _ANSI.sub("", log_path.read_text(errors="replace"))
+    pytest.fail(
+        f"warren did not accept TCP connections on {host}:{port} within the deadline "
+        f"(last error: {last_err!r}); its output:\n{log[-8000:]}"
+    )
+
+
+@pytest.fixture
+def broker(tmp_path):
+    """Start warren on a free port; yield a Broker; kill it afterwards."""
+    bin_path = Path(os.environ.get("WARREN_BIN") or DEFAULT_BIN)
+    if not bin_path.is_file() or not os.access(bin_path, os.X_OK):
+        pytest.fail(
+            f"warren binary not found or not executable at {bin_path}. "
+            f"Build it with `cargo build --release` (or run `bash scripts/interop.sh`), "
+            f"or point WARREN_BIN at it.",
+            pytrace=False,
+        )
+    host = "127.0.0.1"
+    port = _free_port()
+    log_path = tmp_path / "warren.log"
+    env = dict(os.environ)
+    env["RUST_LOG"] = "info"
+    env["NO_COLOR"] = "1"
+    env.setdefault("RUST_BACKTRACE", "1")
+    start_timeout = float(os.environ.get("WARREN_START_TIMEOUT", "10"))
+    with open(log_path, "wb") as logf:
+        proc = subprocess.Popen(
+            [str(bin_path), "--bind", host, "--port", str(port)],
+            stdin=subprocess.DEVNULL,
+            stdout=logf,  # tracing's fmt layer may write to stdout or stderr:
+            stderr=subprocess.STDOUT,  # capture both in one file
+            env=env,
+            start_new_session=True,
+        )
+    b = Broker(proc, host, port, log_path)
+    try:
+        _wait_until_accepting(proc, host, port, time.monotonic() + start_timeout, log_path)
+        yield b
+    finally:
+        b.stop()
+
+
+@pytest.fixture
+def qname(request):
+    """A queue name unique to this test."""
+    return f"interop.{request.node.name}.{uuid.uuid4().hex[:8]}"
+
+
+class _TestTimeout(Exception):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def _watchdog():
+    """Fail a test that hangs (e.g. a client waiting forever for a reply) instead of
+    hanging the whole run. SIGALRM interrupts blocking socket calls in the main thread."""
+    limit = int(os.environ.get("WARREN_INTEROP_TEST_TIMEOUT", "60"))
+    if not hasattr(signal, "SIGALRM") or limit <= 0:
+        yield
+        return
+
+    def on_alarm(signum, frame):
+        raise _TestTimeout(f"interop test exceeded {limit}s (watchdog)")
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(limit)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
