@@ -1,1 +1,29 @@
+//! warren: a small, fast AMQP 0-9-1 broker that behaves like RabbitMQ on the
+//! wire, down to its heartbeat timing.
+//!
+//! # Layout
+//!
+//! - [`protocol`]: the wire format, one module per layer: frames, primitive
+//!   fields, field tables, methods (one file per class), content properties.
+//!   Pure functions over `Bytes`; no I/O.
+//! - [`connection`]: one AMQP connection's life: the handshake state machine,
+//!   channels, the writer task and the heartbeats
+//!   ([`connection::heartbeat`] is the place to learn how heartbeats work).
+//! - [`broker`]: the shared state, apart from any connection: virtual hosts,
+//!   exchanges, queues, messages.
+//! - [`server`]: the listener: accepts sockets, starts connections, shuts
+//!   down cleanly.
+//! - [`embedded`]: start an isolated broker inside a test in one call.
+//! - [`config`]: settings and the `rabbitmq.conf` format.
+//! - [`error`]: errors that carry the AMQP reply code they become.
+
+pub mod broker;
+pub mod config;
+pub mod connection;
+pub mod embedded;
+pub mod error;
 pub mod protocol;
+pub mod server;
+
+pub use config::Config;
+pub use embedded::{EmbeddedBroker, EmbeddedBuilder};

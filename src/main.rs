@@ -1,1 +1,111 @@
-fn main() {}
+//! The `warren` binary: a standalone broker with RabbitMQ's defaults.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+use tracing_subscriber::EnvFilter;
+
+use warren::broker::Broker;
+use warren::Config;
+
+/// A small, fast AMQP 0-9-1 broker that behaves like RabbitMQ on the wire.
+#[derive(Debug, Parser)]
+#[command(name = "warren", version)]
+struct Args {
+    /// A new-style rabbitmq.conf (see rabbitmq.conf.example).
+    #[arg(long, env = "RABBITMQ_CONFIG_FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on (overrides listeners.tcp.default).
+    #[arg(long)]
+    bind: Option<IpAddr>,
+    /// Port to listen on; 0 picks a free one (overrides listeners.tcp.default).
+    #[arg(long)]
+    port: Option<u16>,
+    /// Heartbeat in seconds proposed to clients (overrides `heartbeat`).
+    #[arg(long)]
+    heartbeat: Option<u16>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let mut config = Config::default();
+    if let Some(path) = &args.config {
+        match Config::from_file(path) {
+            Ok((c, warnings)) => {
+                for w in warnings {
+                    warn!("{}: {w}", path.display());
+                }
+                config = c;
+            }
+            Err(e) => {
+                error!("{e}");
+                eprintln!("warren: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let mut listen: SocketAddr = config.listen;
+    if let Some(ip) = args.bind {
+        listen.set_ip(ip);
+    }
+    if let Some(port) = args.port {
+        listen.set_port(port);
+    }
+    config.listen = listen;
+    if let Some(h) = args.heartbeat {
+        config.heartbeat = h;
+    }
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("warren: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let listener = match TcpListener::bind(config.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("warren: cannot listen on {}: {e}", config.listen);
+                return ExitCode::FAILURE;
+            }
+        };
+        let addr = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        info!("started TCP listener on {addr}");
+        info!(
+            "heartbeat {}s, frame_max {}, channel_max {}, handshake_timeout {}ms",
+            config.heartbeat,
+            config.frame_max,
+            config.channel_max,
+            config.handshake_timeout.as_millis()
+        );
+        let broker = Broker::new(config);
+        let (shutdown, stop) = watch::channel(false);
+        let server = tokio::spawn(warren::server::serve(listener, broker, stop));
+        if tokio::signal::ctrl_c().await.is_ok() {
+            info!("received SIGINT, shutting down");
+        }
+        shutdown.send_replace(true);
+        let _ = server.await;
+        info!("stopped");
+        ExitCode::SUCCESS
+    })
+}

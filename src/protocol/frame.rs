@@ -112,14 +112,19 @@ pub enum FrameError {
         frame_type: u8,
         channel: u16,
         end: u8,
+        payload: Bytes,
     },
+    /// A frame type other than method, header, body or heartbeat.
     UnknownType {
         frame_type: u8,
         channel: u16,
+        payload: Bytes,
     },
-    /// A heartbeat frame must be empty (501) and on channel 0 (505).
+    /// A heartbeat frame must be empty; RabbitMQ reads one with a payload
+    /// as an unknown frame.
     HeartbeatPayload {
         channel: u16,
+        payload: Bytes,
     },
     Method {
         channel: u16,
@@ -132,7 +137,9 @@ pub enum FrameError {
 }
 
 /// Takes one frame off the front of `buf`, if a whole one is there.
-/// `max_payload` is `frame_max - 8`: the largest payload the peer may send.
+/// `max_payload` is the largest payload accepted. (RabbitMQ accepts payloads
+/// up to `frame_max` itself, 8 octets more than the spec allows, and the
+/// connection does the same for compatibility.)
 pub fn parse_frame(buf: &mut BytesMut, max_payload: u32) -> Result<Option<Frame>, FrameError> {
     let Some(h) = FrameHeader::parse(buf) else {
         return Ok(None);
@@ -156,6 +163,7 @@ pub fn parse_frame(buf: &mut BytesMut, max_payload: u32) -> Result<Option<Frame>
             frame_type: h.frame_type,
             channel: h.channel,
             end,
+            payload: Bytes::copy_from_slice(&buf[FRAME_HEADER_SIZE..total - 1]),
         });
     }
     let mut frame = buf.split_to(total).freeze();
@@ -179,7 +187,10 @@ pub fn parse_frame(buf: &mut BytesMut, max_payload: u32) -> Result<Option<Frame>
         },
         FRAME_HEARTBEAT => {
             if !frame.is_empty() {
-                return Err(FrameError::HeartbeatPayload { channel });
+                return Err(FrameError::HeartbeatPayload {
+                    channel,
+                    payload: frame,
+                });
             }
             Frame::Heartbeat { channel }
         }
@@ -187,6 +198,7 @@ pub fn parse_frame(buf: &mut BytesMut, max_payload: u32) -> Result<Option<Frame>
             return Err(FrameError::UnknownType {
                 frame_type,
                 channel,
+                payload: frame,
             })
         }
     };

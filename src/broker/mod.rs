@@ -1,0 +1,113 @@
+//! The broker's shared state, apart from any connection: users, virtual
+//! hosts, exchanges, queues and messages.
+//!
+//! [`Broker`] is a cheap handle (`Arc`) given to every connection. Nothing
+//! here is global: each embedded broker has its own.
+
+pub mod exchange;
+pub mod message;
+pub mod queue;
+pub mod vhost;
+
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+use crate::config::Config;
+use crate::protocol::ShortStr;
+pub use vhost::VirtualHost;
+
+pub struct Broker {
+    pub config: Config,
+    /// Username to password.
+    users: HashMap<String, String>,
+    pub vhosts: DashMap<ShortStr, Arc<VirtualHost>>,
+    next_connection_id: AtomicU64,
+    /// Keys for server-generated names; random per broker.
+    name_seed: RandomState,
+    name_counter: AtomicU64,
+}
+
+impl Broker {
+    pub fn new(config: Config) -> Arc<Broker> {
+        let vhosts = DashMap::new();
+        for name in &config.vhosts {
+            let name = ShortStr::from(name.as_str());
+            vhosts.insert(name.clone(), VirtualHost::new(name));
+        }
+        Arc::new(Broker {
+            users: config.users.iter().cloned().collect(),
+            config,
+            vhosts,
+            next_connection_id: AtomicU64::new(1),
+            name_seed: RandomState::new(),
+            name_counter: AtomicU64::new(0),
+        })
+    }
+
+    pub fn check_password(&self, user: &str, password: &str) -> bool {
+        self.users.get(user).is_some_and(|p| p == password)
+    }
+
+    pub fn vhost(&self, name: &ShortStr) -> Option<Arc<VirtualHost>> {
+        self.vhosts.get(name).map(|v| v.clone())
+    }
+
+    pub fn next_connection_id(&self) -> u64 {
+        self.next_connection_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A server-generated name, RabbitMQ style: `prefix-` and 22 URL-safe
+    /// base64 characters of 16 unpredictable octets (`amq.gen-…`, `amq.ctag-…`).
+    pub fn generate_name(&self, prefix: &str) -> ShortStr {
+        let n = self.name_counter.fetch_add(1, Ordering::Relaxed);
+        let mut octets = [0u8; 16];
+        for (i, half) in octets.chunks_mut(8).enumerate() {
+            let mut h = self.name_seed.build_hasher();
+            h.write_u64(n);
+            h.write_usize(i);
+            half.copy_from_slice(&h.finish().to_le_bytes());
+        }
+        ShortStr::from(format!("{prefix}-{}", base64url(&octets)))
+    }
+}
+
+fn base64url(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(data.len() * 4 / 3 + 2);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_names_look_like_rabbitmqs() {
+        let b = Broker::new(Config::default());
+        let a = b.generate_name("amq.gen");
+        let c = b.generate_name("amq.gen");
+        assert_ne!(a, c);
+        let s = a.to_string();
+        let suffix = s.strip_prefix("amq.gen-").unwrap();
+        assert_eq!(suffix.len(), 22);
+        assert!(suffix
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+    }
+}

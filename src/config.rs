@@ -1,0 +1,234 @@
+//! Broker settings, and the new-style `rabbitmq.conf` format that sets them.
+//!
+//! The file is RabbitMQ's sysctl-like format: one `key = value` per line,
+//! `#` starts a comment. warren reads the keys below; any other key gets a
+//! warning that names it and its line, never a silent ignore.
+//!
+//! | key | default | meaning |
+//! |-----|---------|---------|
+//! | `listeners.tcp.default` | `5672` | port, or `ip:port` |
+//! | `heartbeat` | `60` | seconds proposed in `connection.tune` |
+//! | `frame_max` | `131072` | largest frame proposed in `connection.tune` |
+//! | `channel_max` | `2047` | most channels proposed in `connection.tune` |
+//! | `handshake_timeout` | `10000` | ms from accept to `connection.open` |
+//! | `default_user`, `default_pass` | `guest` | the user created at start |
+//! | `default_vhost` | `/` | the virtual host created at start |
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use crate::protocol::constants::FRAME_MIN_SIZE;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Where the AMQP listener binds.
+    pub listen: SocketAddr,
+    /// Heartbeat proposed to clients, seconds; the client's tune-ok decides.
+    pub heartbeat: u16,
+    /// Largest frame (header and end included) a client may negotiate.
+    pub frame_max: u32,
+    /// Most channels a connection may have open at once.
+    pub channel_max: u16,
+    /// From accept to `connection.open`; slower clients are dropped.
+    pub handshake_timeout: Duration,
+    /// Users and passwords. All users may use all virtual hosts for now.
+    pub users: Vec<(String, String)>,
+    pub vhosts: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 5672),
+            heartbeat: 60,
+            frame_max: 131_072,
+            channel_max: 2047,
+            handshake_timeout: Duration::from_millis(10_000),
+            users: vec![("guest".into(), "guest".into())],
+            vhosts: vec!["/".into()],
+        }
+    }
+}
+
+/// A key warren does not act on, with where it was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigWarning {
+    pub line: usize,
+    pub key: String,
+    pub reason: &'static str,
+}
+
+impl fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {} '{}'", self.line, self.reason, self.key)
+    }
+}
+
+/// A file warren cannot use; the message says what and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Keys RabbitMQ users commonly set that warren accepts but does not act on
+/// yet: a warning says so instead of calling them unknown.
+const NOT_YET_SUPPORTED: &[&str] = &[
+    "loopback_users",
+    "loopback_users.guest",
+    "vm_memory_high_watermark.relative",
+    "vm_memory_high_watermark.absolute",
+    "disk_free_limit.absolute",
+    "disk_free_limit.relative",
+    "consumer_timeout",
+    "log.console",
+    "log.console.level",
+    "log.file",
+    "log.file.level",
+];
+
+impl Config {
+    pub fn from_file(path: &Path) -> Result<(Config, Vec<ConfigWarning>), ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+        let mut config = Config::default();
+        let warnings = config
+            .apply(&text)
+            .map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))?;
+        Ok((config, warnings))
+    }
+
+    /// Applies the settings in a `rabbitmq.conf` text on top of `self`.
+    pub fn apply(&mut self, text: &str) -> Result<Vec<ConfigWarning>, ConfigError> {
+        let mut warnings = Vec::new();
+        let mut default_user: Option<String> = None;
+        let mut default_pass: Option<String> = None;
+        let mut default_vhost: Option<String> = None;
+        for (index, raw) in text.lines().enumerate() {
+            let line = index + 1;
+            let content = raw.split_once('#').map_or(raw, |(before, _)| before).trim();
+            if content.is_empty() {
+                continue;
+            }
+            let Some((key, value)) = content.split_once('=') else {
+                return Err(ConfigError(format!(
+                    "line {line}: expected 'key = value', got '{content}'"
+                )));
+            };
+            let (key, value) = (key.trim(), value.trim());
+            let bad = |what: &str| {
+                ConfigError(format!(
+                    "line {line}: invalid value '{value}' for '{key}': {what}"
+                ))
+            };
+            match key {
+                "listeners.tcp.default" | "listeners.tcp.1" => {
+                    self.listen =
+                        parse_listener(value).ok_or_else(|| bad("expected a port or ip:port"))?;
+                }
+                "heartbeat" => {
+                    self.heartbeat = value
+                        .parse()
+                        .map_err(|_| bad("expected seconds, 0 to 65535"))?
+                }
+                "frame_max" => {
+                    let v: u32 = value
+                        .parse()
+                        .map_err(|_| bad("expected a number of bytes"))?;
+                    if v != 0 && v < FRAME_MIN_SIZE {
+                        return Err(bad(&format!("must be at least {FRAME_MIN_SIZE}")));
+                    }
+                    self.frame_max = v;
+                }
+                "channel_max" => {
+                    self.channel_max = value.parse().map_err(|_| bad("expected 0 to 65535"))?
+                }
+                "handshake_timeout" => {
+                    let ms: u64 = value.parse().map_err(|_| bad("expected milliseconds"))?;
+                    self.handshake_timeout = Duration::from_millis(ms);
+                }
+                "default_user" => default_user = Some(value.to_string()),
+                "default_pass" => default_pass = Some(value.to_string()),
+                "default_vhost" => default_vhost = Some(value.to_string()),
+                k if NOT_YET_SUPPORTED.contains(&k) || k.starts_with("loopback_users.") => warnings
+                    .push(ConfigWarning {
+                        line,
+                        key: k.to_string(),
+                        reason: "not supported by warren yet, ignored:",
+                    }),
+                k => warnings.push(ConfigWarning {
+                    line,
+                    key: k.to_string(),
+                    reason: "unknown key, ignored:",
+                }),
+            }
+        }
+        if default_user.is_some() || default_pass.is_some() {
+            let user = default_user.unwrap_or_else(|| "guest".into());
+            let pass = default_pass.unwrap_or_else(|| "guest".into());
+            self.users = vec![(user, pass)];
+        }
+        if let Some(vhost) = default_vhost {
+            self.vhosts = vec![vhost];
+        }
+        Ok(warnings)
+    }
+}
+
+fn parse_listener(value: &str) -> Option<SocketAddr> {
+    if let Ok(port) = value.parse::<u16>() {
+        return Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    }
+    value.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_known_keys_and_warns_about_others() {
+        let mut c = Config::default();
+        let warnings = c
+            .apply(
+                "# comment\nlisteners.tcp.default = 127.0.0.1:5673\nheartbeat = 5 # inline\nframe_max = 65536\n\
+                 channel_max = 16\nhandshake_timeout = 2000\ndefault_user = bob\ndefault_pass = secret\n\
+                 default_vhost = dev\nvm_memory_high_watermark.relative = 0.4\nheartbeet = 3\n",
+            )
+            .unwrap();
+        assert_eq!(c.listen, "127.0.0.1:5673".parse().unwrap());
+        assert_eq!((c.heartbeat, c.frame_max, c.channel_max), (5, 65536, 16));
+        assert_eq!(c.handshake_timeout, Duration::from_secs(2));
+        assert_eq!(c.users, vec![("bob".to_string(), "secret".to_string())]);
+        assert_eq!(c.vhosts, vec!["dev".to_string()]);
+        assert_eq!(warnings.len(), 2);
+        assert_eq!(
+            (warnings[1].line, warnings[1].key.as_str()),
+            (11, "heartbeet")
+        );
+        assert!(warnings[1].to_string().contains("line 11"));
+    }
+
+    #[test]
+    fn a_bare_port_listens_on_loopback() {
+        let mut c = Config::default();
+        c.apply("listeners.tcp.default = 5999").unwrap();
+        assert_eq!(c.listen, "127.0.0.1:5999".parse().unwrap());
+    }
+
+    #[test]
+    fn bad_values_name_the_line() {
+        let mut c = Config::default();
+        let e = c.apply("\nheartbeat = soon").unwrap_err();
+        assert!(e.0.starts_with("line 2:"), "{e}");
+        assert!(c.apply("frame_max = 100").is_err());
+        assert!(c.apply("just words").is_err());
+    }
+}

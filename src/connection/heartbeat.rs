@@ -1,0 +1,312 @@
+//! Server-side heartbeats: the heart of warren.
+//!
+//! AMQP 0-9-1 (spec section 4.2.7) lets each side say "I am alive" with
+//! heartbeat frames (`08 0000 00000000 CE`) when it has nothing else to send.
+//! The interval T, in seconds, is negotiated in `connection.tune` /
+//! `tune-ok`; RabbitMQ uses the value the client sends in `tune-ok` exactly
+//! as sent, for both directions, and 0 turns heartbeats off. warren does the
+//! same, and copies RabbitMQ's timing (`rabbit_heartbeat.erl`), which is two
+//! tiny loops per connection started when `tune-ok` is processed:
+//!
+//! ```text
+//!   tune-ok        T/2        T         3T/2       2T        5T/2       3T
+//!     |-----------|----------|----------|----------|----------|----------|
+//! sender:      tick:send   tick:idle? tick:idle? tick ...               (every T/2)
+//! monitor:                 tick:seen? -------- tick:seen? -------- tick:seen?  (every T)
+//! ```
+//!
+//! - **Sender** ([`run_sender`]): every T/2 it compares the connection's
+//!   bytes-sent counter with the previous tick; if nothing was sent in
+//!   between, it sends a heartbeat. The first tick always sends one (RabbitMQ
+//!   3.7.11 and later), so a client hears from the server within T/2. Our own
+//!   heartbeat octets are not counted as traffic.
+//! - **Receiver monitor** ([`run_monitor`]): every T it compares the
+//!   bytes-received counter with the previous tick. Any octet counts (a
+//!   publish is as good as a heartbeat). On the *second* consecutive tick
+//!   with no change it gives up, so a peer that falls silent is detected
+//!   between 2T and 3T after its last octet, depending on where that octet
+//!   fell between two ticks. The connection then logs
+//!   `missed heartbeats from client, timeout: Ts` and closes the socket
+//!   without a `connection.close`: the peer is presumed dead.
+//!
+//! While flow control blocks a connection, warren (like RabbitMQ) stops
+//! reading its socket, so inbound octets stop counting up through no fault of
+//! the client. The monitor is therefore paused ([`MonitorControl::pause`]);
+//! the sender keeps going, and a failing heartbeat write is then how a dead
+//! peer is found. On resume the monitor starts a fresh 2T..3T window.
+//!
+//! Neither loop reads a clock per frame: the socket reader and the writer
+//! just bump counters ([`super::writer::Counters`]), and each tick compares
+//! two readings. Both loops run as tasks owned by their connection and end
+//! with it.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::{self, Instant, MissedTickBehavior};
+
+/// The sender's period: T/2, in whole milliseconds as RabbitMQ computes it
+/// (`T * 1000 div 2`).
+pub fn sender_period(timeout_secs: u16) -> Duration {
+    Duration::from_millis(u64::from(timeout_secs) * 1000 / 2)
+}
+
+/// The monitor's period: T.
+pub fn monitor_period(timeout_secs: u16) -> Duration {
+    Duration::from_secs(u64::from(timeout_secs))
+}
+
+/// Sends a heartbeat at every tick (period T/2) that follows a period with
+/// no outbound traffic, and at the first tick. `bytes_sent` reads the
+/// counter; `send_heartbeat` queues a heartbeat frame and returns false once
+/// the connection is gone, which ends the loop.
+pub async fn run_sender(
+    period: Duration,
+    bytes_sent: impl Fn() -> u64,
+    mut send_heartbeat: impl FnMut() -> bool,
+) {
+    let mut ticks = time::interval_at(Instant::now() + period, period);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_seen: Option<u64> = None;
+    loop {
+        ticks.tick().await;
+        let now = bytes_sent();
+        if last_seen == Some(now) || last_seen.is_none() {
+            if !send_heartbeat() {
+                return;
+            }
+        }
+        last_seen = Some(now);
+    }
+}
+
+/// Pause and resume for a connection's receiver monitor; the flow-control
+/// code pauses it while the connection is blocked.
+#[derive(Debug, Clone)]
+pub struct MonitorControl {
+    paused: watch::Sender<bool>,
+}
+
+impl Default for MonitorControl {
+    fn default() -> Self {
+        MonitorControl {
+            paused: watch::Sender::new(false),
+        }
+    }
+}
+
+impl MonitorControl {
+    pub fn pause(&self) {
+        self.paused.send_replace(true);
+    }
+
+    /// Resumes monitoring with a fresh 2T..3T window.
+    pub fn resume(&self) {
+        self.paused.send_replace(false);
+    }
+
+    pub fn is_paused(&self) -> bool {
+        *self.paused.borrow()
+    }
+
+    fn subscribe(&self) -> watch::Receiver<bool> {
+        self.paused.subscribe()
+    }
+}
+
+/// Why the monitor gave up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MissedHeartbeats {
+    /// Time since the monitor last saw the counter move (or since it
+    /// started or resumed): between 2T and 3T after the last octet.
+    pub silence: Duration,
+}
+
+/// Watches `bytes_received` every `period` (T) and returns when two
+/// consecutive ticks saw no change. Never returns while paused.
+pub async fn run_monitor(
+    period: Duration,
+    bytes_received: impl Fn() -> u64,
+    control: &MonitorControl,
+) -> MissedHeartbeats {
+    let mut paused = control.subscribe();
+    'window: loop {
+        // Wait out a pause before (re)starting the window.
+        while *paused.borrow_and_update() {
+            if paused.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+        let mut ticks = time::interval_at(Instant::now() + period, period);
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut last_seen = bytes_received();
+        let mut last_change = Instant::now();
+        let mut silent_ticks = 0;
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                changed = paused.changed() => {
+                    if changed.is_err() {
+                        return std::future::pending().await;
+                    }
+                    continue 'window;
+                }
+            }
+            let now = bytes_received();
+            if now != last_seen {
+                last_seen = now;
+                last_change = Instant::now();
+                silent_ticks = 0;
+            } else {
+                silent_ticks += 1;
+                if silent_ticks >= 2 {
+                    return MissedHeartbeats {
+                        silence: last_change.elapsed(),
+                    };
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    const T: Duration = Duration::from_secs(1);
+
+    /// Records the times (since start) at which the sender sent heartbeats.
+    fn spawn_sender(sent: Arc<AtomicU64>) -> Arc<Mutex<Vec<Duration>>> {
+        let beats = Arc::new(Mutex::new(Vec::new()));
+        let start = Instant::now();
+        let b = beats.clone();
+        tokio::spawn(async move {
+            run_sender(
+                sender_period(1),
+                move || sent.load(Ordering::SeqCst),
+                move || {
+                    b.lock().unwrap().push(start.elapsed());
+                    true
+                },
+            )
+            .await
+        });
+        beats
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sender_first_tick_always_sends_then_only_when_idle() {
+        let sent = Arc::new(AtomicU64::new(0));
+        let beats = spawn_sender(sent.clone());
+        time::sleep(Duration::from_millis(1600)).await;
+        // Idle: a heartbeat at every T/2 tick from the first.
+        assert_eq!(
+            *beats.lock().unwrap(),
+            [500, 1000, 1500].map(Duration::from_millis)
+        );
+        // Traffic during each period suppresses the heartbeats.
+        for _ in 0..4 {
+            sent.fetch_add(10, Ordering::SeqCst);
+            time::sleep(Duration::from_millis(500)).await;
+        }
+        assert_eq!(beats.lock().unwrap().len(), 3);
+        // Idle again: heartbeats resume at the next tick with no traffic.
+        time::sleep(Duration::from_millis(1000)).await;
+        assert_eq!(beats.lock().unwrap().len(), 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sender_first_tick_sends_even_after_traffic() {
+        let sent = Arc::new(AtomicU64::new(0));
+        let beats = spawn_sender(sent.clone());
+        sent.fetch_add(100, Ordering::SeqCst);
+        time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(*beats.lock().unwrap(), [Duration::from_millis(500)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sender_stops_when_the_connection_is_gone() {
+        let calls = Arc::new(AtomicU64::new(0));
+        let c = calls.clone();
+        let task = tokio::spawn(run_sender(
+            sender_period(1),
+            || 0,
+            move || {
+                c.fetch_add(1, Ordering::SeqCst);
+                false
+            },
+        ));
+        time::sleep(Duration::from_secs(5)).await;
+        assert!(task.is_finished());
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    async fn time_to_detection(last_byte_at: Duration) -> Duration {
+        let received = Arc::new(AtomicU64::new(0));
+        let r = received.clone();
+        let start = Instant::now();
+        let control = MonitorControl::default();
+        let monitor = tokio::spawn(async move {
+            run_monitor(T, move || r.load(Ordering::SeqCst), &control).await
+        });
+        time::sleep(last_byte_at).await;
+        received.fetch_add(1, Ordering::SeqCst);
+        let missed = monitor.await.unwrap();
+        let detected = start.elapsed() - last_byte_at;
+        assert!(missed.silence <= detected);
+        detected
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn monitor_fires_between_2t_and_3t_after_the_last_byte() {
+        // A byte just after a tick: 3T minus a little.
+        let d = time_to_detection(Duration::from_millis(1010)).await;
+        assert_eq!(d, Duration::from_millis(2990));
+        // A byte just before a tick: 2T plus a little.
+        let d = time_to_detection(Duration::from_millis(1990)).await;
+        assert_eq!(d, Duration::from_millis(2010));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn monitor_with_no_traffic_at_all_fires_at_2t() {
+        let control = MonitorControl::default();
+        let start = Instant::now();
+        run_monitor(T, || 0, &control).await;
+        assert_eq!(start.elapsed(), 2 * T);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn any_inbound_byte_keeps_the_connection() {
+        let received = Arc::new(AtomicU64::new(0));
+        let r = received.clone();
+        let control = MonitorControl::default();
+        let monitor = tokio::spawn(async move {
+            run_monitor(T, move || r.load(Ordering::SeqCst), &control).await
+        });
+        for _ in 0..20 {
+            time::sleep(Duration::from_millis(900)).await;
+            received.fetch_add(1, Ordering::SeqCst);
+        }
+        assert!(!monitor.is_finished());
+        monitor.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn paused_monitor_never_fires_and_resume_gives_a_fresh_window() {
+        let control = MonitorControl::default();
+        let c = control.clone();
+        let start = Instant::now();
+        let monitor = tokio::spawn(async move { run_monitor(T, || 0, &c).await });
+        time::sleep(Duration::from_millis(1500)).await;
+        control.pause();
+        time::sleep(Duration::from_secs(30)).await;
+        assert!(!monitor.is_finished());
+        let resumed_at = start.elapsed();
+        control.resume();
+        monitor.await.unwrap();
+        // Silent throughout: a full fresh window of exactly 2T after resume.
+        assert_eq!(start.elapsed() - resumed_at, 2 * T);
+    }
+}

@@ -1,0 +1,433 @@
+//! A connection's outbound side: one writer task per connection.
+//!
+//! Everything the broker sends on a connection (method replies, deliveries
+//! from any queue, heartbeats) goes through one channel to one task, the only
+//! owner of the socket's write half. The task takes whatever has piled up,
+//! encodes it into a [`FrameBuffer`], and writes it with vectored writes: many
+//! frames, and message bodies straight from the publisher's buffers, in a few
+//! syscalls. It counts the octets it writes (RabbitMQ's `send_oct`), which is
+//! what the heartbeat sender watches.
+//!
+//! Deliveries are bounded: a queue must take a credit from the [`Outlet`]
+//! before it hands over a message, and a connection that falls behind stops
+//! getting more until its writer catches up and wakes the queues that waited.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::broker::message::Message;
+use crate::broker::queue::Queue;
+use crate::protocol::constants::{CLASS_BASIC, FRAME_END, FRAME_OVERHEAD};
+use crate::protocol::frame::{write_body_frame_header, write_content_header, HEARTBEAT_FRAME};
+use crate::protocol::methods::{basic, write_method_frame};
+use crate::protocol::ShortStr;
+
+/// Most deliveries a connection may have queued for its writer but not yet
+/// written. Past it, queues keep messages and wait (credit flow).
+pub const DELIVERY_CREDIT: usize = 2000;
+
+/// Octets in and out of one connection: the socket reader bumps `recv_oct`,
+/// the writer `send_oct`. The heartbeat tasks only ever compare two readings,
+/// so no clock is read per frame.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub recv_oct: AtomicU64,
+    /// Octets written other than our own heartbeat frames, so a heartbeat
+    /// does not count as traffic at the sender's next tick.
+    pub send_oct: AtomicU64,
+    pub heartbeats_sent: AtomicU64,
+}
+
+/// What the writer is asked to send.
+#[derive(Debug)]
+pub enum Outbound {
+    /// Frames already encoded (method replies).
+    Frames(Bytes),
+    Heartbeat,
+    Deliver(Delivery),
+    /// The negotiated frame_max, once tune-ok is in: bodies are split by it.
+    FrameMax(u32),
+    /// Write what is queued, then shut the socket down.
+    Close,
+}
+
+/// A message on its way to a client, as `basic.deliver` or `basic.get-ok`.
+#[derive(Debug)]
+pub struct Delivery {
+    pub channel: u16,
+    pub kind: DeliveryKind,
+    pub delivery_tag: u64,
+    pub redelivered: bool,
+    pub message: Arc<Message>,
+}
+
+#[derive(Debug)]
+pub enum DeliveryKind {
+    Deliver {
+        consumer_tag: ShortStr,
+    },
+    GetOk {
+        message_count: u32,
+    },
+    /// An unroutable mandatory message going back to its publisher.
+    Return {
+        reply_code: u16,
+        reply_text: ShortStr,
+    },
+}
+
+/// The handle through which the rest of the broker reaches a connection's
+/// writer. Cheap to share: channels and queue consumers hold an `Arc`.
+pub struct Outlet {
+    tx: mpsc::UnboundedSender<Outbound>,
+    pub counters: Counters,
+    /// Deliveries handed to the writer and not yet written.
+    queued_deliveries: AtomicUsize,
+    /// Queues that found no credit; the writer wakes them when it drains.
+    waiting_queues: Mutex<Vec<Weak<Queue>>>,
+}
+
+impl Outlet {
+    pub fn new() -> (Arc<Outlet>, mpsc::UnboundedReceiver<Outbound>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let outlet = Outlet {
+            tx,
+            counters: Counters::default(),
+            queued_deliveries: AtomicUsize::new(0),
+            waiting_queues: Mutex::new(Vec::new()),
+        };
+        (Arc::new(outlet), rx)
+    }
+
+    /// Queues something for the writer; false once the writer has gone.
+    pub fn send(&self, item: Outbound) -> bool {
+        self.tx.send(item).is_ok()
+    }
+
+    /// Takes one delivery credit, or registers `queue` to be woken when
+    /// the writer has drained and returns false.
+    pub fn reserve_delivery(&self, queue: &Arc<Queue>) -> bool {
+        if self.queued_deliveries.fetch_add(1, Ordering::SeqCst) < DELIVERY_CREDIT {
+            return true;
+        }
+        self.queued_deliveries.fetch_sub(1, Ordering::SeqCst);
+        {
+            let mut waiting = self
+                .waiting_queues
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if !waiting.iter().any(|w| w.as_ptr() == Arc::as_ptr(queue)) {
+                waiting.push(Arc::downgrade(queue));
+            }
+        }
+        // The writer may have drained between our check and the registration;
+        // look again so that wake-up cannot be lost.
+        if self.queued_deliveries.fetch_add(1, Ordering::SeqCst) < DELIVERY_CREDIT {
+            return true;
+        }
+        self.queued_deliveries.fetch_sub(1, Ordering::SeqCst);
+        false
+    }
+
+    /// Takes a credit whatever the count: for messages that answer a request
+    /// (`basic.get-ok`, `basic.return`) and so are bounded by the requests.
+    pub fn force_reserve_delivery(&self) {
+        self.queued_deliveries.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Called by the writer after writing `n` deliveries.
+    fn delivered(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let left = self.queued_deliveries.fetch_sub(n, Ordering::SeqCst) - n;
+        if left < DELIVERY_CREDIT {
+            let waiting = std::mem::take(
+                &mut *self
+                    .waiting_queues
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()),
+            );
+            for queue in waiting.iter().filter_map(Weak::upgrade) {
+                queue.dispatch();
+            }
+        }
+    }
+}
+
+/// Frames waiting to be written: small frames are encoded into one buffer,
+/// message bodies are queued as they are, and one vectored write sends it all.
+pub struct FrameBuffer {
+    scratch: BytesMut,
+    chunks: VecDeque<Bytes>,
+    len: usize,
+}
+
+impl Default for FrameBuffer {
+    fn default() -> Self {
+        FrameBuffer {
+            scratch: BytesMut::with_capacity(16 * 1024),
+            chunks: VecDeque::new(),
+            len: 0,
+        }
+    }
+}
+
+impl FrameBuffer {
+    /// Octets waiting to be written.
+    pub fn len(&self) -> usize {
+        self.len + self.scratch.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn seal(&mut self) {
+        if !self.scratch.is_empty() {
+            let b = self.scratch.split().freeze();
+            self.len += b.len();
+            self.chunks.push_back(b);
+        }
+    }
+
+    fn push_chunk(&mut self, b: Bytes) {
+        self.seal();
+        self.len += b.len();
+        self.chunks.push_back(b);
+    }
+
+    pub fn frames(&mut self, frames: Bytes) {
+        self.push_chunk(frames);
+    }
+
+    pub fn heartbeat(&mut self) {
+        self.scratch.put_slice(&HEARTBEAT_FRAME);
+    }
+
+    pub fn method(&mut self, channel: u16, encode: impl FnOnce(&mut BytesMut)) {
+        write_method_frame(&mut self.scratch, channel, encode);
+    }
+
+    /// A content header and the body frames, split so that no frame exceeds
+    /// `frame_max` (0: no limit). Body octets are never copied.
+    pub fn content(&mut self, channel: u16, raw_properties: &[u8], body: &[Bytes], frame_max: u32) {
+        let body_size: usize = body.iter().map(Bytes::len).sum();
+        write_content_header(
+            &mut self.scratch,
+            channel,
+            CLASS_BASIC,
+            body_size as u64,
+            raw_properties,
+        );
+        let max_payload = if frame_max == 0 {
+            usize::MAX
+        } else {
+            frame_max as usize - FRAME_OVERHEAD
+        };
+        let (mut chunk, mut offset) = (0, 0);
+        let mut remaining = body_size;
+        while remaining > 0 {
+            let frame_size = remaining.min(max_payload);
+            write_body_frame_header(&mut self.scratch, channel, frame_size);
+            let mut need = frame_size;
+            while need > 0 {
+                let c = &body[chunk];
+                let take = (c.len() - offset).min(need);
+                self.push_chunk(c.slice(offset..offset + take));
+                offset += take;
+                need -= take;
+                if offset == c.len() {
+                    chunk += 1;
+                    offset = 0;
+                }
+            }
+            self.scratch.put_u8(FRAME_END);
+            remaining -= frame_size;
+        }
+    }
+
+    /// Encodes a delivery: method frame, content header, body frames.
+    pub fn delivery(&mut self, d: &Delivery, frame_max: u32) {
+        let m = &d.message;
+        match &d.kind {
+            DeliveryKind::Deliver { consumer_tag } => {
+                let method = basic::Deliver {
+                    consumer_tag: consumer_tag.clone(),
+                    delivery_tag: d.delivery_tag,
+                    redelivered: d.redelivered,
+                    exchange: m.exchange.clone(),
+                    routing_key: m.routing_key.clone(),
+                };
+                self.method(d.channel, |b| method.encode(b));
+            }
+            DeliveryKind::GetOk { message_count } => {
+                let method = basic::GetOk {
+                    delivery_tag: d.delivery_tag,
+                    redelivered: d.redelivered,
+                    exchange: m.exchange.clone(),
+                    routing_key: m.routing_key.clone(),
+                    message_count: *message_count,
+                };
+                self.method(d.channel, |b| method.encode(b));
+            }
+            DeliveryKind::Return {
+                reply_code,
+                reply_text,
+            } => {
+                let method = basic::Return {
+                    reply_code: *reply_code,
+                    reply_text: reply_text.clone(),
+                    exchange: m.exchange.clone(),
+                    routing_key: m.routing_key.clone(),
+                };
+                self.method(d.channel, |b| method.encode(b));
+            }
+        }
+        self.content(d.channel, &m.properties, m.body.chunks(), frame_max);
+    }
+
+    /// Writes everything, in as few vectored writes as the socket allows.
+    pub async fn write_to<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> io::Result<usize> {
+        self.seal();
+        let total = self.len;
+        while !self.chunks.is_empty() {
+            let mut slices = [IoSlice::new(&[]); 64];
+            let mut count = 0;
+            for (slot, chunk) in slices.iter_mut().zip(self.chunks.iter()) {
+                *slot = IoSlice::new(chunk);
+                count += 1;
+            }
+            let mut written = w.write_vectored(&slices[..count]).await?;
+            if written == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            self.len -= written;
+            while written > 0 {
+                let front = self
+                    .chunks
+                    .front_mut()
+                    .expect("written octets come from chunks");
+                if written >= front.len() {
+                    written -= front.len();
+                    self.chunks.pop_front();
+                } else {
+                    let _ = front.split_to(written);
+                    written = 0;
+                }
+            }
+        }
+        Ok(total)
+    }
+}
+
+/// Stop gathering more into one write past this many octets.
+const BATCH_LIMIT: usize = 256 * 1024;
+
+/// The writer task: drains `rx` into batches and writes them until `Close`,
+/// until every sender is gone, or until the socket fails.
+pub async fn run<W: AsyncWrite + Unpin>(
+    mut socket: W,
+    mut rx: mpsc::UnboundedReceiver<Outbound>,
+    outlet: Arc<Outlet>,
+) -> io::Result<()> {
+    let mut buf = FrameBuffer::default();
+    let mut frame_max = crate::protocol::constants::FRAME_MIN_SIZE;
+    let mut closing = false;
+    while !closing {
+        let Some(first) = rx.recv().await else { break };
+        let mut next = Some(first);
+        let (mut deliveries, mut heartbeats) = (0usize, 0u64);
+        while let Some(item) = next.take() {
+            match item {
+                Outbound::Frames(b) => buf.frames(b),
+                Outbound::Heartbeat => {
+                    buf.heartbeat();
+                    heartbeats += 1;
+                }
+                Outbound::Deliver(d) => {
+                    buf.delivery(&d, frame_max);
+                    deliveries += 1;
+                }
+                Outbound::FrameMax(max) => frame_max = max,
+                Outbound::Close => {
+                    closing = true;
+                    break;
+                }
+            }
+            if buf.len() < BATCH_LIMIT {
+                next = rx.try_recv().ok();
+            }
+        }
+        let written = buf.write_to(&mut socket).await? as u64;
+        let c = &outlet.counters;
+        c.send_oct.fetch_add(
+            written - heartbeats * HEARTBEAT_FRAME.len() as u64,
+            Ordering::Relaxed,
+        );
+        c.heartbeats_sent.fetch_add(heartbeats, Ordering::Relaxed);
+        outlet.delivered(deliveries);
+    }
+    socket.flush().await?;
+    socket.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::message::Body;
+    use crate::protocol::frame::{parse_frame, Frame};
+
+    fn parse_all(mut wire: BytesMut) -> Vec<Frame> {
+        let mut frames = Vec::new();
+        while let Some(f) = parse_frame(&mut wire, 1 << 20).unwrap() {
+            frames.push(f);
+        }
+        assert!(wire.is_empty());
+        frames
+    }
+
+    #[tokio::test]
+    async fn large_bodies_are_split_by_frame_max() {
+        let body = Bytes::from(vec![7u8; 20_000]);
+        let message = Arc::new(Message {
+            exchange: "".into(),
+            routing_key: "q".into(),
+            properties: Bytes::from_static(&[0, 0]),
+            body_size: 20_000,
+            body: Body::Many(vec![body.slice(..5), body.slice(5..)]),
+        });
+        let mut buf = FrameBuffer::default();
+        let d = Delivery {
+            channel: 3,
+            kind: DeliveryKind::Deliver {
+                consumer_tag: "c".into(),
+            },
+            delivery_tag: 9,
+            redelivered: true,
+            message,
+        };
+        buf.delivery(&d, 8192);
+        let mut out = Vec::new();
+        buf.write_to(&mut out).await.unwrap();
+        let frames = parse_all(BytesMut::from(&out[..]));
+        assert_eq!(frames.len(), 5); // method, header, 8184 + 8184 + 3632
+        let sizes: Vec<usize> = frames[2..]
+            .iter()
+            .map(|f| match f {
+                Frame::Body { body, .. } => body.len(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(sizes, [8184, 8184, 3632]);
+        assert!(
+            matches!(&frames[1], Frame::Header { channel: 3, header } if header.body_size == 20_000)
+        );
+    }
+}

@@ -1,0 +1,50 @@
+//! The listener: accepts sockets and gives each its connection task.
+//!
+//! Shutdown is a `watch` signal. Every connection watches it, sends
+//! `connection.close` 320 (CONNECTION_FORCED) to its client and ends; the
+//! accept loop stops accepting and waits for its connections to finish
+//! (bounded), so that a shut-down broker has let go of every socket.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use crate::broker::Broker;
+use crate::connection;
+
+/// Accepts connections on `listener` until `shutdown` turns true (or its
+/// sender is dropped), then waits for the connections to close.
+pub async fn serve(listener: TcpListener, broker: Arc<Broker>, shutdown: watch::Receiver<bool>) {
+    let mut connections = JoinSet::new();
+    let mut stop = shutdown.clone();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((socket, _)) => {
+                    connections.spawn(connection::serve(socket, broker.clone(), shutdown.clone()));
+                }
+                Err(e) => {
+                    // Usually out of file descriptors: back off instead of
+                    // spinning; the connections that exist keep working.
+                    warn!("error accepting connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            _ = async { stop.wait_for(|stop| *stop).await.is_ok() } => break,
+        }
+    }
+    drop(listener);
+    info!("stopping: closing {} connection(s)", connections.len());
+    let all_closed = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(5), all_closed)
+        .await
+        .is_err()
+    {
+        connections.abort_all();
+    }
+}

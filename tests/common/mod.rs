@@ -1,0 +1,171 @@
+//! Helpers shared by the integration tests: an embedded broker per test and
+//! a raw AMQP client that speaks frames directly, for the cases a polite
+//! client library would never produce (silence, bad frames, odd tune-ok).
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{timeout, Instant};
+
+use warren::protocol::frame::{parse_frame, write_method, PROTOCOL_HEADER};
+use warren::protocol::methods::{channel, connection};
+use warren::protocol::{FieldTable, Frame, Method};
+
+/// A client that reads and writes raw frames.
+pub struct RawClient {
+    pub stream: TcpStream,
+    buf: BytesMut,
+}
+
+/// What reading the next frame found.
+#[derive(Debug)]
+pub enum Read {
+    Frame(Frame),
+    /// The server closed the socket (EOF or reset).
+    Closed,
+}
+
+impl RawClient {
+    pub async fn connect(addr: std::net::SocketAddr) -> RawClient {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        stream.set_nodelay(true).unwrap();
+        RawClient {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+    }
+
+    pub async fn send(&mut self, channel: u16, method: impl Into<Method>) {
+        let mut buf = BytesMut::new();
+        write_method(&mut buf, channel, &method.into());
+        self.send_raw(&buf).await;
+    }
+
+    /// The next frame, or `Closed`; panics after `limit` without either.
+    pub async fn read(&mut self, limit: Duration) -> Read {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(frame) =
+                parse_frame(&mut self.buf, 1 << 20).expect("server sent a bad frame")
+            {
+                return Read::Frame(frame);
+            }
+            match timeout(
+                deadline.saturating_duration_since(Instant::now()),
+                self.stream.read_buf(&mut self.buf),
+            )
+            .await
+            {
+                Err(_) => panic!("nothing from the server within {limit:?}"),
+                Ok(Ok(0)) | Ok(Err(_)) => return Read::Closed,
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// Reads the raw bytes the server sends until `limit` or EOF.
+    pub async fn read_bytes(&mut self, limit: Duration) -> Vec<u8> {
+        let mut out = self.buf.split().to_vec();
+        let mut chunk = [0u8; 1024];
+        let deadline = Instant::now() + limit;
+        loop {
+            match timeout(
+                deadline.saturating_duration_since(Instant::now()),
+                self.stream.read(&mut chunk),
+            )
+            .await
+            {
+                Ok(Ok(n)) if n > 0 => out.extend_from_slice(&chunk[..n]),
+                _ => return out,
+            }
+        }
+    }
+
+    pub async fn expect_method(&mut self, limit: Duration) -> (u16, Method) {
+        loop {
+            match self.read(limit).await {
+                Read::Frame(Frame::Method { channel, method }) => return (channel, method),
+                Read::Frame(Frame::Heartbeat { .. }) => continue,
+                other => panic!("expected a method frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// Protocol header, start-ok (PLAIN guest/guest), tune-ok with the
+    /// given values. Returns the server's `connection.tune`.
+    pub async fn handshake_to_tune_ok(
+        &mut self,
+        channel_max: u16,
+        frame_max: u32,
+        heartbeat: u16,
+    ) -> connection::Tune {
+        self.send_raw(PROTOCOL_HEADER).await;
+        let (_, start) = self.expect_method(Duration::from_secs(5)).await;
+        assert!(matches!(start, Method::ConnectionStart(_)), "{start:?}");
+        let caps = FieldTable::new().with(
+            "authentication_failure_close",
+            warren::protocol::FieldValue::Bool(true),
+        );
+        let props =
+            FieldTable::new().with("capabilities", warren::protocol::FieldValue::Table(caps));
+        self.send(
+            0,
+            connection::StartOk {
+                client_properties: props,
+                mechanism: "PLAIN".into(),
+                response: Bytes::from_static(b"\0guest\0guest"),
+                locale: "en_US".into(),
+            },
+        )
+        .await;
+        let (_, tune) = self.expect_method(Duration::from_secs(5)).await;
+        let Method::ConnectionTune(tune) = tune else {
+            panic!("expected tune, got {tune:?}")
+        };
+        self.send(
+            0,
+            connection::TuneOk {
+                channel_max,
+                frame_max,
+                heartbeat,
+            },
+        )
+        .await;
+        tune
+    }
+
+    /// A full handshake with the given heartbeat, and channel 1 opened.
+    pub async fn open(addr: std::net::SocketAddr, heartbeat: u16) -> RawClient {
+        let mut c = RawClient::connect(addr).await;
+        c.handshake_to_tune_ok(2047, 131_072, heartbeat).await;
+        c.send(
+            0,
+            connection::Open {
+                virtual_host: "/".into(),
+                reserved_1: "".into(),
+                reserved_2: false,
+            },
+        )
+        .await;
+        let (_, ok) = c.expect_method(Duration::from_secs(5)).await;
+        assert!(matches!(ok, Method::ConnectionOpenOk(_)), "{ok:?}");
+        c.send(
+            1,
+            channel::Open {
+                reserved_1: "".into(),
+            },
+        )
+        .await;
+        let (_, ok) = c.expect_method(Duration::from_secs(5)).await;
+        assert!(matches!(ok, Method::ChannelOpenOk(_)), "{ok:?}");
+        c
+    }
+}
