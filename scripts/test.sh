@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Runs warren's whole test suite on a fresh machine: the Rust tests (unit,
+# codec oracle, heartbeat windows, lapin end to end) and the Python interop
+# tests (pika, py-amqp) in a venv this script creates.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+echo "== cargo test"
+cargo test --all-targets
+
+echo "== interop (pika, py-amqp)"
+bash scripts/interop.sh
