@@ -71,10 +71,11 @@ pub async fn run_sender(
     loop {
         ticks.tick().await;
         let now = bytes_sent();
-        if last_seen == Some(now) || last_seen.is_none() {
-            if !send_heartbeat() {
-                return;
-            }
+        // The first tick (nothing seen yet) always sends; later ticks send
+        // only when the counter has not moved since the previous tick.
+        let idle = last_seen.is_none_or(|last| last == now);
+        if idle && !send_heartbeat() {
+            return;
         }
         last_seen = Some(now);
     }
