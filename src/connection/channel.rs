@@ -67,6 +67,9 @@ pub struct Session {
     pub exclusive_queues: Vec<Arc<Queue>>,
     /// Reused by every publish to collect the queues a message goes to.
     route_buf: Vec<Arc<Queue>>,
+    /// Channels with publisher confirms to send once the frames at hand are
+    /// processed (see [`Channel::flush_confirms`]).
+    pub pending_confirms: Vec<u16>,
 }
 
 impl Session {
@@ -85,6 +88,7 @@ impl Session {
             capabilities,
             exclusive_queues: Vec::new(),
             route_buf: Vec::new(),
+            pending_confirms: Vec::new(),
         }
     }
 
@@ -253,6 +257,8 @@ pub struct Channel {
     consumers: HashMap<ShortStr, Arc<Queue>>,
     /// In confirm mode, the sequence number of the last publish.
     confirm_seq: Option<u64>,
+    /// The last publish sequence number confirmed to the client.
+    confirmed: u64,
     /// The queue last declared on this channel: an empty queue name in later
     /// methods means this one.
     last_queue: Option<ShortStr>,
@@ -277,6 +283,7 @@ impl Channel {
             prefetch_count: 0,
             consumers: HashMap::new(),
             confirm_seq: None,
+            confirmed: 0,
             last_queue: None,
         }
     }
@@ -543,14 +550,33 @@ impl Channel {
         }
         s.route_buf = route;
         if let Some(seq) = &mut self.confirm_seq {
+            // Every message is in its queues (in memory) by now, so it can be
+            // confirmed; the ack itself waits for the end of this batch of
+            // frames so that a burst of publishes gets one `multiple` ack.
             *seq += 1;
-            let ack = basic::Ack {
-                delivery_tag: *seq,
-                multiple: false,
-            };
-            self.reply(s, ack);
+            if *seq == self.confirmed + 1 {
+                s.pending_confirms.push(self.id);
+            }
         }
         Ok(())
+    }
+
+    /// Confirms every publish not yet confirmed, with one `basic.ack`
+    /// (`multiple` when it covers more than one), as RabbitMQ batches them.
+    pub fn flush_confirms(&mut self, s: &Session) {
+        let Some(seq) = self.confirm_seq else { return };
+        if seq == self.confirmed || self.closing {
+            return;
+        }
+        let multiple = seq > self.confirmed + 1;
+        self.confirmed = seq;
+        self.reply(
+            s,
+            basic::Ack {
+                delivery_tag: seq,
+                multiple,
+            },
+        );
     }
 
     /// Resolves a queue name; empty means the last queue declared here.

@@ -266,6 +266,7 @@ impl Connection {
             if self.discard_input {
                 buf.clear();
             }
+            self.flush_confirms();
             if buf.capacity() - buf.len() < 4096 {
                 buf.reserve(64 * 1024);
             }
@@ -720,6 +721,17 @@ impl Connection {
                     Ok(())
                 }
             },
+        }
+    }
+
+    fn flush_confirms(&mut self) {
+        let Some(session) = self.session.as_mut() else {
+            return;
+        };
+        for id in std::mem::take(&mut session.pending_confirms) {
+            if let Some(ch) = self.channels.get_mut(&id) {
+                ch.flush_confirms(session);
+            }
         }
     }
 
