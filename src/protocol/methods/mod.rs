@@ -97,7 +97,13 @@ macro_rules! methods {
                 };
                 $(
                     if class_id == <$ty>::CLASS_ID && method_id == <$ty>::METHOD_ID {
+                        // Every octet must belong to a field: trailing
+                        // garbage is a decode error, as in RabbitMQ.
                         return <$ty>::decode_args(&mut d)
+                            .and_then(|m| match d.remaining() {
+                                0 => Ok(m),
+                                n => Err(DecodeError::new(format!("{n} trailing octets"))),
+                            })
                             .map(Method::$variant)
                             .map_err(|error| MethodError::Syntax {
                                 class_id, method_id, name: <$ty>::NAME, error,
