@@ -1,0 +1,142 @@
+//! The standalone binary: configuration file, flags, readable errors, and a
+//! clean stop on SIGINT.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const WARREN: &str = env!("CARGO_BIN_EXE_warren");
+
+/// Starts warren and returns it with a channel of its log lines.
+fn start(args: &[&str]) -> (Child, mpsc::Receiver<String>) {
+    let mut child = Command::new(WARREN)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env_remove("RABBITMQ_CONFIG_FILE")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("run warren");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// Waits for a log line containing `needle`; returns it.
+fn wait_for(rx: &mpsc::Receiver<String>, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut seen = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(line) => seen.push(line),
+            Err(_) => break,
+        }
+    }
+    panic!("no log line with {needle:?}; saw:\n{}", seen.join("\n"));
+}
+
+/// A config file in the target's temporary directory, removed on drop.
+struct TempConf(std::path::PathBuf);
+
+impl TempConf {
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempConf {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn config_file(text: &str) -> TempConf {
+    let name = format!(
+        "rabbitmq-{}-{:?}.conf",
+        std::process::id(),
+        std::thread::current().id()
+    );
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    std::fs::File::create(&path)
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    TempConf(path)
+}
+
+#[test]
+fn reads_rabbitmq_conf_warns_about_unknown_keys_and_flags_override_it() {
+    let conf = config_file("# test\nlisteners.tcp.default = 127.0.0.1:1\nheartbeat = 7\nchannel_max = 16\nheartbeet = 3\n");
+    let (mut child, rx) = start(&["--config", conf.path(), "--port", "0", "--heartbeat", "9"]);
+    let warning = wait_for(&rx, "heartbeet");
+    assert!(warning.contains("line 5"), "{warning}");
+    assert!(warning.contains("WARN"), "{warning}");
+    let listening = wait_for(&rx, "started TCP listener on 127.0.0.1:");
+    assert!(
+        !listening.ends_with(":1"),
+        "--port overrides the file: {listening}"
+    );
+    let tuning = wait_for(&rx, "heartbeat 9s");
+    assert!(tuning.contains("channel_max 16"), "{tuning}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn a_bad_config_value_is_a_readable_error_not_a_panic() {
+    let conf = config_file("heartbeat = 60\nframe_max = lots\n");
+    let out = Command::new(WARREN)
+        .args(["--config", conf.path(), "--port", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("line 2: invalid value 'lots' for 'frame_max'"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn the_config_file_can_come_from_rabbitmq_config_file() {
+    let conf = config_file("listeners.tcp.default = 127.0.0.1:0\nchannel_max = 5\n");
+    let mut child = Command::new(WARREN)
+        .env("RABBITMQ_CONFIG_FILE", conf.path())
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let line = BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.contains("channel_max"))
+        .expect("a tuning line");
+    assert!(line.contains("channel_max 5"), "{line}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn sigint_stops_the_broker_cleanly() {
+    let (mut child, rx) = start(&["--port", "0"]);
+    wait_for(&rx, "started TCP listener");
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    wait_for(&rx, "stopped");
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "{exit:?}");
+}
