@@ -411,3 +411,24 @@ async fn shutdown_closes_connections_with_320() {
     client.send(0, connection::CloseOk {}).await;
     stopping.await.unwrap();
 }
+
+#[tokio::test]
+async fn dropping_the_handle_shuts_the_broker_down() {
+    let broker = EmbeddedBroker::start().await.unwrap();
+    let addr = broker.addr();
+    let mut client = RawClient::open(addr, 0).await;
+    drop(broker);
+    let close = expect_close(&mut client).await;
+    assert_eq!(close.reply_code, 320);
+    client.send(0, connection::CloseOk {}).await;
+    assert!(matches!(client.read(WAIT).await, Read::Closed));
+    // The listener is gone too: new connections are refused.
+    let refused = async {
+        while tokio::net::TcpStream::connect(addr).await.is_ok() {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(WAIT, refused)
+        .await
+        .expect("the port still accepts connections");
+}
