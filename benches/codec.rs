@@ -29,9 +29,7 @@ use tokio::io::AsyncWrite;
 use warren::broker::message::{Body, Message};
 use warren::connection::writer::{Delivery, DeliveryKind, FrameBuffer};
 use warren::protocol::constants::{CLASS_BASIC, FRAME_END};
-use warren::protocol::frame::{
-    parse_frame, write_body_frame_header, write_content_header, write_method,
-};
+use warren::protocol::frame::{parse_frame, write_body_frame_header, write_content_header, write_method};
 use warren::protocol::methods::basic;
 use warren::protocol::properties::BasicProperties;
 use warren::protocol::{Frame, Method, ShortStr};
@@ -122,11 +120,7 @@ fn publish_wire() -> Vec<u8> {
 
 /// Parses one publish (three frames) off the front of `buf`.
 fn parse_publish(buf: &mut BytesMut) -> (Frame, Frame, Frame) {
-    let mut next = || {
-        parse_frame(buf, FRAME_MAX)
-            .expect("valid frame")
-            .expect("complete frame")
-    };
+    let mut next = || parse_frame(buf, FRAME_MAX).expect("valid frame").expect("complete frame");
     (next(), next(), next())
 }
 
@@ -146,10 +140,7 @@ fn parsed_message(wire: &[u8]) -> Arc<Message> {
     let mut buf = BytesMut::from(wire);
     let (method, header, body) = parse_publish(&mut buf);
     let (
-        Frame::Method {
-            method: Method::BasicPublish(publish),
-            ..
-        },
+        Frame::Method { method: Method::BasicPublish(publish), .. },
         Frame::Header { header, .. },
         Frame::Body { body, .. },
     ) = (method, header, body)
@@ -167,11 +158,7 @@ fn parsed_message(wire: &[u8]) -> Arc<Message> {
 
 /// Delivers with the frame buffer and writes it out. Writing to a sink never
 /// blocks, so one poll finishes `write_to`; no runtime is needed.
-fn encode_delivery<W: AsyncWrite + Unpin>(
-    frames: &mut FrameBuffer,
-    sink: &mut W,
-    d: &Delivery,
-) -> usize {
+fn encode_delivery<W: AsyncWrite + Unpin>(frames: &mut FrameBuffer, sink: &mut W, d: &Delivery) -> usize {
     frames.delivery(d, FRAME_MAX);
     let mut cx = Context::from_waker(Waker::noop());
     match pin!(frames.write_to(sink)).as_mut().poll(&mut cx) {
@@ -183,9 +170,7 @@ fn encode_delivery<W: AsyncWrite + Unpin>(
 fn delivery(message: &Arc<Message>, consumer_tag: &ShortStr, delivery_tag: u64) -> Delivery {
     Delivery {
         channel: 1,
-        kind: DeliveryKind::Deliver {
-            consumer_tag: consumer_tag.clone(),
-        },
+        kind: DeliveryKind::Deliver { consumer_tag: consumer_tag.clone() },
         delivery_tag,
         redelivered: false,
         message: message.clone(),
@@ -216,19 +201,11 @@ fn report_allocations() {
     let mut frames = FrameBuffer::default();
     let mut sink = tokio::io::sink();
     for tag in 0..WARM_UP as u64 {
-        encode_delivery(
-            &mut frames,
-            &mut sink,
-            &delivery(&message, &consumer_tag, tag),
-        );
+        encode_delivery(&mut frames, &mut sink, &delivery(&message, &consumer_tag, tag));
     }
     let encode = allocations_in(|| {
         for tag in 0..MESSAGES as u64 {
-            black_box(encode_delivery(
-                &mut frames,
-                &mut sink,
-                &delivery(&message, &consumer_tag, tag),
-            ));
+            black_box(encode_delivery(&mut frames, &mut sink, &delivery(&message, &consumer_tag, tag)));
         }
     });
 

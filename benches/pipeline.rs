@@ -28,10 +28,7 @@ use warren::protocol::methods::{basic, channel, confirm, connection, queue};
 use warren::protocol::{FieldTable, Frame, Method};
 
 fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 struct Target {
@@ -47,17 +44,8 @@ fn parse_url(url: &str) -> Target {
     let (creds, rest) = rest.split_once('@').unwrap_or(("guest:guest", rest));
     let (user, password) = creds.split_once(':').unwrap_or((creds, ""));
     let (addr, vhost) = rest.split_once('/').unwrap_or((rest, "%2f"));
-    let vhost = if vhost.is_empty() {
-        "/".to_string()
-    } else {
-        vhost.replace("%2f", "/").replace("%2F", "/")
-    };
-    Target {
-        addr: addr.to_string(),
-        user: user.into(),
-        password: password.into(),
-        vhost,
-    }
+    let vhost = if vhost.is_empty() { "/".to_string() } else { vhost.replace("%2f", "/").replace("%2F", "/") };
+    Target { addr: addr.to_string(), user: user.into(), password: password.into(), vhost }
 }
 
 struct Client {
@@ -98,11 +86,7 @@ impl Client {
         let stream = TcpStream::connect(&target.addr).await.expect("connect");
         stream.set_nodelay(true).unwrap();
         let (reader, writer) = stream.into_split();
-        let mut c = Client {
-            reader,
-            writer,
-            buf: BytesMut::with_capacity(256 * 1024),
-        };
+        let mut c = Client { reader, writer, buf: BytesMut::with_capacity(256 * 1024) };
         c.writer.write_all(PROTOCOL_HEADER).await.unwrap();
         assert!(matches!(c.method().await, Method::ConnectionStart(_)));
         let response = Bytes::from(format!("\0{}\0{}", target.user, target.password));
@@ -116,26 +100,9 @@ impl Client {
             },
         )
         .await;
-        let Method::ConnectionTune(tune) = c.method().await else {
-            panic!("login failed")
-        };
-        c.send(
-            0,
-            connection::TuneOk {
-                channel_max: tune.channel_max,
-                frame_max: tune.frame_max,
-                heartbeat: 0,
-            },
-        )
-        .await;
-        c.send(
-            0,
-            connection::Open {
-                virtual_host: target.vhost.as_str().into(),
-                ..Default::default()
-            },
-        )
-        .await;
+        let Method::ConnectionTune(tune) = c.method().await else { panic!("login failed") };
+        c.send(0, connection::TuneOk { channel_max: tune.channel_max, frame_max: tune.frame_max, heartbeat: 0 }).await;
+        c.send(0, connection::Open { virtual_host: target.vhost.as_str().into(), ..Default::default() }).await;
         assert!(matches!(c.method().await, Method::ConnectionOpenOk(_)));
         c.send(1, channel::Open::default()).await;
         assert!(matches!(c.method().await, Method::ChannelOpenOk(_)));
@@ -149,11 +116,7 @@ async fn publisher(target: Arc<Target>, queue: String, count: usize, size: usize
     assert!(matches!(c.method().await, Method::ConfirmSelectOk(_)));
     // One publish (method + header + body) encoded once, written many times.
     let mut one = BytesMut::new();
-    let publish = basic::Publish {
-        exchange: "".into(),
-        routing_key: queue.as_str().into(),
-        ..Default::default()
-    };
+    let publish = basic::Publish { exchange: "".into(), routing_key: queue.as_str().into(), ..Default::default() };
     write_method(&mut one, 1, &publish.into());
     write_content_header(&mut one, 1, 60, size as u64, &[0, 0]);
     write_body_frame_header(&mut one, 1, size);
@@ -161,12 +124,7 @@ async fn publisher(target: Arc<Target>, queue: String, count: usize, size: usize
     one.extend_from_slice(&[0xce]);
     const BATCH: usize = 100;
     const WINDOW: usize = 5000;
-    let batch: Vec<u8> = one
-        .iter()
-        .copied()
-        .cycle()
-        .take(one.len() * BATCH)
-        .collect();
+    let batch: Vec<u8> = one.iter().copied().cycle().take(one.len() * BATCH).collect();
     let (mut sent, mut confirmed) = (0, 0);
     while confirmed < count {
         while sent < count && sent - confirmed < WINDOW {
@@ -181,31 +139,11 @@ async fn publisher(target: Arc<Target>, queue: String, count: usize, size: usize
     }
 }
 
-async fn consumer(
-    target: Arc<Target>,
-    queue: String,
-    prefetch: u16,
-    received: Arc<AtomicUsize>,
-    total: usize,
-) {
+async fn consumer(target: Arc<Target>, queue: String, prefetch: u16, received: Arc<AtomicUsize>, total: usize) {
     let mut c = Client::open(&target).await;
-    c.send(
-        1,
-        basic::Qos {
-            prefetch_count: prefetch,
-            ..Default::default()
-        },
-    )
-    .await;
+    c.send(1, basic::Qos { prefetch_count: prefetch, ..Default::default() }).await;
     assert!(matches!(c.method().await, Method::BasicQosOk(_)));
-    c.send(
-        1,
-        basic::Consume {
-            queue: queue.as_str().into(),
-            ..Default::default()
-        },
-    )
-    .await;
+    c.send(1, basic::Consume { queue: queue.as_str().into(), ..Default::default() }).await;
     let ack_every = (prefetch as u64 / 2).max(1);
     let mut unacked = 0;
     while received.load(Ordering::Relaxed) < total {
@@ -213,22 +151,11 @@ async fn consumer(
             f = c.frame() => f,
             _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
         };
-        if let Frame::Method {
-            method: Method::BasicDeliver(d),
-            ..
-        } = frame
-        {
+        if let Frame::Method { method: Method::BasicDeliver(d), .. } = frame {
             received.fetch_add(1, Ordering::Relaxed);
             unacked += 1;
             if unacked >= ack_every {
-                c.send(
-                    1,
-                    basic::Ack {
-                        delivery_tag: d.delivery_tag,
-                        multiple: true,
-                    },
-                )
-                .await;
+                c.send(1, basic::Ack { delivery_tag: d.delivery_tag, multiple: true }).await;
                 unacked = 0;
             }
         }
@@ -255,51 +182,24 @@ async fn main() {
     let target = Arc::new(parse_url(&url));
     let queue = format!("pipeline-{}", std::process::id());
     let mut admin = Client::open(&target).await;
-    admin
-        .send(
-            1,
-            queue::Declare {
-                queue: queue.as_str().into(),
-                ..Default::default()
-            },
-        )
-        .await;
+    admin.send(1, queue::Declare { queue: queue.as_str().into(), ..Default::default() }).await;
     assert!(matches!(admin.method().await, Method::QueueDeclareOk(_)));
 
     let received = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..consumers {
-        tasks.push(tokio::spawn(consumer(
-            target.clone(),
-            queue.clone(),
-            prefetch,
-            received.clone(),
-            messages,
-        )));
+        tasks.push(tokio::spawn(consumer(target.clone(), queue.clone(), prefetch, received.clone(), messages)));
     }
     for i in 0..publishers {
         let share = messages / publishers + usize::from(i < messages % publishers);
-        tasks.push(tokio::spawn(publisher(
-            target.clone(),
-            queue.clone(),
-            share,
-            size,
-        )));
+        tasks.push(tokio::spawn(publisher(target.clone(), queue.clone(), share, size)));
     }
     for t in tasks {
         t.await.unwrap();
     }
     let elapsed = start.elapsed();
-    admin
-        .send(
-            1,
-            queue::Delete {
-                queue: queue.as_str().into(),
-                ..Default::default()
-            },
-        )
-        .await;
+    admin.send(1, queue::Delete { queue: queue.as_str().into(), ..Default::default() }).await;
     let _ = admin.method().await;
     println!(
         "pipeline: {messages} messages of {size} B, {publishers} publisher(s), {consumers} consumer(s), prefetch {prefetch}: {:.2} s, {:.0} msg/s end to end",

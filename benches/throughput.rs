@@ -19,10 +19,7 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 
 fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 #[tokio::main]
@@ -40,54 +37,29 @@ async fn main() {
             embedded.url()
         }
     };
-    let publisher = Connection::connect(&url, ConnectionProperties::default())
-        .await
-        .expect("connect");
-    let consumer_conn = Connection::connect(&url, ConnectionProperties::default())
-        .await
-        .expect("connect");
+    let publisher = Connection::connect(&url, ConnectionProperties::default()).await.expect("connect");
+    let consumer_conn = Connection::connect(&url, ConnectionProperties::default()).await.expect("connect");
     let pch = publisher.create_channel().await.unwrap();
     let cch = consumer_conn.create_channel().await.unwrap();
     let queue = format!("throughput-{}", std::process::id());
-    let options = QueueDeclareOptions {
-        auto_delete: true,
-        ..Default::default()
-    };
-    cch.queue_declare(queue.as_str().into(), options, FieldTable::default())
-        .await
-        .unwrap();
-    cch.basic_qos(prefetch, BasicQosOptions::default())
-        .await
-        .unwrap();
+    let options = QueueDeclareOptions { auto_delete: true, ..Default::default() };
+    cch.queue_declare(queue.as_str().into(), options, FieldTable::default()).await.unwrap();
+    cch.basic_qos(prefetch, BasicQosOptions::default()).await.unwrap();
     let mut consumer = cch
-        .basic_consume(
-            queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
+        .basic_consume(queue.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
         .await
         .unwrap();
-    pch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
+    pch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
 
     let body = vec![b'x'; size];
     let start = Instant::now();
     let consuming = tokio::spawn(async move {
         let mut received = 0;
         while received < messages {
-            let delivery = consumer
-                .next()
-                .await
-                .expect("stream ended")
-                .expect("delivery");
+            let delivery = consumer.next().await.expect("stream ended").expect("delivery");
             received += 1;
             if received % 100 == 0 || received == messages {
-                delivery
-                    .ack(BasicAckOptions { multiple: true })
-                    .await
-                    .unwrap();
+                delivery.ack(BasicAckOptions { multiple: true }).await.unwrap();
             }
         }
         Instant::now()
@@ -114,10 +86,7 @@ async fn main() {
         confirm.await.unwrap();
     }
     let published = start.elapsed();
-    let done = tokio::time::timeout(Duration::from_secs(120), consuming)
-        .await
-        .expect("consumer finished")
-        .unwrap();
+    let done = tokio::time::timeout(Duration::from_secs(120), consuming).await.expect("consumer finished").unwrap();
     let total = done - start;
     let rate = messages as f64 / total.as_secs_f64();
     println!(

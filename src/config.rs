@@ -99,9 +99,7 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
         let mut config = Config::default();
-        let warnings = config
-            .apply(&text)
-            .map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))?;
+        let warnings = config.apply(&text).map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))?;
         Ok((config, warnings))
     }
 
@@ -118,38 +116,23 @@ impl Config {
                 continue;
             }
             let Some((key, value)) = content.split_once('=') else {
-                return Err(ConfigError(format!(
-                    "line {line}: expected 'key = value', got '{content}'"
-                )));
+                return Err(ConfigError(format!("line {line}: expected 'key = value', got '{content}'")));
             };
             let (key, value) = (key.trim(), value.trim());
-            let bad = |what: &str| {
-                ConfigError(format!(
-                    "line {line}: invalid value '{value}' for '{key}': {what}"
-                ))
-            };
+            let bad = |what: &str| ConfigError(format!("line {line}: invalid value '{value}' for '{key}': {what}"));
             match key {
                 "listeners.tcp.default" | "listeners.tcp.1" => {
-                    self.listen =
-                        parse_listener(value).ok_or_else(|| bad("expected a port or ip:port"))?;
+                    self.listen = parse_listener(value).ok_or_else(|| bad("expected a port or ip:port"))?;
                 }
-                "heartbeat" => {
-                    self.heartbeat = value
-                        .parse()
-                        .map_err(|_| bad("expected seconds, 0 to 65535"))?
-                }
+                "heartbeat" => self.heartbeat = value.parse().map_err(|_| bad("expected seconds, 0 to 65535"))?,
                 "frame_max" => {
-                    let v: u32 = value
-                        .parse()
-                        .map_err(|_| bad("expected a number of bytes"))?;
+                    let v: u32 = value.parse().map_err(|_| bad("expected a number of bytes"))?;
                     if v != 0 && v < FRAME_MIN_SIZE {
                         return Err(bad(&format!("must be at least {FRAME_MIN_SIZE}")));
                     }
                     self.frame_max = v;
                 }
-                "channel_max" => {
-                    self.channel_max = value.parse().map_err(|_| bad("expected 0 to 65535"))?
-                }
+                "channel_max" => self.channel_max = value.parse().map_err(|_| bad("expected 0 to 65535"))?,
                 "handshake_timeout" => {
                     let ms: u64 = value.parse().map_err(|_| bad("expected milliseconds"))?;
                     self.handshake_timeout = Duration::from_millis(ms);
@@ -158,16 +141,8 @@ impl Config {
                 "default_pass" => default_pass = Some(value.to_string()),
                 "default_vhost" => default_vhost = Some(value.to_string()),
                 k if NOT_YET_SUPPORTED.contains(&k) || k.starts_with("loopback_users.") => warnings
-                    .push(ConfigWarning {
-                        line,
-                        key: k.to_string(),
-                        reason: "not supported by warren yet, ignored:",
-                    }),
-                k => warnings.push(ConfigWarning {
-                    line,
-                    key: k.to_string(),
-                    reason: "unknown key, ignored:",
-                }),
+                    .push(ConfigWarning { line, key: k.to_string(), reason: "not supported by warren yet, ignored:" }),
+                k => warnings.push(ConfigWarning { line, key: k.to_string(), reason: "unknown key, ignored:" }),
             }
         }
         if default_user.is_some() || default_pass.is_some() {
@@ -209,10 +184,7 @@ mod tests {
         assert_eq!(c.users, vec![("bob".to_string(), "secret".to_string())]);
         assert_eq!(c.vhosts, vec!["dev".to_string()]);
         assert_eq!(warnings.len(), 2);
-        assert_eq!(
-            (warnings[1].line, warnings[1].key.as_str()),
-            (11, "heartbeet")
-        );
+        assert_eq!((warnings[1].line, warnings[1].key.as_str()), (11, "heartbeet"));
         assert!(warnings[1].to_string().contains("line 11"));
     }
 

@@ -87,12 +87,7 @@ impl EmbeddedBuilder {
         let broker = Broker::new(self.config);
         let (shutdown, stop) = watch::channel(false);
         let task = tokio::spawn(crate::server::serve(listener, broker.clone(), stop));
-        Ok(EmbeddedBroker {
-            addr,
-            broker,
-            shutdown,
-            task: Some(task),
-        })
+        Ok(EmbeddedBroker { addr, broker, shutdown, task: Some(task) })
     }
 }
 

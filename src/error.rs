@@ -23,12 +23,7 @@ pub struct AmqpError {
 
 impl AmqpError {
     pub fn new(code: ReplyCode, message: impl Into<String>) -> Self {
-        AmqpError {
-            code,
-            message: message.into(),
-            class_id: 0,
-            method_id: 0,
-        }
+        AmqpError { code, message: message.into(), class_id: 0, method_id: 0 }
     }
 
     /// Names the method that caused the error, as `close` frames report it.
@@ -92,13 +87,7 @@ impl AmqpError {
 
 impl fmt::Display for AmqpError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} {} - {}",
-            self.code.code(),
-            self.code.name(),
-            self.message
-        )
+        write!(f, "{} {} - {}", self.code.code(), self.code.name(), self.message)
     }
 }
 

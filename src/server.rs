@@ -41,10 +41,7 @@ pub async fn serve(listener: TcpListener, broker: Arc<Broker>, shutdown: watch::
     drop(listener);
     info!("stopping: closing {} connection(s)", connections.len());
     let all_closed = async { while connections.join_next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(5), all_closed)
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(Duration::from_secs(5), all_closed).await.is_err() {
         connections.abort_all();
     }
 }

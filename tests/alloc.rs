@@ -24,9 +24,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use warren::broker::message::{Body, Message};
 use warren::connection::writer::{Delivery, DeliveryKind, FrameBuffer};
 use warren::protocol::constants::{CLASS_BASIC, FRAME_END};
-use warren::protocol::frame::{
-    parse_frame, write_body_frame_header, write_content_header, write_method,
-};
+use warren::protocol::frame::{parse_frame, write_body_frame_header, write_content_header, write_method};
 use warren::protocol::methods::basic;
 use warren::protocol::properties::BasicProperties;
 use warren::protocol::{FieldTable, FieldValue, Frame, Method};
@@ -117,11 +115,7 @@ fn publish_wire() -> Vec<u8> {
 
 /// Parses one publish (three frames) off the front of `buf`.
 fn parse_publish(buf: &mut BytesMut) -> (Frame, Frame, Frame) {
-    let mut next = || {
-        parse_frame(buf, FRAME_MAX)
-            .expect("valid frame")
-            .expect("complete frame")
-    };
+    let mut next = || parse_frame(buf, FRAME_MAX).expect("valid frame").expect("complete frame");
     (next(), next(), next())
 }
 
@@ -146,13 +140,7 @@ fn parse_allocations() -> (usize, usize) {
     let n = allocations_in(|| {
         for _ in 0..MESSAGES {
             let (method, header, body) = parse_publish(&mut buf);
-            assert!(matches!(
-                method,
-                Frame::Method {
-                    method: Method::BasicPublish(_),
-                    ..
-                }
-            ));
+            assert!(matches!(method, Frame::Method { method: Method::BasicPublish(_), .. }));
             assert!(matches!(header, Frame::Header { .. }));
             assert!(matches!(body, Frame::Body { .. }));
             black_box((method, header, body));
@@ -196,10 +184,7 @@ fn parsed_message() -> Arc<Message> {
     let mut buf = BytesMut::from(&publish_wire()[..]);
     let (method, header, body) = parse_publish(&mut buf);
     let (
-        Frame::Method {
-            method: Method::BasicPublish(publish),
-            ..
-        },
+        Frame::Method { method: Method::BasicPublish(publish), .. },
         Frame::Header { header, .. },
         Frame::Body { body, .. },
     ) = (method, header, body)
@@ -230,9 +215,7 @@ fn encode_allocations() -> (usize, usize, usize) {
         // Building the `Delivery` clones two `Arc`-backed handles: no allocation.
         let d = Delivery {
             channel: 1,
-            kind: DeliveryKind::Deliver {
-                consumer_tag: consumer_tag.clone(),
-            },
+            kind: DeliveryKind::Deliver { consumer_tag: consumer_tag.clone() },
             delivery_tag: tag,
             redelivered: false,
             message: message.clone(),
@@ -300,18 +283,9 @@ fn message_path_allocations() {
         encode as f64 / MESSAGES as f64
     );
 
-    assert_eq!(
-        parse, 0,
-        "parsing basic.publish + header + body must not allocate once warmed up"
-    );
-    assert_eq!(
-        refilled, 0,
-        "parsing from a refilled read buffer must not allocate once warmed up"
-    );
+    assert_eq!(parse, 0, "parsing basic.publish + header + body must not allocate once warmed up");
+    assert_eq!(refilled, 0, "parsing from a refilled read buffer must not allocate once warmed up");
     // Measured: 0. See `encode_allocations` for the one-time allocations of
     // the first delivery and why none follow.
-    assert_eq!(
-        encode, 0,
-        "encoding and writing a delivery must not allocate once warmed up"
-    );
+    assert_eq!(encode, 0, "encoding and writing a delivery must not allocate once warmed up");
 }

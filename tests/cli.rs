@@ -60,31 +60,22 @@ impl Drop for TempConf {
 }
 
 fn config_file(text: &str) -> TempConf {
-    let name = format!(
-        "rabbitmq-{}-{:?}.conf",
-        std::process::id(),
-        std::thread::current().id()
-    );
+    let name = format!("rabbitmq-{}-{:?}.conf", std::process::id(), std::thread::current().id());
     let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
-    std::fs::File::create(&path)
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
+    std::fs::File::create(&path).unwrap().write_all(text.as_bytes()).unwrap();
     TempConf(path)
 }
 
 #[test]
 fn reads_rabbitmq_conf_warns_about_unknown_keys_and_flags_override_it() {
-    let conf = config_file("# test\nlisteners.tcp.default = 127.0.0.1:1\nheartbeat = 7\nchannel_max = 16\nheartbeet = 3\n");
+    let conf =
+        config_file("# test\nlisteners.tcp.default = 127.0.0.1:1\nheartbeat = 7\nchannel_max = 16\nheartbeet = 3\n");
     let (mut child, rx) = start(&["--config", conf.path(), "--port", "0", "--heartbeat", "9"]);
     let warning = wait_for(&rx, "heartbeet");
     assert!(warning.contains("line 5"), "{warning}");
     assert!(warning.contains("WARN"), "{warning}");
     let listening = wait_for(&rx, "started TCP listener on 127.0.0.1:");
-    assert!(
-        !listening.ends_with(":1"),
-        "--port overrides the file: {listening}"
-    );
+    assert!(!listening.ends_with(":1"), "--port overrides the file: {listening}");
     let tuning = wait_for(&rx, "heartbeat 9s");
     assert!(tuning.contains("channel_max 16"), "{tuning}");
     child.kill().unwrap();
@@ -94,16 +85,10 @@ fn reads_rabbitmq_conf_warns_about_unknown_keys_and_flags_override_it() {
 #[test]
 fn a_bad_config_value_is_a_readable_error_not_a_panic() {
     let conf = config_file("heartbeat = 60\nframe_max = lots\n");
-    let out = Command::new(WARREN)
-        .args(["--config", conf.path(), "--port", "0"])
-        .output()
-        .unwrap();
+    let out = Command::new(WARREN).args(["--config", conf.path(), "--port", "0"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("line 2: invalid value 'lots' for 'frame_max'"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("line 2: invalid value 'lots' for 'frame_max'"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
@@ -131,10 +116,7 @@ fn the_config_file_can_come_from_rabbitmq_config_file() {
 fn sigint_stops_the_broker_cleanly() {
     let (mut child, rx) = start(&["--port", "0"]);
     wait_for(&rx, "started TCP listener");
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
     wait_for(&rx, "stopped");
     let exit = child.wait().unwrap();

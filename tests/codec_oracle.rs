@@ -24,9 +24,7 @@ use std::task::{Context, Poll, Waker};
 
 use amq_protocol::frame::{gen_frame, parse_frame as oracle_parse_frame, AMQPFrame, WriteContext};
 use amq_protocol::protocol::{self as amq, AMQPClass};
-use amq_protocol::types::{
-    AMQPValue, ByteArray, DecimalValue, FieldArray, FieldTable as OracleTable, LongString,
-};
+use amq_protocol::types::{AMQPValue, ByteArray, DecimalValue, FieldArray, FieldTable as OracleTable, LongString};
 use bytes::{Bytes, BytesMut};
 
 use warren::broker::message::{Body, Message};
@@ -59,10 +57,7 @@ fn warren_parses(wire: &[u8]) -> Vec<Frame> {
     while !buf.is_empty() {
         match parse_frame(&mut buf, FRAME_MAX) {
             Ok(Some(frame)) => frames.push(frame),
-            Ok(None) => panic!(
-                "warren saw an incomplete frame, {} octets left of {wire:02x?}",
-                buf.len()
-            ),
+            Ok(None) => panic!("warren saw an incomplete frame, {} octets left of {wire:02x?}", buf.len()),
             Err(e) => panic!("warren refused a frame amq-protocol generated: {e:?}\n{wire:02x?}"),
         }
     }
@@ -73,10 +68,7 @@ fn warren_parses(wire: &[u8]) -> Vec<Frame> {
 fn warren_method(channel: u16, class: AMQPClass) -> Method {
     let wire = client_sends(&AMQPFrame::Method(channel, class));
     match warren_parses(&wire).as_slice() {
-        [Frame::Method {
-            channel: ch,
-            method,
-        }] => {
+        [Frame::Method { channel: ch, method }] => {
             assert_eq!(*ch, channel, "channel of {}", method.name());
             method.clone()
         }
@@ -169,15 +161,12 @@ fn oracle_value(v: &FieldValue) -> AMQPValue {
         FieldValue::I64(v) => AMQPValue::LongLongInt(*v),
         FieldValue::F32(v) => AMQPValue::Float(*v),
         FieldValue::F64(v) => AMQPValue::Double(*v),
-        FieldValue::Decimal { scale, value } => AMQPValue::DecimalValue(DecimalValue {
-            scale: *scale,
-            value: *value,
-        }),
+        FieldValue::Decimal { scale, value } => AMQPValue::DecimalValue(DecimalValue { scale: *scale, value: *value }),
         FieldValue::LongStr(v) => AMQPValue::LongString(LongString::from(v.to_vec())),
         FieldValue::Bytes(v) => AMQPValue::ByteArray(ByteArray::from(v.to_vec())),
-        FieldValue::Array(vs) => AMQPValue::FieldArray(FieldArray::from(
-            vs.iter().map(oracle_value).collect::<Vec<_>>(),
-        )),
+        FieldValue::Array(vs) => {
+            AMQPValue::FieldArray(FieldArray::from(vs.iter().map(oracle_value).collect::<Vec<_>>()))
+        }
         FieldValue::Timestamp(v) => AMQPValue::Timestamp(*v),
         FieldValue::Table(t) => AMQPValue::FieldTable(oracle_table(t)),
         FieldValue::Void => AMQPValue::Void,
@@ -215,10 +204,7 @@ fn long_string(s: &str) -> AMQPValue {
 fn oracle_every_type_table() -> OracleTable {
     let nested = otable(vec![
         ("depth", AMQPValue::ShortShortUInt(2)),
-        (
-            "deeper",
-            AMQPValue::FieldTable(otable(vec![("leaf", AMQPValue::Void)])),
-        ),
+        ("deeper", AMQPValue::FieldTable(otable(vec![("leaf", AMQPValue::Void)]))),
     ]);
     otable(vec![
         ("bool-true", AMQPValue::Boolean(true)),
@@ -233,19 +219,10 @@ fn oracle_every_type_table() -> OracleTable {
         ("f32", AMQPValue::Float(-0.0)),
         ("f32-small", AMQPValue::Float(f32::MIN_POSITIVE)),
         ("f64", AMQPValue::Double(std::f64::consts::PI)),
-        (
-            "decimal",
-            AMQPValue::DecimalValue(DecimalValue {
-                scale: 3,
-                value: u32::MAX,
-            }),
-        ),
+        ("decimal", AMQPValue::DecimalValue(DecimalValue { scale: 3, value: u32::MAX })),
         ("longstr", long_string("un texte assez long, accentué — ✓")),
         ("longstr-empty", long_string("")),
-        (
-            "longstr-binary",
-            AMQPValue::LongString(LongString::from(vec![0u8, 0xce, 0xff, 1])),
-        ),
+        ("longstr-binary", AMQPValue::LongString(LongString::from(vec![0u8, 0xce, 0xff, 1]))),
         (
             "array",
             AMQPValue::FieldArray(FieldArray::from(vec![
@@ -264,10 +241,7 @@ fn oracle_every_type_table() -> OracleTable {
         ("timestamp", AMQPValue::Timestamp(1_700_000_000)),
         ("table", AMQPValue::FieldTable(nested)),
         ("table-empty", AMQPValue::FieldTable(OracleTable::default())),
-        (
-            "bytes",
-            AMQPValue::ByteArray(ByteArray::from(vec![0u8, 1, 2, 0xce, 0xff])),
-        ),
+        ("bytes", AMQPValue::ByteArray(ByteArray::from(vec![0u8, 1, 2, 0xce, 0xff]))),
         ("void", AMQPValue::Void),
         ("clé-ünïcødé", AMQPValue::Boolean(true)),
     ])
@@ -288,13 +262,7 @@ fn warren_every_type_table() -> FieldTable {
         .with("i64", FieldValue::I64(i64::MIN))
         .with("f32", FieldValue::F32(-0.0))
         .with("f64", FieldValue::F64(-std::f64::consts::E))
-        .with(
-            "decimal",
-            FieldValue::Decimal {
-                scale: 2,
-                value: 123_456,
-            },
-        )
+        .with("decimal", FieldValue::Decimal { scale: 2, value: 123_456 })
         .with("longstr", FieldValue::LongStr(b("texte — ✓".as_bytes())))
         .with("longstr-binary", FieldValue::LongStr(b(&[0, 0xce, 0xff])))
         .with(
@@ -309,12 +277,7 @@ fn warren_every_type_table() -> FieldTable {
         )
         .with("array-empty", FieldValue::Array(Vec::new()))
         .with("timestamp", FieldValue::Timestamp(u64::MAX))
-        .with(
-            "table",
-            FieldValue::Table(
-                FieldTable::new().with("inner", FieldValue::Table(FieldTable::new())),
-            ),
-        )
+        .with("table", FieldValue::Table(FieldTable::new().with("inner", FieldValue::Table(FieldTable::new()))))
         .with("bytes", FieldValue::Bytes(b(&[0, 1, 0xce, 0xff])))
         .with("void", FieldValue::Void)
 }
@@ -337,11 +300,7 @@ fn assert_float_bits(warren: &FieldTable, oracle: &OracleTable) {
 }
 
 fn assert_same_table(warren: &FieldTable, oracle: &OracleTable, what: &str) {
-    assert_eq!(
-        warren.iter().count(),
-        oracle.inner().len(),
-        "{what}: number of entries"
-    );
+    assert_eq!(warren.iter().count(), oracle.inner().len(), "{what}: number of entries");
     assert_eq!(&oracle_table(warren), oracle, "{what}");
     assert_float_bits(warren, oracle);
 }
@@ -357,10 +316,7 @@ fn oracle_all_properties() -> amq::BasicProperties {
             "nested",
             AMQPValue::FieldTable(otable(vec![
                 ("a", AMQPValue::LongInt(1)),
-                (
-                    "b",
-                    AMQPValue::FieldTable(otable(vec![("c", long_string("d"))])),
-                ),
+                ("b", AMQPValue::FieldTable(otable(vec![("c", long_string("d"))]))),
             ])),
         ),
         (
@@ -372,19 +328,10 @@ fn oracle_all_properties() -> amq::BasicProperties {
                 ("time", AMQPValue::Timestamp(1_700_000_123)),
             ]))])),
         ),
-        (
-            "price",
-            AMQPValue::DecimalValue(DecimalValue {
-                scale: 2,
-                value: 1999,
-            }),
-        ),
+        ("price", AMQPValue::DecimalValue(DecimalValue { scale: 2, value: 1999 })),
         ("sent-at", AMQPValue::Timestamp(1_700_000_000)),
         ("nothing", AMQPValue::Void),
-        (
-            "digest",
-            AMQPValue::ByteArray(ByteArray::from(vec![0xde, 0xad, 0xbe, 0xef, 0xce])),
-        ),
+        ("digest", AMQPValue::ByteArray(ByteArray::from(vec![0xde, 0xad, 0xbe, 0xef, 0xce]))),
     ]);
     amq::BasicProperties::default()
         .with_content_type("application/json".into())
@@ -410,14 +357,8 @@ fn warren_all_properties() -> BasicProperties {
         content_encoding: Some("identity".into()),
         headers: Some(
             FieldTable::new()
-                .with(
-                    "nested",
-                    FieldValue::Table(FieldTable::new().with("n", FieldValue::I64(-5))),
-                )
-                .with(
-                    "list",
-                    FieldValue::Array(vec![FieldValue::LongStr(Bytes::from_static(b"x"))]),
-                )
+                .with("nested", FieldValue::Table(FieldTable::new().with("n", FieldValue::I64(-5))))
+                .with("list", FieldValue::Array(vec![FieldValue::LongStr(Bytes::from_static(b"x"))]))
                 .with("price", FieldValue::Decimal { scale: 4, value: 7 })
                 .with("at", FieldValue::Timestamp(1_600_000_000))
                 .with("nothing", FieldValue::Void)
@@ -439,55 +380,23 @@ fn warren_all_properties() -> BasicProperties {
 
 /// Compares the 14 properties one by one.
 fn assert_same_properties(w: &BasicProperties, o: &amq::BasicProperties) {
-    assert_eq!(
-        opt_text(&w.content_type),
-        oracle_opt_text(o.content_type()),
-        "content-type"
-    );
-    assert_eq!(
-        opt_text(&w.content_encoding),
-        oracle_opt_text(o.content_encoding()),
-        "content-encoding"
-    );
+    assert_eq!(opt_text(&w.content_type), oracle_opt_text(o.content_type()), "content-type");
+    assert_eq!(opt_text(&w.content_encoding), oracle_opt_text(o.content_encoding()), "content-encoding");
     match (&w.headers, o.headers()) {
         (Some(w), Some(o)) => assert_same_table(w, o, "headers"),
         (w, o) => assert_eq!(w.is_some(), o.is_some(), "headers present"),
     }
     assert_eq!(w.delivery_mode, *o.delivery_mode(), "delivery-mode");
     assert_eq!(w.priority, *o.priority(), "priority");
-    assert_eq!(
-        opt_text(&w.correlation_id),
-        oracle_opt_text(o.correlation_id()),
-        "correlation-id"
-    );
-    assert_eq!(
-        opt_text(&w.reply_to),
-        oracle_opt_text(o.reply_to()),
-        "reply-to"
-    );
-    assert_eq!(
-        opt_text(&w.expiration),
-        oracle_opt_text(o.expiration()),
-        "expiration"
-    );
-    assert_eq!(
-        opt_text(&w.message_id),
-        oracle_opt_text(o.message_id()),
-        "message-id"
-    );
+    assert_eq!(opt_text(&w.correlation_id), oracle_opt_text(o.correlation_id()), "correlation-id");
+    assert_eq!(opt_text(&w.reply_to), oracle_opt_text(o.reply_to()), "reply-to");
+    assert_eq!(opt_text(&w.expiration), oracle_opt_text(o.expiration()), "expiration");
+    assert_eq!(opt_text(&w.message_id), oracle_opt_text(o.message_id()), "message-id");
     assert_eq!(w.timestamp, *o.timestamp(), "timestamp");
     assert_eq!(opt_text(&w.kind), oracle_opt_text(o.kind()), "type");
-    assert_eq!(
-        opt_text(&w.user_id),
-        oracle_opt_text(o.user_id()),
-        "user-id"
-    );
+    assert_eq!(opt_text(&w.user_id), oracle_opt_text(o.user_id()), "user-id");
     assert_eq!(opt_text(&w.app_id), oracle_opt_text(o.app_id()), "app-id");
-    assert_eq!(
-        opt_text(&w.cluster_id),
-        oracle_opt_text(o.cluster_id()),
-        "cluster-id"
-    );
+    assert_eq!(opt_text(&w.cluster_id), oracle_opt_text(o.cluster_id()), "cluster-id");
 }
 
 /// `oracle_all_properties` with only the property at `index` (0..14) set,
@@ -565,16 +474,9 @@ fn client_connection_start_ok_with_every_field_type() {
         response: LongString::from(&b"\0guest\0gu\xceest"[..]),
         locale: "en_US".into(),
     };
-    let method = warren_method(
-        0,
-        AMQPClass::Connection(amq::connection::AMQPMethod::StartOk(sent.clone())),
-    );
+    let method = warren_method(0, AMQPClass::Connection(amq::connection::AMQPMethod::StartOk(sent.clone())));
     let got = expect!(method, Method::ConnectionStartOk(m) => m);
-    assert_same_table(
-        &got.client_properties,
-        &sent.client_properties,
-        "client-properties",
-    );
+    assert_same_table(&got.client_properties, &sent.client_properties, "client-properties");
     assert_eq!(text(&got.mechanism), sent.mechanism.as_str());
     assert_eq!(&got.response[..], sent.response.as_bytes());
     assert_eq!(text(&got.locale), sent.locale.as_str());
@@ -582,20 +484,9 @@ fn client_connection_start_ok_with_every_field_type() {
 
 #[test]
 fn client_tune_ok_and_open() {
-    for (channel_max, frame_max, heartbeat) in [
-        (2047, 131_072, 60),
-        (0, 0, 0),
-        (u16::MAX, u32::MAX, u16::MAX),
-    ] {
-        let sent = amq::connection::TuneOk {
-            channel_max,
-            frame_max,
-            heartbeat,
-        };
-        let method = warren_method(
-            0,
-            AMQPClass::Connection(amq::connection::AMQPMethod::TuneOk(sent.clone())),
-        );
+    for (channel_max, frame_max, heartbeat) in [(2047, 131_072, 60), (0, 0, 0), (u16::MAX, u32::MAX, u16::MAX)] {
+        let sent = amq::connection::TuneOk { channel_max, frame_max, heartbeat };
+        let method = warren_method(0, AMQPClass::Connection(amq::connection::AMQPMethod::TuneOk(sent.clone())));
         let got = expect!(method, Method::ConnectionTuneOk(m) => m);
         assert_eq!(got.channel_max, sent.channel_max);
         assert_eq!(got.frame_max, sent.frame_max);
@@ -604,13 +495,8 @@ fn client_tune_ok_and_open() {
 
     let longest = "v".repeat(255);
     for vhost in ["/", "", "tenant-ü/prod", &longest] {
-        let sent = amq::connection::Open {
-            virtual_host: vhost.into(),
-        };
-        let method = warren_method(
-            0,
-            AMQPClass::Connection(amq::connection::AMQPMethod::Open(sent)),
-        );
+        let sent = amq::connection::Open { virtual_host: vhost.into() };
+        let method = warren_method(0, AMQPClass::Connection(amq::connection::AMQPMethod::Open(sent)));
         let got = expect!(method, Method::ConnectionOpen(m) => m);
         assert_eq!(text(&got.virtual_host), vhost);
         // amq-protocol writes the reserved "capabilities" and "insist" as "" and false.
@@ -621,37 +507,22 @@ fn client_tune_ok_and_open() {
 
 #[test]
 fn client_connection_close_and_close_ok() {
-    let sent = amq::connection::Close {
-        reply_code: 200,
-        reply_text: "Goodbye".into(),
-        class_id: 0,
-        method_id: 0,
-    };
-    let method = warren_method(
-        0,
-        AMQPClass::Connection(amq::connection::AMQPMethod::Close(sent.clone())),
-    );
+    let sent = amq::connection::Close { reply_code: 200, reply_text: "Goodbye".into(), class_id: 0, method_id: 0 };
+    let method = warren_method(0, AMQPClass::Connection(amq::connection::AMQPMethod::Close(sent.clone())));
     let got = expect!(method, Method::ConnectionClose(m) => m);
     assert_eq!(got.reply_code, sent.reply_code);
     assert_eq!(text(&got.reply_text), sent.reply_text.as_str());
     assert_eq!((got.class_id, got.method_id), (0, 0));
 
-    let method = warren_method(
-        0,
-        AMQPClass::Connection(amq::connection::AMQPMethod::CloseOk(
-            amq::connection::CloseOk {},
-        )),
-    );
+    let method =
+        warren_method(0, AMQPClass::Connection(amq::connection::AMQPMethod::CloseOk(amq::connection::CloseOk {})));
     expect!(method, Method::ConnectionCloseOk(_) => ());
 }
 
 #[test]
 fn client_channel_open_close() {
     for channel in [1, 2047, u16::MAX] {
-        let method = warren_method(
-            channel,
-            AMQPClass::Channel(amq::channel::AMQPMethod::Open(amq::channel::Open {})),
-        );
+        let method = warren_method(channel, AMQPClass::Channel(amq::channel::AMQPMethod::Open(amq::channel::Open {})));
         let got = expect!(method, Method::ChannelOpen(m) => m);
         assert!(got.reserved_1.is_empty(), "reserved out-of-band");
     }
@@ -662,20 +533,14 @@ fn client_channel_open_close() {
         class_id: 50,
         method_id: 10,
     };
-    let method = warren_method(
-        3,
-        AMQPClass::Channel(amq::channel::AMQPMethod::Close(sent.clone())),
-    );
+    let method = warren_method(3, AMQPClass::Channel(amq::channel::AMQPMethod::Close(sent.clone())));
     let got = expect!(method, Method::ChannelClose(m) => m);
     assert_eq!(got.reply_code, sent.reply_code);
     assert_eq!(text(&got.reply_text), sent.reply_text.as_str());
     assert_eq!(got.class_id, sent.class_id);
     assert_eq!(got.method_id, sent.method_id);
 
-    let method = warren_method(
-        3,
-        AMQPClass::Channel(amq::channel::AMQPMethod::CloseOk(amq::channel::CloseOk {})),
-    );
+    let method = warren_method(3, AMQPClass::Channel(amq::channel::AMQPMethod::CloseOk(amq::channel::CloseOk {})));
     expect!(method, Method::ChannelCloseOk(_) => ());
 }
 
@@ -700,28 +565,13 @@ fn client_queue_declare_every_flag_combination() {
             nowait: bits & 16 != 0,
             arguments: arguments.clone(),
         };
-        let method = warren_method(
-            1,
-            AMQPClass::Queue(amq::queue::AMQPMethod::Declare(sent.clone())),
-        );
+        let method = warren_method(1, AMQPClass::Queue(amq::queue::AMQPMethod::Declare(sent.clone())));
         let got = expect!(method, Method::QueueDeclare(m) => m);
         assert_eq!(got.reserved_1, 0);
         assert_eq!(text(&got.queue), sent.queue.as_str());
         assert_eq!(
-            (
-                got.passive,
-                got.durable,
-                got.exclusive,
-                got.auto_delete,
-                got.no_wait
-            ),
-            (
-                sent.passive,
-                sent.durable,
-                sent.exclusive,
-                sent.auto_delete,
-                sent.nowait
-            ),
+            (got.passive, got.durable, got.exclusive, got.auto_delete, got.no_wait),
+            (sent.passive, sent.durable, sent.exclusive, sent.auto_delete, sent.nowait),
             "flags {bits:05b}"
         );
         assert_same_table(&got.arguments, &sent.arguments, "queue arguments");
@@ -752,10 +602,7 @@ fn client_queue_bind() {
             ("size", AMQPValue::LongInt(42)),
         ]),
     };
-    let method = warren_method(
-        9,
-        AMQPClass::Queue(amq::queue::AMQPMethod::Bind(sent.clone())),
-    );
+    let method = warren_method(9, AMQPClass::Queue(amq::queue::AMQPMethod::Bind(sent.clone())));
     let got = expect!(method, Method::QueueBind(m) => m);
     assert_eq!(got.reserved_1, 0);
     assert_eq!(text(&got.queue), sent.queue.as_str());
@@ -778,29 +625,14 @@ fn client_exchange_declare_every_flag_combination() {
             nowait: bits & 16 != 0,
             arguments: otable(vec![("alternate-exchange", long_string("unrouted"))]),
         };
-        let method = warren_method(
-            1,
-            AMQPClass::Exchange(amq::exchange::AMQPMethod::Declare(sent.clone())),
-        );
+        let method = warren_method(1, AMQPClass::Exchange(amq::exchange::AMQPMethod::Declare(sent.clone())));
         let got = expect!(method, Method::ExchangeDeclare(m) => m);
         assert_eq!(got.reserved_1, 0);
         assert_eq!(text(&got.exchange), sent.exchange.as_str());
         assert_eq!(text(&got.kind), sent.kind.as_str());
         assert_eq!(
-            (
-                got.passive,
-                got.durable,
-                got.auto_delete,
-                got.internal,
-                got.no_wait
-            ),
-            (
-                sent.passive,
-                sent.durable,
-                sent.auto_delete,
-                sent.internal,
-                sent.nowait
-            ),
+            (got.passive, got.durable, got.auto_delete, got.internal, got.no_wait),
+            (sent.passive, sent.durable, sent.auto_delete, sent.internal, sent.nowait),
             "flags {bits:05b}"
         );
         assert_same_table(&got.arguments, &sent.arguments, "exchange arguments");
@@ -810,13 +642,8 @@ fn client_exchange_declare_every_flag_combination() {
 #[test]
 fn client_basic_qos_consume_cancel() {
     for (prefetch_count, global) in [(0, false), (1, true), (u16::MAX, false)] {
-        let method = warren_method(
-            1,
-            AMQPClass::Basic(amq::basic::AMQPMethod::Qos(amq::basic::Qos {
-                prefetch_count,
-                global,
-            })),
-        );
+        let method =
+            warren_method(1, AMQPClass::Basic(amq::basic::AMQPMethod::Qos(amq::basic::Qos { prefetch_count, global })));
         let got = expect!(method, Method::BasicQos(m) => m);
         // amq-protocol always sends prefetch-size 0, as RabbitMQ requires.
         assert_eq!(got.prefetch_size, 0);
@@ -834,10 +661,7 @@ fn client_basic_qos_consume_cancel() {
             nowait: bits & 8 != 0,
             arguments: otable(vec![("x-priority", AMQPValue::LongInt(-3))]),
         };
-        let method = warren_method(
-            2,
-            AMQPClass::Basic(amq::basic::AMQPMethod::Consume(sent.clone())),
-        );
+        let method = warren_method(2, AMQPClass::Basic(amq::basic::AMQPMethod::Consume(sent.clone())));
         let got = expect!(method, Method::BasicConsume(m) => m);
         assert_eq!(got.reserved_1, 0);
         assert_eq!(text(&got.queue), sent.queue.as_str());
@@ -875,10 +699,8 @@ fn client_publish_header_body_in_one_read_buffer() {
         immediate: false,
     };
     // A body in two frames, as a client with a small frame_max sends it.
-    let mut wire = client_sends(&AMQPFrame::Method(
-        5,
-        AMQPClass::Basic(amq::basic::AMQPMethod::Publish(publish.clone())),
-    ));
+    let mut wire =
+        client_sends(&AMQPFrame::Method(5, AMQPClass::Basic(amq::basic::AMQPMethod::Publish(publish.clone()))));
     wire.extend(client_sends(&AMQPFrame::Header(
         5,
         amq_protocol::frame::AMQPContentHeader {
@@ -892,8 +714,7 @@ fn client_publish_header_body_in_one_read_buffer() {
 
     let frames = warren_parses(&wire);
     assert_eq!(frames.len(), 4, "{frames:?}");
-    let got =
-        expect!(&frames[0], Frame::Method { channel: 5, method: Method::BasicPublish(m) } => m);
+    let got = expect!(&frames[0], Frame::Method { channel: 5, method: Method::BasicPublish(m) } => m);
     assert_eq!(got.reserved_1, 0);
     assert_eq!(text(&got.exchange), publish.exchange.as_str());
     assert_eq!(text(&got.routing_key), publish.routing_key.as_str());
@@ -965,41 +786,24 @@ fn client_empty_body_frame() {
 #[test]
 fn client_acks_nacks_rejects() {
     for (delivery_tag, multiple) in [(1, false), (42, true), (u64::MAX, true)] {
-        let method = warren_method(
-            1,
-            AMQPClass::Basic(amq::basic::AMQPMethod::Ack(amq::basic::Ack {
-                delivery_tag,
-                multiple,
-            })),
-        );
+        let method =
+            warren_method(1, AMQPClass::Basic(amq::basic::AMQPMethod::Ack(amq::basic::Ack { delivery_tag, multiple })));
         let got = expect!(method, Method::BasicAck(m) => m);
         assert_eq!((got.delivery_tag, got.multiple), (delivery_tag, multiple));
     }
 
     for bits in 0..4u8 {
-        let sent = amq::basic::Nack {
-            delivery_tag: 0x0102_0304_0506_0708,
-            multiple: bits & 1 != 0,
-            requeue: bits & 2 != 0,
-        };
-        let method = warren_method(
-            1,
-            AMQPClass::Basic(amq::basic::AMQPMethod::Nack(sent.clone())),
-        );
+        let sent =
+            amq::basic::Nack { delivery_tag: 0x0102_0304_0506_0708, multiple: bits & 1 != 0, requeue: bits & 2 != 0 };
+        let method = warren_method(1, AMQPClass::Basic(amq::basic::AMQPMethod::Nack(sent.clone())));
         let got = expect!(method, Method::BasicNack(m) => m);
-        assert_eq!(
-            (got.delivery_tag, got.multiple, got.requeue),
-            (sent.delivery_tag, sent.multiple, sent.requeue)
-        );
+        assert_eq!((got.delivery_tag, got.multiple, got.requeue), (sent.delivery_tag, sent.multiple, sent.requeue));
     }
 
     for requeue in [false, true] {
         let method = warren_method(
             1,
-            AMQPClass::Basic(amq::basic::AMQPMethod::Reject(amq::basic::Reject {
-                delivery_tag: 7,
-                requeue,
-            })),
+            AMQPClass::Basic(amq::basic::AMQPMethod::Reject(amq::basic::Reject { delivery_tag: 7, requeue })),
         );
         let got = expect!(method, Method::BasicReject(m) => m);
         assert_eq!((got.delivery_tag, got.requeue), (7, requeue));
@@ -1009,12 +813,8 @@ fn client_acks_nacks_rejects() {
 #[test]
 fn client_confirm_select_and_heartbeat() {
     for nowait in [false, true] {
-        let method = warren_method(
-            1,
-            AMQPClass::Confirm(amq::confirm::AMQPMethod::Select(amq::confirm::Select {
-                nowait,
-            })),
-        );
+        let method =
+            warren_method(1, AMQPClass::Confirm(amq::confirm::AMQPMethod::Select(amq::confirm::Select { nowait })));
         let got = expect!(method, Method::ConfirmSelect(m) => m);
         assert_eq!(got.no_wait, nowait);
     }
@@ -1031,15 +831,8 @@ fn server_connection_start_as_sent_by_warren() {
     let start = start_method();
     let class = oracle_method(0, start.clone());
     let got = expect!(class, AMQPClass::Connection(amq::connection::AMQPMethod::Start(m)) => m);
-    assert_eq!(
-        (got.version_major, got.version_minor),
-        (start.version_major, start.version_minor)
-    );
-    assert_same_table(
-        &start.server_properties,
-        &got.server_properties,
-        "server-properties",
-    );
+    assert_eq!((got.version_major, got.version_minor), (start.version_major, start.version_minor));
+    assert_same_table(&start.server_properties, &got.server_properties, "server-properties");
     assert_eq!(got.mechanisms.as_bytes(), &start.mechanisms[..]);
     assert_eq!(got.locales.as_bytes(), &start.locales[..]);
     // What clients look for (lapin and pika read these).
@@ -1047,10 +840,7 @@ fn server_connection_start_as_sent_by_warren() {
         got.server_properties.inner().get("capabilities"),
         Some(AMQPValue::FieldTable(t)) => t
     );
-    assert_eq!(
-        caps.inner().get("publisher_confirms"),
-        Some(&AMQPValue::Boolean(true))
-    );
+    assert_eq!(caps.inner().get("publisher_confirms"), Some(&AMQPValue::Boolean(true)));
 }
 
 #[test]
@@ -1064,28 +854,17 @@ fn server_connection_start_with_every_field_type() {
     };
     let class = oracle_method(0, start.clone());
     let got = expect!(class, AMQPClass::Connection(amq::connection::AMQPMethod::Start(m)) => m);
-    assert_same_table(
-        &start.server_properties,
-        &got.server_properties,
-        "server-properties",
-    );
+    assert_same_table(&start.server_properties, &got.server_properties, "server-properties");
 }
 
 #[test]
 fn server_tune_open_ok_close() {
-    let tune = connection::Tune {
-        channel_max: 2047,
-        frame_max: 131_072,
-        heartbeat: 60,
-    };
+    let tune = connection::Tune { channel_max: 2047, frame_max: 131_072, heartbeat: 60 };
     let got = expect!(
         oracle_method(0, tune.clone()),
         AMQPClass::Connection(amq::connection::AMQPMethod::Tune(m)) => m
     );
-    assert_eq!(
-        (got.channel_max, got.frame_max, got.heartbeat),
-        (tune.channel_max, tune.frame_max, tune.heartbeat)
-    );
+    assert_eq!((got.channel_max, got.frame_max, got.heartbeat), (tune.channel_max, tune.frame_max, tune.heartbeat));
 
     expect!(
         oracle_method(0, connection::OpenOk::default()),
@@ -1140,11 +919,8 @@ fn server_channel_open_ok_and_close() {
 
 #[test]
 fn server_queue_declare_ok_and_consume_ok() {
-    let ok = queue::DeclareOk {
-        queue: "amq.gen-JzTY20BRgKO-HjmUJj0wLg".into(),
-        message_count: u32::MAX,
-        consumer_count: 3,
-    };
+    let ok =
+        queue::DeclareOk { queue: "amq.gen-JzTY20BRgKO-HjmUJj0wLg".into(), message_count: u32::MAX, consumer_count: 3 };
     let got = expect!(
         oracle_method(1, ok.clone()),
         AMQPClass::Queue(amq::queue::AMQPMethod::DeclareOk(m)) => m
@@ -1153,9 +929,7 @@ fn server_queue_declare_ok_and_consume_ok() {
     assert_eq!(got.message_count, ok.message_count);
     assert_eq!(got.consumer_count, ok.consumer_count);
 
-    let ok = basic::ConsumeOk {
-        consumer_tag: "amq.ctag-9Qx1".into(),
-    };
+    let ok = basic::ConsumeOk { consumer_tag: "amq.ctag-9Qx1".into() };
     let got = expect!(
         oracle_method(1, ok.clone()),
         AMQPClass::Basic(amq::basic::AMQPMethod::ConsumeOk(m)) => m
@@ -1169,48 +943,29 @@ type ParsedAs = fn(&AMQPClass) -> bool;
 #[test]
 fn server_empty_replies_have_the_right_ids() {
     let replies: Vec<(Method, ParsedAs)> = vec![
-        (basic::QosOk::default().into(), |c| {
-            matches!(c, AMQPClass::Basic(amq::basic::AMQPMethod::QosOk(_)))
-        }),
-        (basic::RecoverOk::default().into(), |c| {
-            matches!(c, AMQPClass::Basic(amq::basic::AMQPMethod::RecoverOk(_)))
-        }),
+        (basic::QosOk::default().into(), |c| matches!(c, AMQPClass::Basic(amq::basic::AMQPMethod::QosOk(_)))),
+        (basic::RecoverOk::default().into(), |c| matches!(c, AMQPClass::Basic(amq::basic::AMQPMethod::RecoverOk(_)))),
         (exchange::DeclareOk::default().into(), |c| {
-            matches!(
-                c,
-                AMQPClass::Exchange(amq::exchange::AMQPMethod::DeclareOk(_))
-            )
+            matches!(c, AMQPClass::Exchange(amq::exchange::AMQPMethod::DeclareOk(_)))
         }),
         (exchange::DeleteOk::default().into(), |c| {
-            matches!(
-                c,
-                AMQPClass::Exchange(amq::exchange::AMQPMethod::DeleteOk(_))
-            )
+            matches!(c, AMQPClass::Exchange(amq::exchange::AMQPMethod::DeleteOk(_)))
         }),
         (exchange::BindOk::default().into(), |c| {
             matches!(c, AMQPClass::Exchange(amq::exchange::AMQPMethod::BindOk(_)))
         }),
         // 40/51, not 40/41: RabbitMQ's oddity, which amq-protocol follows too.
         (exchange::UnbindOk::default().into(), |c| {
-            matches!(
-                c,
-                AMQPClass::Exchange(amq::exchange::AMQPMethod::UnbindOk(_))
-            )
+            matches!(c, AMQPClass::Exchange(amq::exchange::AMQPMethod::UnbindOk(_)))
         }),
-        (queue::BindOk::default().into(), |c| {
-            matches!(c, AMQPClass::Queue(amq::queue::AMQPMethod::BindOk(_)))
+        (queue::BindOk::default().into(), |c| matches!(c, AMQPClass::Queue(amq::queue::AMQPMethod::BindOk(_)))),
+        (queue::UnbindOk::default().into(), |c| matches!(c, AMQPClass::Queue(amq::queue::AMQPMethod::UnbindOk(_)))),
+        (warren::protocol::methods::confirm::SelectOk::default().into(), |c| {
+            matches!(c, AMQPClass::Confirm(amq::confirm::AMQPMethod::SelectOk(_)))
         }),
-        (queue::UnbindOk::default().into(), |c| {
-            matches!(c, AMQPClass::Queue(amq::queue::AMQPMethod::UnbindOk(_)))
+        (warren::protocol::methods::tx::SelectOk::default().into(), |c| {
+            matches!(c, AMQPClass::Tx(amq::tx::AMQPMethod::SelectOk(_)))
         }),
-        (
-            warren::protocol::methods::confirm::SelectOk::default().into(),
-            |c| matches!(c, AMQPClass::Confirm(amq::confirm::AMQPMethod::SelectOk(_))),
-        ),
-        (
-            warren::protocol::methods::tx::SelectOk::default().into(),
-            |c| matches!(c, AMQPClass::Tx(amq::tx::AMQPMethod::SelectOk(_))),
-        ),
     ];
     for (method, is_expected) in replies {
         let name = method.name();
@@ -1261,10 +1016,7 @@ fn server_get_empty_confirms_and_consumer_cancel() {
         ),
         AMQPClass::Basic(amq::basic::AMQPMethod::Nack(m)) => m
     );
-    assert_eq!(
-        (got.delivery_tag, got.multiple, got.requeue),
-        (5, true, false)
-    );
+    assert_eq!((got.delivery_tag, got.multiple, got.requeue), (5, true, false));
 
     // consumer_cancel_notify: the broker cancels a consumer whose queue went away.
     let got = expect!(
@@ -1294,14 +1046,7 @@ fn message(properties: &BasicProperties, body: Body) -> Arc<Message> {
 
 /// Writes one delivery through `FrameBuffer`, as the writer task does, and
 /// returns what amq-protocol parsed: the method, the header, the body.
-fn oracle_delivery(
-    d: &Delivery,
-    frame_max: u32,
-) -> (
-    AMQPClass,
-    amq_protocol::frame::AMQPContentHeader,
-    Vec<Vec<u8>>,
-) {
+fn oracle_delivery(d: &Delivery, frame_max: u32) -> (AMQPClass, amq_protocol::frame::AMQPContentHeader, Vec<Vec<u8>>) {
     let mut frames = FrameBuffer::default();
     frames.delivery(d, frame_max);
     let wire = write_out(&mut frames);
@@ -1333,9 +1078,7 @@ fn server_deliver_header_body() {
     for (delivery_tag, redelivered) in [(1, false), (u64::MAX, true)] {
         let d = Delivery {
             channel: 7,
-            kind: DeliveryKind::Deliver {
-                consumer_tag: "amq.ctag-Kq3".into(),
-            },
+            kind: DeliveryKind::Deliver { consumer_tag: "amq.ctag-Kq3".into() },
             delivery_tag,
             redelivered,
             message: msg.clone(),
@@ -1361,9 +1104,7 @@ fn server_deliver_each_property_alone_and_none() {
     for properties in cases {
         let d = Delivery {
             channel: 1,
-            kind: DeliveryKind::Deliver {
-                consumer_tag: "c".into(),
-            },
+            kind: DeliveryKind::Deliver { consumer_tag: "c".into() },
             delivery_tag: 1,
             redelivered: false,
             message: message(&properties, Body::One(Bytes::from_static(b"x"))),
@@ -1398,10 +1139,7 @@ fn server_get_ok_and_return() {
 
     let d = Delivery {
         channel: 2,
-        kind: DeliveryKind::Return {
-            reply_code: 312,
-            reply_text: "NO_ROUTE".into(),
-        },
+        kind: DeliveryKind::Return { reply_code: 312, reply_text: "NO_ROUTE".into() },
         delivery_tag: 0,
         redelivered: false,
         message: m,
@@ -1429,9 +1167,7 @@ fn server_frames_written_back_to_back_parse_in_order() {
         frames.delivery(
             &Delivery {
                 channel: 1,
-                kind: DeliveryKind::Deliver {
-                    consumer_tag: "c".into(),
-                },
+                kind: DeliveryKind::Deliver { consumer_tag: "c".into() },
                 delivery_tag: tag,
                 redelivered: false,
                 message: m.clone(),
@@ -1442,10 +1178,7 @@ fn server_frames_written_back_to_back_parse_in_order() {
     let parsed = oracle_parses(&write_out(&mut frames));
     // An empty body is sent as no body frame at all (spec 4.2.6.2).
     assert_eq!(parsed.len(), 1 + 1 + 2 * 2, "{parsed:#?}");
-    assert!(matches!(
-        parsed[0],
-        AMQPFrame::Method(1, AMQPClass::Basic(amq::basic::AMQPMethod::QosOk(_)))
-    ));
+    assert!(matches!(parsed[0], AMQPFrame::Method(1, AMQPClass::Basic(amq::basic::AMQPMethod::QosOk(_)))));
     assert_eq!(parsed[1], AMQPFrame::Heartbeat);
     for (i, tag) in [(2, 1), (4, 2)] {
         let got = expect!(
@@ -1468,20 +1201,14 @@ fn check_split(chunks: Vec<Bytes>, frame_max: u32) {
     let max_payload = frame_max as usize - 8;
     let d = Delivery {
         channel: 4,
-        kind: DeliveryKind::Deliver {
-            consumer_tag: "c".into(),
-        },
+        kind: DeliveryKind::Deliver { consumer_tag: "c".into() },
         delivery_tag: 1,
         redelivered: false,
         message: message(&warren_single_property(0), Body::Many(chunks)),
     };
     let (_, header, bodies) = oracle_delivery(&d, frame_max);
     assert_eq!(header.body_size, body.len() as u64);
-    assert_eq!(
-        bodies.len(),
-        body.len().div_ceil(max_payload),
-        "frame count"
-    );
+    assert_eq!(bodies.len(), body.len().div_ceil(max_payload), "frame count");
     for (i, b) in bodies.iter().enumerate() {
         assert!(!b.is_empty(), "body frame {i} is empty");
         assert!(b.len() <= max_payload, "body frame {i}: {} octets", b.len());
@@ -1497,12 +1224,7 @@ fn large_bodies_are_split_by_frame_max() {
     let body = Bytes::from(patterned_body(50_000));
     // Chunk boundaries (as the publisher's frames arrived) that do not line
     // up with the outgoing frame boundaries.
-    let chunks = vec![
-        body.slice(..1),
-        body.slice(1..10_000),
-        body.slice(10_000..10_001),
-        body.slice(10_001..),
-    ];
+    let chunks = vec![body.slice(..1), body.slice(1..10_000), body.slice(10_000..10_001), body.slice(10_001..)];
     check_split(chunks, 8192);
     check_split(vec![body.clone()], 4096);
     // Exactly two full frames: no empty third frame.
@@ -1528,12 +1250,10 @@ fn warren_table(wire: &[u8]) -> Result<FieldTable, String> {
 }
 
 fn oracle_table_from(wire: &[u8]) -> Option<OracleTable> {
-    amq_protocol::types::parsing::parse_field_table(wire)
-        .ok()
-        .map(|(rest, t)| {
-            assert!(rest.is_empty());
-            t
-        })
+    amq_protocol::types::parsing::parse_field_table(wire).ok().map(|(rest, t)| {
+        assert!(rest.is_empty());
+        t
+    })
 }
 
 #[test]
@@ -1541,14 +1261,8 @@ fn type_s_is_a_signed_short_as_rabbitmq_reads_it() {
     // The 0-9-1 spec's table says 's' is a short string; RabbitMQ (and so
     // every client) reads it as a signed 16-bit integer.
     let wire = b"\x00\x00\x00\x05\x01ks\xff\xfe";
-    assert_eq!(
-        warren_table(wire).unwrap().get("k"),
-        Some(&FieldValue::I16(-2))
-    );
-    assert_eq!(
-        oracle_table_from(wire).unwrap().inner().get("k"),
-        Some(&AMQPValue::ShortInt(-2))
-    );
+    assert_eq!(warren_table(wire).unwrap().get("k"), Some(&FieldValue::I16(-2)));
+    assert_eq!(oracle_table_from(wire).unwrap().inner().get("k"), Some(&AMQPValue::ShortInt(-2)));
 }
 
 #[test]
@@ -1556,21 +1270,12 @@ fn type_capital_l_is_a_signed_long_long_as_rabbitmq_reads_it() {
     // The spec says 'L' is unsigned 64; RabbitMQ decodes both 'l' and 'L'
     // as signed 64 (rabbitmq-server#1093), and so do warren and amq-protocol.
     let wire = b"\x00\x00\x00\x0b\x01kL\xff\xff\xff\xff\xff\xff\xff\xff";
-    assert_eq!(
-        warren_table(wire).unwrap().get("k"),
-        Some(&FieldValue::I64(-1))
-    );
-    assert_eq!(
-        oracle_table_from(wire).unwrap().inner().get("k"),
-        Some(&AMQPValue::LongLongInt(-1))
-    );
+    assert_eq!(warren_table(wire).unwrap().get("k"), Some(&FieldValue::I64(-1)));
+    assert_eq!(oracle_table_from(wire).unwrap().inner().get("k"), Some(&AMQPValue::LongLongInt(-1)));
     // Both write it back as 'l', which RabbitMQ reads the same way.
     let mut out = BytesMut::new();
     warren::protocol::field_table::encode_table(&mut out, &warren_table(wire).unwrap());
-    assert_eq!(
-        &out[..],
-        b"\x00\x00\x00\x0b\x01kl\xff\xff\xff\xff\xff\xff\xff\xff"
-    );
+    assert_eq!(&out[..], b"\x00\x00\x00\x0b\x01kl\xff\xff\xff\xff\xff\xff\xff\xff");
 }
 
 #[test]
@@ -1580,24 +1285,15 @@ fn type_capital_u_is_refused_as_rabbitmq_refuses_it() {
     // RabbitMQ, so a client that sent one would get a syntax error from both.
     let wire = b"\x00\x00\x00\x05\x01kU\xff\xfe";
     assert!(warren_table(wire).is_err());
-    assert_eq!(
-        oracle_table_from(wire).unwrap().inner().get("k"),
-        Some(&AMQPValue::ShortInt(-2))
-    );
+    assert_eq!(oracle_table_from(wire).unwrap().inner().get("k"), Some(&AMQPValue::ShortInt(-2)));
 }
 
 #[test]
 fn boolean_octets_other_than_one_are_true() {
     // RabbitMQ: `(Value /= 0)`.
     let wire = b"\x00\x00\x00\x04\x01kt\x02";
-    assert_eq!(
-        warren_table(wire).unwrap().get("k"),
-        Some(&FieldValue::Bool(true))
-    );
-    assert_eq!(
-        oracle_table_from(wire).unwrap().inner().get("k"),
-        Some(&AMQPValue::Boolean(true))
-    );
+    assert_eq!(warren_table(wire).unwrap().get("k"), Some(&FieldValue::Bool(true)));
+    assert_eq!(oracle_table_from(wire).unwrap().inner().get("k"), Some(&AMQPValue::Boolean(true)));
 }
 
 #[test]
@@ -1610,10 +1306,7 @@ fn method_frames_with_trailing_octets_are_refused() {
     let frames = [
         AMQPFrame::Method(
             1,
-            AMQPClass::Basic(amq::basic::AMQPMethod::Ack(amq::basic::Ack {
-                delivery_tag: 1,
-                multiple: false,
-            })),
+            AMQPClass::Basic(amq::basic::AMQPMethod::Ack(amq::basic::Ack { delivery_tag: 1, multiple: false })),
         ),
         AMQPFrame::Method(
             1,
@@ -1641,10 +1334,7 @@ fn method_frames_with_trailing_octets_are_refused() {
         let size = u32::from_be_bytes(wire[3..7].try_into().unwrap()) + 1;
         wire[3..7].copy_from_slice(&size.to_be_bytes());
 
-        assert!(
-            oracle_parse_frame(&wire[..]).is_err(),
-            "amq-protocol refuses {frame}"
-        );
+        assert!(oracle_parse_frame(&wire[..]).is_err(), "amq-protocol refuses {frame}");
         let result = parse_frame(&mut BytesMut::from(&wire[..]), FRAME_MAX);
         assert!(
             result.is_err(),

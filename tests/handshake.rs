@@ -37,18 +37,12 @@ async fn connection_start_announces_an_honest_server() {
     let broker = EmbeddedBroker::start().await.unwrap();
     let mut client = RawClient::connect(broker.addr()).await;
     client.send_raw(PROTOCOL_HEADER).await;
-    let (channel, Method::ConnectionStart(start)) = client.expect_method(WAIT).await else {
-        panic!()
-    };
+    let (channel, Method::ConnectionStart(start)) = client.expect_method(WAIT).await else { panic!() };
     assert_eq!(channel, 0);
     assert_eq!((start.version_major, start.version_minor), (0, 9));
     assert_eq!(&start.mechanisms[..], b"PLAIN AMQPLAIN");
     assert_eq!(&start.locales[..], b"en_US");
-    let caps = start
-        .server_properties
-        .get("capabilities")
-        .and_then(FieldValue::as_table)
-        .unwrap();
+    let caps = start.server_properties.get("capabilities").and_then(FieldValue::as_table).unwrap();
     for cap in [
         "publisher_confirms",
         "basic.nack",
@@ -58,10 +52,7 @@ async fn connection_start_announces_an_honest_server() {
     ] {
         assert_eq!(caps.get(cap), Some(&FieldValue::Bool(true)), "{cap}");
     }
-    assert_eq!(
-        caps.get("connection.blocked"),
-        Some(&FieldValue::Bool(false))
-    );
+    assert_eq!(caps.get("connection.blocked"), Some(&FieldValue::Bool(false)));
     assert!(start.server_properties.get("product").is_some());
 }
 
@@ -70,10 +61,7 @@ async fn tune_proposes_rabbitmq_defaults() {
     let broker = EmbeddedBroker::start().await.unwrap();
     let mut client = RawClient::connect(broker.addr()).await;
     let tune = client.handshake_to_tune_ok(2047, 131_072, 60).await;
-    assert_eq!(
-        (tune.channel_max, tune.frame_max, tune.heartbeat),
-        (2047, 131_072, 60)
-    );
+    assert_eq!((tune.channel_max, tune.frame_max, tune.heartbeat), (2047, 131_072, 60));
 }
 
 #[tokio::test]
@@ -81,8 +69,16 @@ async fn bad_tune_ok_values_are_refused_with_530() {
     for (channel_max, frame_max, text) in [
         (2047, 4096, "NOT_ALLOWED - negotiated frame_max = 4096 is lower than the minimum allowed value (8192)"),
         (2047, 0, "NOT_ALLOWED - negotiated frame_max = 0 is higher than the maximum allowed value (131072)"),
-        (2047, 200_000, "NOT_ALLOWED - negotiated frame_max = 200000 is higher than the maximum allowed value (131072)"),
-        (0, 131_072, "NOT_ALLOWED - negotiated channel_max = 0 (no limit) is higher than the maximum allowed value (2047)"),
+        (
+            2047,
+            200_000,
+            "NOT_ALLOWED - negotiated frame_max = 200000 is higher than the maximum allowed value (131072)",
+        ),
+        (
+            0,
+            131_072,
+            "NOT_ALLOWED - negotiated channel_max = 0 (no limit) is higher than the maximum allowed value (2047)",
+        ),
     ] {
         let broker = EmbeddedBroker::start().await.unwrap();
         let mut client = RawClient::connect(broker.addr()).await;
@@ -121,12 +117,7 @@ async fn wrong_password_is_refused_with_403_for_clients_that_ask() {
 
 #[tokio::test]
 async fn amqplain_and_configured_users_and_vhosts_work() {
-    let broker = EmbeddedBroker::builder()
-        .user("bob", "pw")
-        .vhost("dev")
-        .start()
-        .await
-        .unwrap();
+    let broker = EmbeddedBroker::builder().user("bob", "pw").vhost("dev").start().await.unwrap();
     let mut client = RawClient::connect(broker.addr()).await;
     client.send_raw(PROTOCOL_HEADER).await;
     client.expect_method(WAIT).await;
@@ -148,53 +139,17 @@ async fn amqplain_and_configured_users_and_vhosts_work() {
             },
         )
         .await;
-    let (_, Method::ConnectionTune(_)) = client.expect_method(WAIT).await else {
-        panic!("AMQPLAIN login failed")
-    };
-    client
-        .send(
-            0,
-            connection::TuneOk {
-                channel_max: 10,
-                frame_max: 131_072,
-                heartbeat: 0,
-            },
-        )
-        .await;
-    client
-        .send(
-            0,
-            connection::Open {
-                virtual_host: "nope".into(),
-                ..Default::default()
-            },
-        )
-        .await;
+    let (_, Method::ConnectionTune(_)) = client.expect_method(WAIT).await else { panic!("AMQPLAIN login failed") };
+    client.send(0, connection::TuneOk { channel_max: 10, frame_max: 131_072, heartbeat: 0 }).await;
+    client.send(0, connection::Open { virtual_host: "nope".into(), ..Default::default() }).await;
     let close = expect_close(&mut client).await;
-    assert_eq!(
-        (close.reply_code, close.class_id, close.method_id),
-        (530, 10, 40)
-    );
-    assert_eq!(
-        close.reply_text.to_string(),
-        "NOT_ALLOWED - vhost nope not found"
-    );
+    assert_eq!((close.reply_code, close.class_id, close.method_id), (530, 10, 40));
+    assert_eq!(close.reply_text.to_string(), "NOT_ALLOWED - vhost nope not found");
 
     let mut client = RawClient::connect(broker.addr()).await;
     client.handshake_to_tune_ok(10, 131_072, 0).await;
-    client
-        .send(
-            0,
-            connection::Open {
-                virtual_host: "dev".into(),
-                ..Default::default()
-            },
-        )
-        .await;
-    assert!(matches!(
-        client.expect_method(WAIT).await.1,
-        Method::ConnectionOpenOk(_)
-    ));
+    client.send(0, connection::Open { virtual_host: "dev".into(), ..Default::default() }).await;
+    assert!(matches!(client.expect_method(WAIT).await.1, Method::ConnectionOpenOk(_)));
 }
 
 #[tokio::test]
@@ -217,15 +172,7 @@ async fn a_bad_frame_end_is_a_501() {
     let broker = EmbeddedBroker::start().await.unwrap();
     let mut client = RawClient::open(broker.addr(), 0).await;
     let mut frame = BytesMut::new();
-    write_method(
-        &mut frame,
-        1,
-        &Method::BasicQos(basic::Qos {
-            prefetch_size: 0,
-            prefetch_count: 1,
-            global: false,
-        }),
-    );
+    write_method(&mut frame, 1, &Method::BasicQos(basic::Qos { prefetch_size: 0, prefetch_count: 1, global: false }));
     let last = frame.len() - 1;
     frame[last] = 0;
     client.send_raw(&frame).await;
@@ -242,22 +189,11 @@ async fn channel_max_counts_open_channels() {
     let broker = EmbeddedBroker::start().await.unwrap();
     let mut client = RawClient::connect(broker.addr()).await;
     client.handshake_to_tune_ok(2, 131_072, 0).await;
-    client
-        .send(
-            0,
-            connection::Open {
-                virtual_host: "/".into(),
-                ..Default::default()
-            },
-        )
-        .await;
+    client.send(0, connection::Open { virtual_host: "/".into(), ..Default::default() }).await;
     client.expect_method(WAIT).await;
     for id in [1, 2] {
         client.send(id, channel::Open::default()).await;
-        assert!(matches!(
-            client.expect_method(WAIT).await.1,
-            Method::ChannelOpenOk(_)
-        ));
+        assert!(matches!(client.expect_method(WAIT).await.1, Method::ChannelOpenOk(_)));
     }
     client.send(3, channel::Open::default()).await;
     let close = expect_close(&mut client).await;
@@ -274,123 +210,58 @@ async fn channel_state_errors_are_504() {
     let mut client = RawClient::open(broker.addr(), 0).await;
     client.send(1, channel::Open::default()).await;
     let close = expect_close(&mut client).await;
-    assert_eq!(
-        (close.reply_code, close.class_id, close.method_id),
-        (504, 20, 10)
-    );
-    assert_eq!(
-        close.reply_text.to_string(),
-        "CHANNEL_ERROR - second 'channel.open' seen"
-    );
+    assert_eq!((close.reply_code, close.class_id, close.method_id), (504, 20, 10));
+    assert_eq!(close.reply_text.to_string(), "CHANNEL_ERROR - second 'channel.open' seen");
 
     let mut client = RawClient::open(broker.addr(), 0).await;
-    client
-        .send(
-            7,
-            basic::Qos {
-                prefetch_size: 0,
-                prefetch_count: 1,
-                global: false,
-            },
-        )
-        .await;
+    client.send(7, basic::Qos { prefetch_size: 0, prefetch_count: 1, global: false }).await;
     let close = expect_close(&mut client).await;
-    assert_eq!(
-        (close.reply_code, close.class_id, close.method_id),
-        (504, 60, 10)
-    );
-    assert_eq!(
-        close.reply_text.to_string(),
-        "CHANNEL_ERROR - expected 'channel.open'"
-    );
+    assert_eq!((close.reply_code, close.class_id, close.method_id), (504, 60, 10));
+    assert_eq!(close.reply_text.to_string(), "CHANNEL_ERROR - expected 'channel.open'");
 }
 
 #[tokio::test]
 async fn immediate_publish_is_540_and_unknown_tag_is_406() {
     let broker = EmbeddedBroker::start().await.unwrap();
     let mut client = RawClient::open(broker.addr(), 0).await;
-    client
-        .send(
-            1,
-            basic::Ack {
-                delivery_tag: 5,
-                multiple: false,
-            },
-        )
-        .await;
+    client.send(1, basic::Ack { delivery_tag: 5, multiple: false }).await;
     match client.expect_method(WAIT).await {
         (1, Method::ChannelClose(c)) => {
             assert_eq!((c.reply_code, c.class_id, c.method_id), (406, 60, 80));
-            assert_eq!(
-                c.reply_text.to_string(),
-                "PRECONDITION_FAILED - unknown delivery tag 5"
-            );
+            assert_eq!(c.reply_text.to_string(), "PRECONDITION_FAILED - unknown delivery tag 5");
         }
         other => panic!("{other:?}"),
     }
     client.send(1, channel::CloseOk {}).await;
     client.send(2, channel::Open::default()).await;
-    assert!(matches!(
-        client.expect_method(WAIT).await.1,
-        Method::ChannelOpenOk(_)
-    ));
+    assert!(matches!(client.expect_method(WAIT).await.1, Method::ChannelOpenOk(_)));
     let mut frames = BytesMut::new();
-    let publish = basic::Publish {
-        exchange: "".into(),
-        routing_key: "q".into(),
-        immediate: true,
-        ..Default::default()
-    };
+    let publish =
+        basic::Publish { exchange: "".into(), routing_key: "q".into(), immediate: true, ..Default::default() };
     write_method(&mut frames, 2, &publish.into());
     warren::protocol::frame::write_content_header(&mut frames, 2, 60, 0, &[0, 0]);
     client.send_raw(&frames).await;
     let close = expect_close(&mut client).await;
-    assert_eq!(
-        (close.reply_code, close.class_id, close.method_id),
-        (540, 60, 40)
-    );
-    assert_eq!(
-        close.reply_text.to_string(),
-        "NOT_IMPLEMENTED - immediate=true"
-    );
+    assert_eq!((close.reply_code, close.class_id, close.method_id), (540, 60, 40));
+    assert_eq!(close.reply_text.to_string(), "NOT_IMPLEMENTED - immediate=true");
 }
 
 #[tokio::test]
 async fn client_close_is_answered_with_close_ok_then_eof() {
     let broker = EmbeddedBroker::start().await.unwrap();
     let mut client = RawClient::open(broker.addr(), 0).await;
-    client
-        .send(
-            0,
-            connection::Close {
-                reply_code: 200,
-                reply_text: "bye".into(),
-                class_id: 0,
-                method_id: 0,
-            },
-        )
-        .await;
-    assert!(matches!(
-        client.expect_method(WAIT).await.1,
-        Method::ConnectionCloseOk(_)
-    ));
+    client.send(0, connection::Close { reply_code: 200, reply_text: "bye".into(), class_id: 0, method_id: 0 }).await;
+    assert!(matches!(client.expect_method(WAIT).await.1, Method::ConnectionCloseOk(_)));
     assert!(matches!(client.read(WAIT).await, Read::Closed));
 }
 
 #[tokio::test]
 async fn the_handshake_times_out() {
-    let broker = EmbeddedBroker::builder()
-        .handshake_timeout(Duration::from_millis(300))
-        .start()
-        .await
-        .unwrap();
+    let broker = EmbeddedBroker::builder().handshake_timeout(Duration::from_millis(300)).start().await.unwrap();
     let mut client = RawClient::connect(broker.addr()).await;
     client.send_raw(PROTOCOL_HEADER).await;
     match client.read(WAIT).await {
-        Read::Frame(Frame::Method {
-            method: Method::ConnectionStart(_),
-            ..
-        }) => {}
+        Read::Frame(Frame::Method { method: Method::ConnectionStart(_), .. }) => {}
         other => panic!("{other:?}"),
     }
     // No start-ok: the broker gives up without a close frame.
@@ -428,7 +299,5 @@ async fn dropping_the_handle_shuts_the_broker_down() {
             tokio::task::yield_now().await;
         }
     };
-    tokio::time::timeout(WAIT, refused)
-        .await
-        .expect("the port still accepts connections");
+    tokio::time::timeout(WAIT, refused).await.expect("the port still accepts connections");
 }

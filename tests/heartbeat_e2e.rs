@@ -13,21 +13,18 @@ mod common;
 
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use common::{RawClient, Read};
 use tokio::time::Instant;
-use warren::protocol::frame::{write_body_frame_header, write_content_header, HEARTBEAT_FRAME};
-use warren::protocol::methods::{basic, connection, queue};
+use warren::protocol::frame::HEARTBEAT_FRAME;
+use warren::protocol::methods::{basic, connection};
 use warren::protocol::{Frame, Method};
 use warren::EmbeddedBroker;
 
 const SLACK: Duration = Duration::from_millis(350);
 
 /// What the server sent until it closed the socket, and when it closed it.
-async fn frames_until_closed(
-    client: &mut RawClient,
-    limit: Duration,
-) -> (Vec<(Duration, Frame)>, Duration) {
+async fn frames_until_closed(client: &mut RawClient, limit: Duration) -> (Vec<(Duration, Frame)>, Duration) {
     let start = Instant::now();
     let mut frames = Vec::new();
     loop {
@@ -41,11 +38,7 @@ async fn frames_until_closed(
 
 #[tokio::test]
 async fn a_client_silent_after_tune_ok_is_dropped_between_2t_and_3t_without_close() {
-    let broker = EmbeddedBroker::builder()
-        .heartbeat(1)
-        .start()
-        .await
-        .unwrap();
+    let broker = EmbeddedBroker::builder().heartbeat(1).start().await.unwrap();
     let mut client = RawClient::connect(broker.addr()).await;
     client.handshake_to_tune_ok(2047, 131_072, 1).await;
     // From here on the client sends nothing at all.
@@ -57,20 +50,13 @@ async fn a_client_silent_after_tune_ok_is_dropped_between_2t_and_3t_without_clos
     );
     assert!(!frames.is_empty());
     for (_, f) in &frames {
-        assert!(
-            matches!(f, Frame::Heartbeat { channel: 0 }),
-            "only heartbeats before the drop, got {f:?}"
-        );
+        assert!(matches!(f, Frame::Heartbeat { channel: 0 }), "only heartbeats before the drop, got {f:?}");
     }
 }
 
 #[tokio::test]
 async fn server_heartbeats_start_at_t_over_2_and_never_pause_much_longer() {
-    let broker = EmbeddedBroker::builder()
-        .heartbeat(1)
-        .start()
-        .await
-        .unwrap();
+    let broker = EmbeddedBroker::builder().heartbeat(1).start().await.unwrap();
     let mut client = RawClient::connect(broker.addr()).await;
     client.handshake_to_tune_ok(2047, 131_072, 1).await;
     let (frames, _) = frames_until_closed(&mut client, Duration::from_secs(6)).await;
@@ -84,51 +70,22 @@ async fn server_heartbeats_start_at_t_over_2_and_never_pause_much_longer() {
     );
     for pair in times.windows(2) {
         let gap = pair[1] - pair[0];
-        assert!(
-            gap <= Duration::from_millis(500) + SLACK,
-            "server silent for {gap:?}: {times:?}"
-        );
+        assert!(gap <= Duration::from_millis(500) + SLACK, "server silent for {gap:?}: {times:?}");
     }
 }
 
-/// Publishes `basic.publish` + header + a 5-octet body on channel 1.
-fn publish_frames(routing_key: &str) -> Bytes {
+/// `basic.publish` + header + a 5-octet body on channel 1.
+fn publish_frames(routing_key: &str) -> BytesMut {
     let mut buf = BytesMut::new();
-    let publish = Method::BasicPublish(basic::Publish {
-        reserved_1: 0,
-        exchange: "".into(),
-        routing_key: routing_key.into(),
-        mandatory: false,
-        immediate: false,
-    });
-    warren::protocol::frame::write_method(&mut buf, 1, &publish);
-    write_content_header(&mut buf, 1, 60, 5, &[0, 0]);
-    write_body_frame_header(&mut buf, 1, 5);
-    buf.extend_from_slice(b"hello\xce");
-    buf.freeze()
+    common::publish_frames(&mut buf, routing_key, false, b"hello");
+    buf
 }
 
 #[tokio::test]
 async fn any_inbound_traffic_counts_a_publisher_without_heartbeats_is_kept() {
-    let broker = EmbeddedBroker::builder()
-        .heartbeat(1)
-        .start()
-        .await
-        .unwrap();
+    let broker = EmbeddedBroker::builder().heartbeat(1).start().await.unwrap();
     let mut client = RawClient::open(broker.addr(), 1).await;
-    client
-        .send(
-            1,
-            queue::Declare {
-                queue: "hb".into(),
-                ..Default::default()
-            },
-        )
-        .await;
-    assert!(matches!(
-        client.expect_method(Duration::from_secs(2)).await.1,
-        Method::QueueDeclareOk(_)
-    ));
+    client.declare_queue("hb").await;
     let frames = publish_frames("hb");
     // Five seconds (5T) of publishing every 300 ms, never a heartbeat frame.
     let start = Instant::now();
@@ -150,19 +107,12 @@ async fn any_inbound_traffic_counts_a_publisher_without_heartbeats_is_kept() {
         }
     }
     let vhost = broker.broker().vhost(&"/".into()).unwrap();
-    assert_eq!(
-        vhost.queue(&"hb".into()).unwrap().message_count(),
-        published
-    );
+    assert_eq!(vhost.queue(&"hb".into()).unwrap().message_count(), published);
 }
 
 #[tokio::test]
 async fn heartbeat_frames_alone_keep_a_connection() {
-    let broker = EmbeddedBroker::builder()
-        .heartbeat(1)
-        .start()
-        .await
-        .unwrap();
+    let broker = EmbeddedBroker::builder().heartbeat(1).start().await.unwrap();
     let mut client = RawClient::open(broker.addr(), 1).await;
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(4) {
@@ -182,43 +132,19 @@ async fn heartbeat_frames_alone_keep_a_connection() {
 
 #[tokio::test]
 async fn heartbeat_zero_sends_none_and_never_drops() {
-    let broker = EmbeddedBroker::builder()
-        .heartbeat(1)
-        .start()
-        .await
-        .unwrap();
+    let broker = EmbeddedBroker::builder().heartbeat(1).start().await.unwrap();
     let mut client = RawClient::open(broker.addr(), 0).await;
     // 3.5 s of silence in both directions: with T = 1 this would be a drop.
     let bytes = client.read_bytes(Duration::from_millis(3500)).await;
-    assert!(
-        bytes.is_empty(),
-        "the server sent {bytes:?} with heartbeats off"
-    );
-    client
-        .send(
-            0,
-            connection::Close {
-                reply_code: 200,
-                reply_text: "bye".into(),
-                class_id: 0,
-                method_id: 0,
-            },
-        )
-        .await;
+    assert!(bytes.is_empty(), "the server sent {bytes:?} with heartbeats off");
+    client.send(0, connection::Close { reply_code: 200, reply_text: "bye".into(), class_id: 0, method_id: 0 }).await;
     let (_, ok) = client.expect_method(Duration::from_secs(2)).await;
-    assert!(
-        matches!(ok, Method::ConnectionCloseOk(_)),
-        "still open after the silence: {ok:?}"
-    );
+    assert!(matches!(ok, Method::ConnectionCloseOk(_)), "still open after the silence: {ok:?}");
 }
 
 #[tokio::test]
 async fn a_heartbeat_above_the_servers_proposal_is_taken_as_sent() {
-    let broker = EmbeddedBroker::builder()
-        .heartbeat(1)
-        .start()
-        .await
-        .unwrap();
+    let broker = EmbeddedBroker::builder().heartbeat(1).start().await.unwrap();
     let mut client = RawClient::connect(broker.addr()).await;
     let tune = client.handshake_to_tune_ok(2047, 131_072, 2).await;
     assert_eq!(tune.heartbeat, 1);
@@ -229,53 +155,22 @@ async fn a_heartbeat_above_the_servers_proposal_is_taken_as_sent() {
         other => panic!("{other:?}"),
     }
     let first = start.elapsed();
-    assert!(
-        first >= Duration::from_millis(900) && first <= Duration::from_millis(1000) + SLACK,
-        "{first:?}"
-    );
+    assert!(first >= Duration::from_millis(900) && first <= Duration::from_millis(1000) + SLACK, "{first:?}");
     // And silence is tolerated for 2T = 4 s, not 2 s.
     let (_, closed_after) = frames_until_closed(&mut client, Duration::from_secs(8)).await;
     let total = first + closed_after;
-    assert!(
-        total >= Duration::from_secs(4) && total <= Duration::from_secs(6) + SLACK,
-        "dropped after {total:?}"
-    );
+    assert!(total >= Duration::from_secs(4) && total <= Duration::from_secs(6) + SLACK, "dropped after {total:?}");
 }
 
 #[tokio::test]
 async fn unacked_messages_of_a_dropped_connection_are_requeued() {
-    let broker = EmbeddedBroker::builder()
-        .heartbeat(1)
-        .start()
-        .await
-        .unwrap();
+    let broker = EmbeddedBroker::builder().heartbeat(1).start().await.unwrap();
     let mut client = RawClient::open(broker.addr(), 1).await;
-    client
-        .send(
-            1,
-            queue::Declare {
-                queue: "late".into(),
-                ..Default::default()
-            },
-        )
-        .await;
-    client.expect_method(Duration::from_secs(2)).await;
+    client.declare_queue("late").await;
     client.send_raw(&publish_frames("late")).await;
-    client
-        .send(
-            1,
-            basic::Get {
-                reserved_1: 0,
-                queue: "late".into(),
-                no_ack: false,
-            },
-        )
-        .await;
+    client.send(1, basic::Get { reserved_1: 0, queue: "late".into(), no_ack: false }).await;
     let (_, got) = client.expect_method(Duration::from_secs(2)).await;
-    assert!(
-        matches!(got, Method::BasicGetOk(ref g) if !g.redelivered),
-        "{got:?}"
-    );
+    assert!(matches!(got, Method::BasicGetOk(ref g) if !g.redelivered), "{got:?}");
     // Silence: the server drops us, and the message goes back.
     let (_, after) = frames_until_closed(&mut client, Duration::from_secs(6)).await;
     assert!(after <= Duration::from_secs(3) + SLACK);

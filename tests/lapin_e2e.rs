@@ -9,15 +9,13 @@ use std::time::Duration;
 use futures_lite::StreamExt;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use warren::EmbeddedBroker;
 
 const WAIT: Duration = Duration::from_secs(5);
 
 async fn connect(broker: &EmbeddedBroker) -> Connection {
-    Connection::connect(&broker.url(), ConnectionProperties::default())
-        .await
-        .expect("connect")
+    Connection::connect(&broker.url(), ConnectionProperties::default()).await.expect("connect")
 }
 
 async fn next_delivery(consumer: &mut lapin::Consumer) -> lapin::message::Delivery {
@@ -26,6 +24,24 @@ async fn next_delivery(consumer: &mut lapin::Consumer) -> lapin::message::Delive
         .expect("a delivery within 5 s")
         .expect("consumer stream ended")
         .expect("delivery error")
+}
+
+async fn declare(ch: &Channel, queue: &str) -> lapin::Queue {
+    ch.queue_declare(queue.into(), QueueDeclareOptions::default(), FieldTable::default()).await.unwrap()
+}
+
+/// Publishes to the default exchange and waits for the broker's confirm
+/// (on a channel in confirm mode) or for the frames to be sent.
+async fn publish(ch: &Channel, queue: &str, body: &[u8]) {
+    ch.basic_publish("".into(), queue.into(), BasicPublishOptions::default(), body, BasicProperties::default())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+async fn consume(ch: &Channel, queue: &str, tag: &str) -> lapin::Consumer {
+    ch.basic_consume(queue.into(), tag.into(), BasicConsumeOptions::default(), FieldTable::default()).await.unwrap()
 }
 
 fn ready(broker: &EmbeddedBroker, queue: &str) -> (usize, usize) {
@@ -39,14 +55,7 @@ async fn publish_consume_ack_round_trip_with_properties() {
     let broker = EmbeddedBroker::start().await.unwrap();
     let conn = connect(&broker).await;
     let ch = conn.create_channel().await.unwrap();
-    let q = ch
-        .queue_declare(
-            "rt".into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let q = declare(&ch, "rt").await;
     assert_eq!((q.message_count(), q.consumer_count()), (0, 0));
 
     let mut headers = FieldTable::default();
@@ -58,47 +67,22 @@ async fn publish_consume_ack_round_trip_with_properties() {
         .with_delivery_mode(2)
         .with_headers(headers);
     for i in 0..3u8 {
-        ch.basic_publish(
-            "".into(),
-            "rt".into(),
-            BasicPublishOptions::default(),
-            &[i; 10],
-            props.clone(),
-        )
-        .await
-        .unwrap();
+        ch.basic_publish("".into(), "rt".into(), BasicPublishOptions::default(), &[i; 10], props.clone())
+            .await
+            .unwrap();
     }
-    let mut consumer = ch
-        .basic_consume(
-            "rt".into(),
-            "c".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let mut consumer = consume(&ch, "rt", "c").await;
     for i in 0..3u8 {
         let d = next_delivery(&mut consumer).await;
         assert_eq!(d.data, vec![i; 10]);
-        assert_eq!(
-            d.delivery_tag,
-            u64::from(i) + 1,
-            "tags start at 1 per channel"
-        );
+        assert_eq!(d.delivery_tag, u64::from(i) + 1, "tags start at 1 per channel");
         assert!(!d.redelivered);
         assert_eq!(d.routing_key.as_str(), "rt");
         assert_eq!(d.properties, props);
         d.ack(BasicAckOptions::default()).await.unwrap();
     }
     let q = ch
-        .queue_declare(
-            "rt".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+        .queue_declare("rt".into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
         .await
         .unwrap();
     assert_eq!((q.message_count(), q.consumer_count()), (0, 1));
@@ -110,73 +94,26 @@ async fn nack_with_requeue_redelivers_and_reject_drops() {
     let broker = EmbeddedBroker::start().await.unwrap();
     let conn = connect(&broker).await;
     let ch = conn.create_channel().await.unwrap();
-    ch.queue_declare(
-        "nq".into(),
-        QueueDeclareOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    declare(&ch, "nq").await;
     for body in [b"one", b"two"] {
-        ch.basic_publish(
-            "".into(),
-            "nq".into(),
-            BasicPublishOptions::default(),
-            body,
-            BasicProperties::default(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+        publish(&ch, "nq", body).await;
     }
-    let first = ch
-        .basic_get("nq".into(), BasicGetOptions::default())
-        .await
-        .unwrap()
-        .expect("a message");
+    let first = ch.basic_get("nq".into(), BasicGetOptions::default()).await.unwrap().expect("a message");
     assert_eq!(first.delivery.data, b"one");
     assert!(!first.delivery.redelivered);
     assert_eq!(first.message_count, 1);
-    first
-        .delivery
-        .nack(BasicNackOptions {
-            requeue: true,
-            multiple: false,
-        })
-        .await
-        .unwrap();
+    first.delivery.nack(BasicNackOptions { requeue: true, multiple: false }).await.unwrap();
 
     // Back at the head of the queue, marked redelivered.
-    let again = ch
-        .basic_get("nq".into(), BasicGetOptions::default())
-        .await
-        .unwrap()
-        .expect("requeued");
+    let again = ch.basic_get("nq".into(), BasicGetOptions::default()).await.unwrap().expect("requeued");
     assert_eq!(again.delivery.data, b"one");
     assert!(again.delivery.redelivered);
-    again
-        .delivery
-        .reject(BasicRejectOptions { requeue: false })
-        .await
-        .unwrap();
+    again.delivery.reject(BasicRejectOptions { requeue: false }).await.unwrap();
 
-    let second = ch
-        .basic_get("nq".into(), BasicGetOptions::default())
-        .await
-        .unwrap()
-        .expect("second");
+    let second = ch.basic_get("nq".into(), BasicGetOptions::default()).await.unwrap().expect("second");
     assert_eq!(second.delivery.data, b"two");
-    second
-        .delivery
-        .ack(BasicAckOptions::default())
-        .await
-        .unwrap();
-    assert!(ch
-        .basic_get("nq".into(), BasicGetOptions::default())
-        .await
-        .unwrap()
-        .is_none());
+    second.delivery.ack(BasicAckOptions::default()).await.unwrap();
+    assert!(ch.basic_get("nq".into(), BasicGetOptions::default()).await.unwrap().is_none());
 }
 
 #[tokio::test]
@@ -184,38 +121,12 @@ async fn unacked_messages_of_a_closed_connection_are_redelivered_in_order() {
     let broker = EmbeddedBroker::start().await.unwrap();
     let a = connect(&broker).await;
     let ch = a.create_channel().await.unwrap();
-    ch.queue_declare(
-        "rd".into(),
-        QueueDeclareOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
+    declare(&ch, "rd").await;
+    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
     for i in 0..4u8 {
-        ch.basic_publish(
-            "".into(),
-            "rd".into(),
-            BasicPublishOptions::default(),
-            &[i],
-            BasicProperties::default(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+        publish(&ch, "rd", &[i]).await;
     }
-    let mut consumer = ch
-        .basic_consume(
-            "rd".into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let mut consumer = consume(&ch, "rd", "").await;
     for i in 0..4u8 {
         let d = next_delivery(&mut consumer).await;
         assert_eq!(d.data, [i]);
@@ -228,11 +139,7 @@ async fn unacked_messages_of_a_closed_connection_are_redelivered_in_order() {
     let b = connect(&broker).await;
     let ch = b.create_channel().await.unwrap();
     let mut got = Vec::new();
-    while let Some(m) = ch
-        .basic_get("rd".into(), BasicGetOptions { no_ack: true })
-        .await
-        .unwrap()
-    {
+    while let Some(m) = ch.basic_get("rd".into(), BasicGetOptions { no_ack: true }).await.unwrap() {
         got.push((m.delivery.data[0], m.delivery.redelivered));
     }
     assert_eq!(got, [(0, true), (2, true), (3, true)]);
@@ -243,39 +150,13 @@ async fn prefetch_limits_unacked_deliveries_per_consumer() {
     let broker = EmbeddedBroker::start().await.unwrap();
     let conn = connect(&broker).await;
     let ch = conn.create_channel().await.unwrap();
-    ch.queue_declare(
-        "pf".into(),
-        QueueDeclareOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
+    declare(&ch, "pf").await;
+    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
     for i in 0..3u8 {
-        ch.basic_publish(
-            "".into(),
-            "pf".into(),
-            BasicPublishOptions::default(),
-            &[i],
-            BasicProperties::default(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+        publish(&ch, "pf", &[i]).await;
     }
     ch.basic_qos(1, BasicQosOptions::default()).await.unwrap();
-    let mut consumer = ch
-        .basic_consume(
-            "pf".into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let mut consumer = consume(&ch, "pf", "").await;
     let d = next_delivery(&mut consumer).await;
     assert_eq!(d.data, [0]);
     // With prefetch 1 the queue holds the rest until the ack.
@@ -293,35 +174,14 @@ async fn consumers_share_a_queue_round_robin() {
     let broker = EmbeddedBroker::start().await.unwrap();
     let conn = connect(&broker).await;
     let ch = conn.create_channel().await.unwrap();
-    ch.queue_declare(
-        "rr".into(),
-        QueueDeclareOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    let opts = BasicConsumeOptions {
-        no_ack: true,
-        ..Default::default()
-    };
-    let mut a = ch
-        .basic_consume("rr".into(), "a".into(), opts, FieldTable::default())
-        .await
-        .unwrap();
-    let mut b = ch
-        .basic_consume("rr".into(), "b".into(), opts, FieldTable::default())
-        .await
-        .unwrap();
+    declare(&ch, "rr").await;
+    let opts = BasicConsumeOptions { no_ack: true, ..Default::default() };
+    let mut a = ch.basic_consume("rr".into(), "a".into(), opts, FieldTable::default()).await.unwrap();
+    let mut b = ch.basic_consume("rr".into(), "b".into(), opts, FieldTable::default()).await.unwrap();
     for i in 0..6u8 {
-        ch.basic_publish(
-            "".into(),
-            "rr".into(),
-            BasicPublishOptions::default(),
-            &[i],
-            BasicProperties::default(),
-        )
-        .await
-        .unwrap();
+        ch.basic_publish("".into(), "rr".into(), BasicPublishOptions::default(), &[i], BasicProperties::default())
+            .await
+            .unwrap();
     }
     for i in (0..6u8).step_by(2) {
         assert_eq!(next_delivery(&mut a).await.data, [i]);
@@ -331,22 +191,11 @@ async fn consumers_share_a_queue_round_robin() {
 
 #[tokio::test]
 async fn amq_direct_routes_by_key_and_large_bodies_arrive_whole() {
-    let broker = EmbeddedBroker::builder()
-        .frame_max(8192)
-        .start()
-        .await
-        .unwrap();
+    let broker = EmbeddedBroker::builder().frame_max(8192).start().await.unwrap();
     let conn = connect(&broker).await;
     let ch = conn.create_channel().await.unwrap();
     let q = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+        .queue_declare("".into(), QueueDeclareOptions { exclusive: true, ..Default::default() }, FieldTable::default())
         .await
         .unwrap();
     assert!(q.name().as_str().starts_with("amq.gen-"));
@@ -379,12 +228,7 @@ async fn amq_direct_routes_by_key_and_large_bodies_arrive_whole() {
     .await
     .unwrap();
     let mut consumer = ch
-        .basic_consume(
-            q.name().clone(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
+        .basic_consume(q.name().clone(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
         .await
         .unwrap();
     let d = next_delivery(&mut consumer).await;
@@ -401,10 +245,7 @@ async fn channel_errors_close_the_channel_not_the_connection() {
     let err = ch
         .queue_declare(
             "missing".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
+            QueueDeclareOptions { passive: true, ..Default::default() },
             FieldTable::default(),
         )
         .await
@@ -414,13 +255,7 @@ async fn channel_errors_close_the_channel_not_the_connection() {
     assert!(text.contains("no queue 'missing' in vhost '/'"), "{text}");
     // The connection is still usable.
     let ch2 = conn.create_channel().await.unwrap();
-    ch2.queue_declare(
-        "fine".into(),
-        QueueDeclareOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    declare(&ch2, "fine").await;
 }
 
 #[tokio::test]
@@ -430,10 +265,7 @@ async fn exclusive_queues_are_locked_to_their_connection_and_go_with_it() {
     let ch = owner.create_channel().await.unwrap();
     ch.queue_declare(
         "mine".into(),
-        QueueDeclareOptions {
-            exclusive: true,
-            ..Default::default()
-        },
+        QueueDeclareOptions { exclusive: true, ..Default::default() },
         FieldTable::default(),
     )
     .await
@@ -441,21 +273,13 @@ async fn exclusive_queues_are_locked_to_their_connection_and_go_with_it() {
     let other = connect(&broker).await;
     let ch2 = other.create_channel().await.unwrap();
     let err = ch2
-        .basic_consume(
-            "mine".into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
+        .basic_consume("mine".into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
         .await
         .unwrap_err();
     assert!(err.to_string().contains("RESOURCE_LOCKED"), "{err}");
     owner.close(200, "bye".into()).await.unwrap();
     let vhost = broker.broker().vhost(&"/".into()).unwrap();
-    assert!(
-        vhost.queue(&"mine".into()).is_err(),
-        "the exclusive queue went with its connection"
-    );
+    assert!(vhost.queue(&"mine".into()).is_err(), "the exclusive queue went with its connection");
 }
 
 #[tokio::test]
@@ -465,22 +289,13 @@ async fn brokers_in_one_process_are_isolated() {
     assert_ne!(one.addr(), two.addr());
     let c1 = connect(&one).await;
     let ch1 = c1.create_channel().await.unwrap();
-    ch1.queue_declare(
-        "only-in-one".into(),
-        QueueDeclareOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    declare(&ch1, "only-in-one").await;
     let c2 = connect(&two).await;
     let ch2 = c2.create_channel().await.unwrap();
     let err = ch2
         .queue_declare(
             "only-in-one".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
+            QueueDeclareOptions { passive: true, ..Default::default() },
             FieldTable::default(),
         )
         .await

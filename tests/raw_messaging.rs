@@ -7,59 +7,23 @@ mod common;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use common::{RawClient, Read};
-use warren::protocol::frame::{write_body_frame_header, write_content_header, write_method};
+use common::{publish_frames, RawClient, Read};
 use warren::protocol::methods::{basic, confirm, queue};
 use warren::protocol::{FieldTable, FieldValue, Frame, Method};
 use warren::EmbeddedBroker;
 
 const WAIT: Duration = Duration::from_secs(3);
 
-fn publish(buf: &mut BytesMut, routing_key: &str, mandatory: bool, body: &[u8]) {
-    let m = basic::Publish {
-        exchange: "".into(),
-        routing_key: routing_key.into(),
-        mandatory,
-        ..Default::default()
-    };
-    write_method(buf, 1, &m.into());
-    write_content_header(buf, 1, 60, body.len() as u64, &[0, 0]);
-    if !body.is_empty() {
-        write_body_frame_header(buf, 1, body.len());
-        buf.extend_from_slice(body);
-        buf.extend_from_slice(&[0xce]);
-    }
-}
-
-async fn declare(client: &mut RawClient, name: &str) {
-    client
-        .send(
-            1,
-            queue::Declare {
-                queue: name.into(),
-                ..Default::default()
-            },
-        )
-        .await;
-    assert!(matches!(
-        client.expect_method(WAIT).await.1,
-        Method::QueueDeclareOk(_)
-    ));
-}
-
 #[tokio::test]
 async fn a_burst_of_publishes_is_confirmed_with_one_multiple_ack() {
     let broker = EmbeddedBroker::start().await.unwrap();
     let mut client = RawClient::open(broker.addr(), 0).await;
-    declare(&mut client, "c").await;
+    client.declare_queue("c").await;
     client.send(1, confirm::Select { no_wait: false }).await;
-    assert!(matches!(
-        client.expect_method(WAIT).await.1,
-        Method::ConfirmSelectOk(_)
-    ));
+    assert!(matches!(client.expect_method(WAIT).await.1, Method::ConfirmSelectOk(_)));
     let mut burst = BytesMut::new();
     for _ in 0..3 {
-        publish(&mut burst, "c", false, b"x");
+        publish_frames(&mut burst, "c", false, b"x");
     }
     client.send_raw(&burst).await;
     match client.expect_method(WAIT).await.1 {
@@ -67,7 +31,7 @@ async fn a_burst_of_publishes_is_confirmed_with_one_multiple_ack() {
         other => panic!("{other:?}"),
     }
     let mut one = BytesMut::new();
-    publish(&mut one, "c", false, b"y");
+    publish_frames(&mut one, "c", false, b"y");
     client.send_raw(&one).await;
     match client.expect_method(WAIT).await.1 {
         Method::BasicAck(a) => assert_eq!((a.delivery_tag, a.multiple), (4, false)),
@@ -81,48 +45,32 @@ async fn unroutable_mandatory_messages_come_back_before_their_confirm() {
     let mut client = RawClient::open(broker.addr(), 0).await;
     client.send(1, confirm::Select { no_wait: true }).await;
     let mut frames = BytesMut::new();
-    publish(&mut frames, "nowhere", true, b"lost");
+    publish_frames(&mut frames, "nowhere", true, b"lost");
     client.send_raw(&frames).await;
     match client.expect_method(WAIT).await.1 {
         Method::BasicReturn(r) => {
-            assert_eq!(
-                (r.reply_code, r.reply_text.to_string()),
-                (312, "NO_ROUTE".to_string())
-            );
+            assert_eq!((r.reply_code, r.reply_text.to_string()), (312, "NO_ROUTE".to_string()));
             assert_eq!(r.routing_key.to_string(), "nowhere");
         }
         other => panic!("{other:?}"),
     }
-    assert!(matches!(
-        client.read(WAIT).await,
-        Read::Frame(Frame::Header { .. })
-    ));
+    assert!(matches!(client.read(WAIT).await, Read::Frame(Frame::Header { .. })));
     match client.read(WAIT).await {
         Read::Frame(Frame::Body { body, .. }) => assert_eq!(&body[..], b"lost"),
         other => panic!("{other:?}"),
     }
-    assert!(
-        matches!(client.expect_method(WAIT).await.1, Method::BasicAck(a) if a.delivery_tag == 1)
-    );
+    assert!(matches!(client.expect_method(WAIT).await.1, Method::BasicAck(a) if a.delivery_tag == 1));
 }
 
 #[tokio::test]
 async fn consume_ok_always_precedes_the_first_delivery() {
     let broker = EmbeddedBroker::start().await.unwrap();
     let mut client = RawClient::open(broker.addr(), 0).await;
-    declare(&mut client, "waiting").await;
+    client.declare_queue("waiting").await;
     let mut frames = BytesMut::new();
-    publish(&mut frames, "waiting", false, b"m");
+    publish_frames(&mut frames, "waiting", false, b"m");
     client.send_raw(&frames).await;
-    client
-        .send(
-            1,
-            basic::Consume {
-                queue: "waiting".into(),
-                ..Default::default()
-            },
-        )
-        .await;
+    client.send(1, basic::Consume { queue: "waiting".into(), ..Default::default() }).await;
     let tag = match client.expect_method(WAIT).await.1 {
         Method::BasicConsumeOk(ok) => ok.consumer_tag,
         other => panic!("expected consume-ok first, got {other:?}"),
@@ -142,30 +90,15 @@ async fn consume_ok_always_precedes_the_first_delivery() {
 async fn reusing_a_consumer_tag_is_a_530_connection_error() {
     let broker = EmbeddedBroker::start().await.unwrap();
     let mut client = RawClient::open(broker.addr(), 0).await;
-    declare(&mut client, "q").await;
+    client.declare_queue("q").await;
     for _ in 0..2 {
-        client
-            .send(
-                1,
-                basic::Consume {
-                    queue: "q".into(),
-                    consumer_tag: "t".into(),
-                    ..Default::default()
-                },
-            )
-            .await;
+        client.send(1, basic::Consume { queue: "q".into(), consumer_tag: "t".into(), ..Default::default() }).await;
     }
-    assert!(matches!(
-        client.expect_method(WAIT).await.1,
-        Method::BasicConsumeOk(_)
-    ));
+    assert!(matches!(client.expect_method(WAIT).await.1, Method::BasicConsumeOk(_)));
     match client.expect_method(WAIT).await {
         (0, Method::ConnectionClose(c)) => {
             assert_eq!((c.reply_code, c.class_id, c.method_id), (530, 60, 20));
-            assert_eq!(
-                c.reply_text.to_string(),
-                "NOT_ALLOWED - attempt to reuse consumer tag 't'"
-            );
+            assert_eq!(c.reply_text.to_string(), "NOT_ALLOWED - attempt to reuse consumer tag 't'");
         }
         other => panic!("{other:?}"),
     }
@@ -175,17 +108,8 @@ async fn reusing_a_consumer_tag_is_a_530_connection_error() {
 async fn redeclaring_with_other_properties_is_406_with_rabbitmqs_text() {
     let broker = EmbeddedBroker::start().await.unwrap();
     let mut client = RawClient::open(broker.addr(), 0).await;
-    declare(&mut client, "d").await;
-    client
-        .send(
-            1,
-            queue::Declare {
-                queue: "d".into(),
-                durable: true,
-                ..Default::default()
-            },
-        )
-        .await;
+    client.declare_queue("d").await;
+    client.send(1, queue::Declare { queue: "d".into(), durable: true, ..Default::default() }).await;
     match client.expect_method(WAIT).await.1 {
         Method::ChannelClose(c) => {
             assert_eq!((c.reply_code, c.class_id, c.method_id), (406, 50, 10));
@@ -196,27 +120,11 @@ async fn redeclaring_with_other_properties_is_406_with_rabbitmqs_text() {
         }
         other => panic!("{other:?}"),
     }
-    client
-        .send(1, warren::protocol::methods::channel::CloseOk {})
-        .await;
-    client
-        .send(1, warren::protocol::methods::channel::Open::default())
-        .await;
-    assert!(matches!(
-        client.expect_method(WAIT).await.1,
-        Method::ChannelOpenOk(_)
-    ));
+    client.send(1, warren::protocol::methods::channel::CloseOk {}).await;
+    client.send(1, warren::protocol::methods::channel::Open::default()).await;
+    assert!(matches!(client.expect_method(WAIT).await.1, Method::ChannelOpenOk(_)));
     let args = FieldTable::new().with("x-max-length", FieldValue::I32(10));
-    client
-        .send(
-            1,
-            queue::Declare {
-                queue: "d".into(),
-                arguments: args,
-                ..Default::default()
-            },
-        )
-        .await;
+    client.send(1, queue::Declare { queue: "d".into(), arguments: args, ..Default::default() }).await;
     match client.expect_method(WAIT).await.1 {
         Method::ChannelClose(c) => assert_eq!(
             c.reply_text.to_string(),
@@ -230,58 +138,21 @@ async fn redeclaring_with_other_properties_is_406_with_rabbitmqs_text() {
 async fn declare_ok_counts_ready_messages_and_consumers() {
     let broker = EmbeddedBroker::start().await.unwrap();
     let mut client = RawClient::open(broker.addr(), 0).await;
-    declare(&mut client, "n").await;
+    client.declare_queue("n").await;
     let mut frames = BytesMut::new();
     for _ in 0..2 {
-        publish(&mut frames, "n", false, b"");
+        publish_frames(&mut frames, "n", false, b"");
     }
     client.send_raw(&frames).await;
-    client
-        .send(
-            1,
-            queue::Declare {
-                queue: "n".into(),
-                passive: true,
-                ..Default::default()
-            },
-        )
-        .await;
+    client.send(1, queue::Declare { queue: "n".into(), passive: true, ..Default::default() }).await;
     match client.expect_method(WAIT).await.1 {
         Method::QueueDeclareOk(ok) => assert_eq!((ok.message_count, ok.consumer_count), (2, 0)),
         other => panic!("{other:?}"),
     }
-    client
-        .send(
-            1,
-            basic::Qos {
-                prefetch_count: 1,
-                ..Default::default()
-            },
-        )
-        .await;
-    assert!(matches!(
-        client.expect_method(WAIT).await.1,
-        Method::BasicQosOk(_)
-    ));
-    client
-        .send(
-            1,
-            basic::Consume {
-                queue: "n".into(),
-                ..Default::default()
-            },
-        )
-        .await;
-    client
-        .send(
-            1,
-            queue::Declare {
-                queue: "n".into(),
-                passive: true,
-                ..Default::default()
-            },
-        )
-        .await;
+    client.send(1, basic::Qos { prefetch_count: 1, ..Default::default() }).await;
+    assert!(matches!(client.expect_method(WAIT).await.1, Method::BasicQosOk(_)));
+    client.send(1, basic::Consume { queue: "n".into(), ..Default::default() }).await;
+    client.send(1, queue::Declare { queue: "n".into(), passive: true, ..Default::default() }).await;
     loop {
         match client.expect_method(WAIT).await.1 {
             Method::QueueDeclareOk(ok) => {
@@ -291,10 +162,7 @@ async fn declare_ok_counts_ready_messages_and_consumers() {
             Method::BasicConsumeOk(_) => {}
             Method::BasicDeliver(_) => {
                 // The delivery's content header follows (an empty body has no body frame).
-                assert!(matches!(
-                    client.read(WAIT).await,
-                    Read::Frame(Frame::Header { .. })
-                ));
+                assert!(matches!(client.read(WAIT).await, Read::Frame(Frame::Header { .. })));
             }
             other => panic!("{other:?}"),
         }

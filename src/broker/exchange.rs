@@ -25,9 +25,7 @@ impl ExchangeKind {
             b"direct" => Ok(ExchangeKind::Direct),
             b"fanout" => Ok(ExchangeKind::Fanout),
             b"topic" => Ok(ExchangeKind::Topic),
-            _ => Err(AmqpError::command_invalid(format!(
-                "unknown exchange type '{kind}'"
-            ))),
+            _ => Err(AmqpError::command_invalid(format!("unknown exchange type '{kind}'"))),
         }
     }
 
@@ -74,15 +72,7 @@ impl Exchange {
         internal: bool,
         arguments: FieldTable,
     ) -> Arc<Exchange> {
-        Arc::new(Exchange {
-            name,
-            kind,
-            durable,
-            auto_delete,
-            internal,
-            arguments,
-            bindings: RwLock::default(),
-        })
+        Arc::new(Exchange { name, kind, durable, auto_delete, internal, arguments, bindings: RwLock::default() })
     }
 
     /// Adds a binding; binding the same queue with the same key twice is a no-op.
@@ -104,19 +94,10 @@ impl Exchange {
     }
 
     /// Removes a binding; returns whether it existed.
-    pub fn unbind(
-        &self,
-        queue: &Arc<Queue>,
-        routing_key: &ShortStr,
-        arguments: &FieldTable,
-    ) -> bool {
+    pub fn unbind(&self, queue: &Arc<Queue>, routing_key: &ShortStr, arguments: &FieldTable) -> bool {
         let mut b = self.bindings.write().unwrap_or_else(|e| e.into_inner());
         let before = b.all.len();
-        b.all.retain(|x| {
-            !(Arc::ptr_eq(&x.queue, queue)
-                && x.routing_key == *routing_key
-                && x.arguments == *arguments)
-        });
+        b.all.retain(|x| !(Arc::ptr_eq(&x.queue, queue) && x.routing_key == *routing_key && x.arguments == *arguments));
         let removed = b.all.len() != before;
         if removed {
             Self::reindex_key(&mut b, routing_key);
@@ -138,16 +119,12 @@ impl Exchange {
     }
 
     fn reindex_key(b: &mut Bindings, key: &ShortStr) {
-        let queues: Vec<Arc<Queue>> =
-            b.all
-                .iter()
-                .filter(|x| x.routing_key == *key)
-                .fold(Vec::new(), |mut v, x| {
-                    if !v.iter().any(|q| Arc::ptr_eq(q, &x.queue)) {
-                        v.push(x.queue.clone());
-                    }
-                    v
-                });
+        let queues: Vec<Arc<Queue>> = b.all.iter().filter(|x| x.routing_key == *key).fold(Vec::new(), |mut v, x| {
+            if !v.iter().any(|q| Arc::ptr_eq(q, &x.queue)) {
+                v.push(x.queue.clone());
+            }
+            v
+        });
         if queues.is_empty() {
             b.by_key.remove(key);
         } else {
@@ -156,12 +133,7 @@ impl Exchange {
     }
 
     pub fn has_bindings(&self) -> bool {
-        !self
-            .bindings
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .all
-            .is_empty()
+        !self.bindings.read().unwrap_or_else(|e| e.into_inner()).all.is_empty()
     }
 
     /// Appends the queues a message with `routing_key` goes to, each once.

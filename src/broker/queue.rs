@@ -113,12 +113,7 @@ pub struct Cancelled {
 
 impl Queue {
     pub fn new(vhost: ShortStr, name: ShortStr, options: QueueOptions) -> Arc<Queue> {
-        Arc::new(Queue {
-            name,
-            vhost,
-            options,
-            state: Mutex::new(QueueState::default()),
-        })
+        Arc::new(Queue { name, vhost, options, state: Mutex::new(QueueState::default()) })
     }
 
     fn lock(&self) -> MutexGuard<'_, QueueState> {
@@ -173,11 +168,7 @@ impl Queue {
         }
         let seq = st.next_seq;
         st.next_seq += 1;
-        st.ready.push_back(QueuedMessage {
-            seq,
-            redelivered: false,
-            message,
-        });
+        st.ready.push_back(QueuedMessage { seq, redelivered: false, message });
         self.dispatch_locked(&mut st);
     }
 
@@ -200,10 +191,7 @@ impl Queue {
             }
             let message = st.ready.pop_front().expect("checked non-empty");
             let no_ack = consumer.no_ack;
-            match consumer
-                .target
-                .deliver(self, &consumer.tag, message, no_ack)
-            {
+            match consumer.target.deliver(self, &consumer.tag, message, no_ack) {
                 Ok(()) => {
                     if !no_ack {
                         consumer.unacked += 1;
@@ -234,15 +222,9 @@ impl Queue {
     /// `on_added` runs before the first delivery can be made, under the
     /// queue's lock: that is where `basic.consume-ok` is queued, so it always
     /// reaches the client ahead of the consumer's first `basic.deliver`.
-    pub fn consume(
-        self: &Arc<Self>,
-        consumer: Consumer,
-        on_added: impl FnOnce(),
-    ) -> AmqpResult<()> {
+    pub fn consume(self: &Arc<Self>, consumer: Consumer, on_added: impl FnOnce()) -> AmqpResult<()> {
         let mut st = self.lock();
-        if st.consumers.iter().any(|c| c.exclusive)
-            || (consumer.exclusive && !st.consumers.is_empty())
-        {
+        if st.consumers.iter().any(|c| c.exclusive) || (consumer.exclusive && !st.consumers.is_empty()) {
             return Err(AmqpError::access_refused(format!(
                 "queue '{}' in vhost '{}' in exclusive use",
                 self.name, self.vhost
@@ -258,13 +240,9 @@ impl Queue {
     pub fn cancel(&self, channel: ChannelKey, tag: &ShortStr) -> Cancelled {
         let mut st = self.lock();
         let before = st.consumers.len();
-        st.consumers
-            .retain(|c| !(c.channel == channel && c.tag == *tag));
+        st.consumers.retain(|c| !(c.channel == channel && c.tag == *tag));
         let found = st.consumers.len() != before;
-        Cancelled {
-            found,
-            delete_queue: found && self.options.auto_delete && st.consumers.is_empty(),
-        }
+        Cancelled { found, delete_queue: found && self.options.auto_delete && st.consumers.is_empty() }
     }
 
     /// Removes every consumer of a closing channel.
@@ -273,10 +251,7 @@ impl Queue {
         let before = st.consumers.len();
         st.consumers.retain(|c| c.channel != channel);
         let found = st.consumers.len() != before;
-        Cancelled {
-            found,
-            delete_queue: found && self.options.auto_delete && st.consumers.is_empty(),
-        }
+        Cancelled { found, delete_queue: found && self.options.auto_delete && st.consumers.is_empty() }
     }
 
     /// Acknowledgements (or drops) of `count` deliveries made to `consumer`
@@ -285,11 +260,7 @@ impl Queue {
         let mut st = self.lock();
         st.unacked = st.unacked.saturating_sub(count as usize);
         if let Some(tag) = consumer {
-            if let Some(c) = st
-                .consumers
-                .iter_mut()
-                .find(|c| c.channel == channel && c.tag == *tag)
-            {
+            if let Some(c) = st.consumers.iter_mut().find(|c| c.channel == channel && c.tag == *tag) {
                 c.unacked = c.unacked.saturating_sub(count);
             }
         }
@@ -308,11 +279,7 @@ impl Queue {
         let count = messages.len();
         st.unacked = st.unacked.saturating_sub(count);
         if let Some(tag) = consumer {
-            if let Some(c) = st
-                .consumers
-                .iter_mut()
-                .find(|c| c.channel == channel && c.tag == *tag)
-            {
+            if let Some(c) = st.consumers.iter_mut().find(|c| c.channel == channel && c.tag == *tag) {
                 c.unacked = c.unacked.saturating_sub(count as u32);
             }
         }
@@ -377,10 +344,7 @@ mod tests {
             if self.refuse.load(std::sync::atomic::Ordering::SeqCst) {
                 return Err((m, Refusal::Full));
             }
-            self.got
-                .lock()
-                .unwrap()
-                .push((tag.clone(), m.seq, m.redelivered));
+            self.got.lock().unwrap().push((tag.clone(), m.seq, m.redelivered));
             Ok(())
         }
 
@@ -401,19 +365,11 @@ mod tests {
         Queue::new(
             "/".into(),
             "q".into(),
-            QueueOptions {
-                durable: false,
-                exclusive_owner: None,
-                auto_delete: false,
-                arguments: FieldTable::new(),
-            },
+            QueueOptions { durable: false, exclusive_owner: None, auto_delete: false, arguments: FieldTable::new() },
         )
     }
 
-    const CH: ChannelKey = ChannelKey {
-        connection: 1,
-        channel: 1,
-    };
+    const CH: ChannelKey = ChannelKey { connection: 1, channel: 1 };
 
     fn consumer(tag: &str, target: &Arc<FakeChannel>, prefetch: u32) -> Consumer {
         Consumer {
@@ -436,13 +392,7 @@ mod tests {
         for n in 0..5 {
             q.publish(message(n));
         }
-        let got: Vec<_> = ch
-            .got
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(t, s, _)| (t.to_string(), *s))
-            .collect();
+        let got: Vec<_> = ch.got.lock().unwrap().iter().map(|(t, s, _)| (t.to_string(), *s)).collect();
         assert_eq!(got, [("a".into(), 0), ("b".into(), 1), ("b".into(), 2)]);
         assert_eq!(q.message_count(), 2);
         q.settled(CH, Some(&"a".into()), 1);
@@ -458,10 +408,7 @@ mod tests {
         let (m0, _) = q.get(false).unwrap();
         let (m1, _) = q.get(false).unwrap();
         q.requeue(CH, None, vec![m1, m0]);
-        let order: Vec<_> = (0..4)
-            .map(|_| q.get(true).unwrap().0)
-            .map(|m| (m.seq, m.redelivered))
-            .collect();
+        let order: Vec<_> = (0..4).map(|_| q.get(true).unwrap().0).map(|m| (m.seq, m.redelivered)).collect();
         assert_eq!(order, [(0, true), (1, true), (2, false), (3, false)]);
     }
 

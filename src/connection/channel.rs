@@ -43,11 +43,7 @@ pub struct ClientCapabilities {
 impl ClientCapabilities {
     pub fn from_client_properties(props: &FieldTable) -> Self {
         let caps = props.get("capabilities").and_then(FieldValue::as_table);
-        let flag = |name: &str| {
-            caps.and_then(|t| t.get(name))
-                .and_then(FieldValue::as_bool)
-                .unwrap_or(false)
-        };
+        let flag = |name: &str| caps.and_then(|t| t.get(name)).and_then(FieldValue::as_bool).unwrap_or(false);
         ClientCapabilities {
             consumer_cancel_notify: flag("consumer_cancel_notify"),
             authentication_failure_close: flag("authentication_failure_close"),
@@ -200,9 +196,7 @@ impl DeliveryTarget for ChannelShared {
         if !self.outlet.reserve_delivery(queue) {
             return Err((message, Refusal::Full));
         }
-        let kind = DeliveryKind::Deliver {
-            consumer_tag: consumer_tag.clone(),
-        };
+        let kind = DeliveryKind::Deliver { consumer_tag: consumer_tag.clone() };
         self.send(&mut d, kind, queue, Some(consumer_tag), message, no_ack);
         Ok(())
     }
@@ -215,10 +209,7 @@ impl DeliveryTarget for ChannelShared {
         d.cancelled.push(consumer_tag.clone());
         if self.cancel_notify {
             let mut buf = BytesMut::with_capacity(64);
-            let cancel = Method::BasicCancel(basic::Cancel {
-                consumer_tag: consumer_tag.clone(),
-                no_wait: true,
-            });
+            let cancel = Method::BasicCancel(basic::Cancel { consumer_tag: consumer_tag.clone(), no_wait: true });
             write_method(&mut buf, self.key.channel, &cancel);
             self.outlet.send(Outbound::Frames(buf.freeze()));
         }
@@ -266,10 +257,7 @@ pub struct Channel {
 
 impl Channel {
     pub fn new(id: u16, s: &Session) -> Channel {
-        let key = ChannelKey {
-            connection: s.connection_id,
-            channel: id,
-        };
+        let key = ChannelKey { connection: s.connection_id, channel: id };
         Channel {
             id,
             shared: Arc::new(ChannelShared {
@@ -303,17 +291,11 @@ impl Channel {
         match (content, frame) {
             (Content::Idle, Frame::Method { method, .. }) => {
                 let ids = method.ids();
-                self.handle_method(s, method).map_err(|e| {
-                    if e.class_id == 0 {
-                        e.with_ids(ids.0, ids.1)
-                    } else {
-                        e
-                    }
-                })
+                self.handle_method(s, method).map_err(|e| if e.class_id == 0 { e.with_ids(ids.0, ids.1) } else { e })
             }
-            (Content::Idle, _) => Err(AmqpError::unexpected_frame(
-                "expected method frame, got non method frame instead",
-            )),
+            (Content::Idle, _) => {
+                Err(AmqpError::unexpected_frame("expected method frame, got non method frame instead"))
+            }
             (Content::AwaitingHeader(publish), Frame::Header { header, .. }) => {
                 if header.class_id != CLASS_BASIC {
                     return Err(AmqpError::unexpected_frame(format!(
@@ -333,33 +315,19 @@ impl Channel {
                     return self.publish(s, publish, header, Body::Empty);
                 }
                 let remaining = header.body_size;
-                self.content = Content::AwaitingBody {
-                    publish,
-                    header,
-                    body: Body::Empty,
-                    remaining,
-                };
+                self.content = Content::AwaitingBody { publish, header, body: Body::Empty, remaining };
                 Ok(())
             }
             (Content::AwaitingHeader(_), _) => Err(AmqpError::unexpected_frame(
                 "expected content header for class 60, got non content header frame instead",
             )
             .with_ids(60, 40)),
-            (
-                Content::AwaitingBody {
-                    publish,
-                    header,
-                    mut body,
-                    remaining,
-                },
-                Frame::Body { body: chunk, .. },
-            ) => {
+            (Content::AwaitingBody { publish, header, mut body, remaining }, Frame::Body { body: chunk, .. }) => {
                 let len = chunk.len() as u64;
                 if len > remaining {
-                    return Err(AmqpError::frame_error(
-                        "content body frame exceeds remaining content size",
-                    )
-                    .with_ids(60, 40));
+                    return Err(
+                        AmqpError::frame_error("content body frame exceeds remaining content size").with_ids(60, 40)
+                    );
                 }
                 if len > 0 {
                     body.push(chunk);
@@ -367,18 +335,13 @@ impl Channel {
                 if remaining == len {
                     return self.publish(s, publish, header, body);
                 }
-                self.content = Content::AwaitingBody {
-                    publish,
-                    header,
-                    body,
-                    remaining: remaining - len,
-                };
+                self.content = Content::AwaitingBody { publish, header, body, remaining: remaining - len };
                 Ok(())
             }
-            (Content::AwaitingBody { .. }, _) => Err(AmqpError::unexpected_frame(
-                "expected content body, got non content body frame instead",
-            )
-            .with_ids(60, 40)),
+            (Content::AwaitingBody { .. }, _) => {
+                Err(AmqpError::unexpected_frame("expected content body, got non content body frame instead")
+                    .with_ids(60, 40))
+            }
         }
     }
 
@@ -412,12 +375,7 @@ impl Channel {
                     }
                 }
                 if !m.no_wait {
-                    self.reply(
-                        s,
-                        basic::CancelOk {
-                            consumer_tag: m.consumer_tag,
-                        },
-                    );
+                    self.reply(s, basic::CancelOk { consumer_tag: m.consumer_tag });
                 }
                 Ok(())
             }
@@ -440,11 +398,7 @@ impl Channel {
             Method::QueueBind(m) => {
                 let qname = self.queue_name(&m.queue)?;
                 let (x, q) = self.binding_ends(s, &m.exchange, &qname)?;
-                x.bind(Binding {
-                    queue: q,
-                    routing_key: m.routing_key,
-                    arguments: m.arguments,
-                });
+                x.bind(Binding { queue: q, routing_key: m.routing_key, arguments: m.arguments });
                 if !m.no_wait {
                     self.reply(s, queue::BindOk {});
                 }
@@ -469,9 +423,9 @@ impl Channel {
             Method::QueueDelete(m) => self.queue_delete(s, m),
             Method::ExchangeDeclare(m) => self.exchange_declare(s, m),
             Method::ExchangeDelete(m) => self.exchange_delete(s, m),
-            Method::ExchangeBind(_) | Method::ExchangeUnbind(_) => Err(AmqpError::not_implemented(
-                "exchange-to-exchange bindings are not supported yet",
-            )),
+            Method::ExchangeBind(_) | Method::ExchangeUnbind(_) => {
+                Err(AmqpError::not_implemented("exchange-to-exchange bindings are not supported yet"))
+            }
             Method::ConfirmSelect(m) => {
                 self.confirm_seq.get_or_insert(0);
                 if !m.no_wait {
@@ -487,21 +441,15 @@ impl Channel {
                 Ok(())
             }
             Method::ChannelOpen(_) => Err(AmqpError::channel_error("second 'channel.open' seen")),
-            Method::TxSelect(_) | Method::TxCommit(_) | Method::TxRollback(_) => Err(
-                AmqpError::not_implemented("transactions are not supported yet"),
-            ),
+            Method::TxSelect(_) | Method::TxCommit(_) | Method::TxRollback(_) => {
+                Err(AmqpError::not_implemented("transactions are not supported yet"))
+            }
             _ => Err(AmqpError::command_invalid("unimplemented method")),
         }
     }
 
     /// A complete message: route it, enqueue it, confirm it.
-    fn publish(
-        &mut self,
-        s: &mut Session,
-        p: basic::Publish,
-        header: ContentHeader,
-        body: Body,
-    ) -> AmqpResult<()> {
+    fn publish(&mut self, s: &mut Session, p: basic::Publish, header: ContentHeader, body: Body) -> AmqpResult<()> {
         if p.immediate {
             return Err(AmqpError::not_implemented("immediate=true").with_ids(60, 40));
         }
@@ -512,10 +460,7 @@ impl Channel {
                 route.push(q.clone());
             }
         } else {
-            let x = s
-                .vhost
-                .exchange(&p.exchange)
-                .map_err(|e| e.with_ids(60, 40))?;
+            let x = s.vhost.exchange(&p.exchange).map_err(|e| e.with_ids(60, 40))?;
             if x.internal {
                 return Err(AmqpError::access_refused(format!(
                     "cannot publish to internal exchange '{}' in vhost '{}'",
@@ -570,13 +515,7 @@ impl Channel {
         }
         let multiple = seq > self.confirmed + 1;
         self.confirmed = seq;
-        self.reply(
-            s,
-            basic::Ack {
-                delivery_tag: seq,
-                multiple,
-            },
-        );
+        self.reply(s, basic::Ack { delivery_tag: seq, multiple });
     }
 
     /// Resolves a queue name; empty means the last queue declared here.
@@ -584,9 +523,7 @@ impl Channel {
         if !name.is_empty() {
             return Ok(name.clone());
         }
-        self.last_queue
-            .clone()
-            .ok_or_else(|| AmqpError::not_found("no previously declared queue"))
+        self.last_queue.clone().ok_or_else(|| AmqpError::not_found("no previously declared queue"))
     }
 
     fn binding_ends(
@@ -596,9 +533,7 @@ impl Channel {
         queue: &ShortStr,
     ) -> AmqpResult<(Arc<crate::broker::exchange::Exchange>, Arc<Queue>)> {
         if exchange.is_empty() {
-            return Err(AmqpError::access_refused(
-                "operation not permitted on the default exchange",
-            ));
+            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
         }
         let x = s.vhost.exchange(exchange)?;
         let q = s.vhost.queue(queue)?;
@@ -638,12 +573,7 @@ impl Channel {
                     let created = Queue::new(s.vhost.name.clone(), name.clone(), options);
                     // Two connections may race to declare the same name: the
                     // entry API makes exactly one of them the creator.
-                    let q = s
-                        .vhost
-                        .queues
-                        .entry(name)
-                        .or_insert_with(|| created.clone())
-                        .clone();
+                    let q = s.vhost.queues.entry(name).or_insert_with(|| created.clone()).clone();
                     if Arc::ptr_eq(&q, &created) {
                         if created.options.exclusive_owner.is_some() {
                             s.exclusive_queues.push(created);
@@ -658,14 +588,7 @@ impl Channel {
         self.last_queue = Some(q.name.clone());
         if !m.no_wait {
             let (message_count, consumer_count) = q.counts();
-            self.reply(
-                s,
-                queue::DeclareOk {
-                    queue: q.name.clone(),
-                    message_count,
-                    consumer_count,
-                },
-            );
+            self.reply(s, queue::DeclareOk { queue: q.name.clone(), message_count, consumer_count });
         }
         Ok(())
     }
@@ -679,16 +602,10 @@ impl Channel {
                 q.check_access(s.connection_id)?;
                 let (messages, consumers) = q.counts();
                 if m.if_unused && consumers > 0 {
-                    return Err(AmqpError::precondition_failed(format!(
-                        "{} in use",
-                        q.describe()
-                    )));
+                    return Err(AmqpError::precondition_failed(format!("{} in use", q.describe())));
                 }
                 if m.if_empty && messages > 0 {
-                    return Err(AmqpError::precondition_failed(format!(
-                        "{} not empty",
-                        q.describe()
-                    )));
+                    return Err(AmqpError::precondition_failed(format!("{} not empty", q.describe())));
                 }
                 s.delete_queue(&q)
             }
@@ -701,9 +618,7 @@ impl Channel {
 
     fn exchange_declare(&mut self, s: &mut Session, m: exchange::Declare) -> AmqpResult<()> {
         if m.exchange.is_empty() {
-            return Err(AmqpError::access_refused(
-                "operation not permitted on the default exchange",
-            ));
+            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
         }
         if m.passive {
             s.vhost.exchange(&m.exchange)?;
@@ -725,11 +640,7 @@ impl Channel {
                         return fail("durable", &m.durable.to_string(), &x.durable.to_string());
                     }
                     if x.auto_delete != m.auto_delete {
-                        return fail(
-                            "auto_delete",
-                            &m.auto_delete.to_string(),
-                            &x.auto_delete.to_string(),
-                        );
+                        return fail("auto_delete", &m.auto_delete.to_string(), &x.auto_delete.to_string());
                     }
                     if x.internal != m.internal {
                         return fail("internal", &m.internal.to_string(), &x.internal.to_string());
@@ -762,9 +673,7 @@ impl Channel {
 
     fn exchange_delete(&mut self, s: &mut Session, m: exchange::Delete) -> AmqpResult<()> {
         if m.exchange.is_empty() {
-            return Err(AmqpError::access_refused(
-                "operation not permitted on the default exchange",
-            ));
+            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
         }
         if m.exchange.starts_with(b"amq.") {
             return Err(AmqpError::access_refused(format!(
@@ -791,15 +700,9 @@ impl Channel {
         self.forget_cancelled();
         let q = s.vhost.queue(&self.queue_name(&m.queue)?)?;
         q.check_access(s.connection_id)?;
-        let tag = if m.consumer_tag.is_empty() {
-            s.broker.generate_name("amq.ctag")
-        } else {
-            m.consumer_tag
-        };
+        let tag = if m.consumer_tag.is_empty() { s.broker.generate_name("amq.ctag") } else { m.consumer_tag };
         if self.consumers.contains_key(&tag) {
-            return Err(AmqpError::not_allowed(format!(
-                "attempt to reuse consumer tag '{tag}'"
-            )));
+            return Err(AmqpError::not_allowed(format!("attempt to reuse consumer tag '{tag}'")));
         }
         let consumer = Consumer {
             tag: tag.clone(),
@@ -810,11 +713,7 @@ impl Channel {
             prefetch_count: self.prefetch_count.into(),
             unacked: 0,
         };
-        let consume_ok = (!m.no_wait).then(|| {
-            Method::BasicConsumeOk(basic::ConsumeOk {
-                consumer_tag: tag.clone(),
-            })
-        });
+        let consume_ok = (!m.no_wait).then(|| Method::BasicConsumeOk(basic::ConsumeOk { consumer_tag: tag.clone() }));
         q.consume(consumer, || {
             if let Some(ok) = &consume_ok {
                 s.send_method(self.id, ok);
@@ -831,31 +730,16 @@ impl Channel {
             Some((message, message_count)) => {
                 s.outlet.force_reserve_delivery();
                 let mut d = self.shared.lock();
-                self.shared.send(
-                    &mut d,
-                    DeliveryKind::GetOk { message_count },
-                    &q,
-                    None,
-                    message,
-                    m.no_ack,
-                );
+                self.shared.send(&mut d, DeliveryKind::GetOk { message_count }, &q, None, message, m.no_ack);
             }
-            None => self.reply(
-                s,
-                basic::GetEmpty {
-                    reserved_1: ShortStr::default(),
-                },
-            ),
+            None => self.reply(s, basic::GetEmpty { reserved_1: ShortStr::default() }),
         }
         Ok(())
     }
 
     fn qos(&mut self, s: &mut Session, m: basic::Qos) -> AmqpResult<()> {
         if m.prefetch_size != 0 {
-            return Err(AmqpError::not_implemented(format!(
-                "prefetch_size!=0 ({})",
-                m.prefetch_size
-            )));
+            return Err(AmqpError::not_implemented(format!("prefetch_size!=0 ({})", m.prefetch_size)));
         }
         if m.global {
             self.shared.lock().global_prefetch = m.prefetch_count.into();
@@ -885,18 +769,12 @@ impl Channel {
         if multiple && delivery_tag == 0 {
             return Ok(Settled::Many(d.unacked.drain(..).collect()));
         }
-        let unknown =
-            || AmqpError::precondition_failed(format!("unknown delivery tag {delivery_tag}"));
-        let at = d
-            .unacked
-            .binary_search_by_key(&delivery_tag, |u| u.delivery_tag)
-            .map_err(|_| unknown())?;
+        let unknown = || AmqpError::precondition_failed(format!("unknown delivery tag {delivery_tag}"));
+        let at = d.unacked.binary_search_by_key(&delivery_tag, |u| u.delivery_tag).map_err(|_| unknown())?;
         if multiple {
             Ok(Settled::Many(d.unacked.drain(..=at).collect()))
         } else {
-            Ok(Settled::One(
-                d.unacked.remove(at).expect("index from binary search"),
-            ))
+            Ok(Settled::One(d.unacked.remove(at).expect("index from binary search")))
         }
     }
 
@@ -907,8 +785,7 @@ impl Channel {
         let runs: Vec<Unacked> = match settled {
             Settled::One(u) => {
                 if requeue {
-                    u.queue
-                        .requeue(key, u.consumer_tag.as_ref(), vec![u.message]);
+                    u.queue.requeue(key, u.consumer_tag.as_ref(), vec![u.message]);
                 } else {
                     u.queue.settled(key, u.consumer_tag.as_ref(), 1);
                 }
@@ -921,19 +798,15 @@ impl Channel {
         let mut iter = runs.into_iter().peekable();
         while let Some(first) = iter.next() {
             let mut messages = vec![first.message];
-            while let Some(next) = iter.next_if(|u| {
-                Arc::ptr_eq(&u.queue, &first.queue) && u.consumer_tag == first.consumer_tag
-            }) {
+            while let Some(next) =
+                iter.next_if(|u| Arc::ptr_eq(&u.queue, &first.queue) && u.consumer_tag == first.consumer_tag)
+            {
                 messages.push(next.message);
             }
             if requeue {
-                first
-                    .queue
-                    .requeue(key, first.consumer_tag.as_ref(), messages);
+                first.queue.requeue(key, first.consumer_tag.as_ref(), messages);
             } else {
-                first
-                    .queue
-                    .settled(key, first.consumer_tag.as_ref(), messages.len() as u32);
+                first.queue.settled(key, first.consumer_tag.as_ref(), messages.len() as u32);
             }
         }
         if self.shared.lock().global_prefetch != 0 {
@@ -979,18 +852,10 @@ fn check_equivalent(q: &Queue, new: &QueueOptions, connection: u64) -> AmqpResul
         )))
     };
     if cur.durable != new.durable {
-        return fail(
-            "durable",
-            format!("'{}'", new.durable),
-            format!("'{}'", cur.durable),
-        );
+        return fail("durable", format!("'{}'", new.durable), format!("'{}'", cur.durable));
     }
     if cur.auto_delete != new.auto_delete {
-        return fail(
-            "auto_delete",
-            format!("'{}'", new.auto_delete),
-            format!("'{}'", cur.auto_delete),
-        );
+        return fail("auto_delete", format!("'{}'", new.auto_delete), format!("'{}'", cur.auto_delete));
     }
     for key in argument_keys(&cur.arguments, &new.arguments) {
         let (c, n) = (cur.arguments.get(&key), new.arguments.get(&key));
@@ -1018,11 +883,7 @@ fn check_equivalent(q: &Queue, new: &QueueOptions, connection: u64) -> AmqpResul
 }
 
 fn argument_keys(a: &FieldTable, b: &FieldTable) -> Vec<String> {
-    let mut keys: Vec<String> = a
-        .iter()
-        .chain(b.iter())
-        .map(|(k, _)| k.to_string())
-        .collect();
+    let mut keys: Vec<String> = a.iter().chain(b.iter()).map(|(k, _)| k.to_string()).collect();
     keys.sort();
     keys.dedup();
     keys
@@ -1032,9 +893,7 @@ fn value_text(v: &FieldValue) -> String {
     match v {
         FieldValue::LongStr(b) | FieldValue::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
         FieldValue::Bool(b) => b.to_string(),
-        other => other
-            .as_i64()
-            .map_or_else(|| format!("{other:?}"), |i| i.to_string()),
+        other => other.as_i64().map_or_else(|| format!("{other:?}"), |i| i.to_string()),
     }
 }
 

@@ -35,10 +35,7 @@ pub fn start_method() -> connection::Start {
         .with("capabilities", FieldValue::Table(capabilities))
         .with("cluster_name", text("warren"))
         .with("copyright", text("Copyright (c) the warren authors"))
-        .with(
-            "information",
-            text("warren: a small, fast AMQP 0-9-1 broker that behaves like RabbitMQ on the wire"),
-        )
+        .with("information", text("warren: a small, fast AMQP 0-9-1 broker that behaves like RabbitMQ on the wire"))
         .with("platform", text("Rust"))
         .with("product", text("warren"))
         .with("version", text(env!("CARGO_PKG_VERSION")));
@@ -79,38 +76,25 @@ pub fn parse_response(mechanism: &[u8], response: &Bytes) -> Result<Credentials,
                     username: String::from_utf8_lossy(user).into_owned(),
                     password: String::from_utf8_lossy(pass).into_owned(),
                 }),
-                _ => Err(AuthError::Malformed(format!(
-                    "response {} invalid",
-                    erlang_binary(response, usize::MAX)
-                ))),
+                _ => Err(AuthError::Malformed(format!("response {} invalid", erlang_binary(response, usize::MAX)))),
             }
         }
         b"AMQPLAIN" => {
-            let table = parse_table_body(response, response).map_err(|e| {
-                AuthError::Malformed(format!("AMQPLAIN auth info is not a field table: {e}"))
-            })?;
-            let field = |k: &str| {
-                table
-                    .get(k)
-                    .and_then(FieldValue::as_bytes)
-                    .map(|b| String::from_utf8_lossy(b).into_owned())
-            };
+            let table = parse_table_body(response, response)
+                .map_err(|e| AuthError::Malformed(format!("AMQPLAIN auth info is not a field table: {e}")))?;
+            let field =
+                |k: &str| table.get(k).and_then(FieldValue::as_bytes).map(|b| String::from_utf8_lossy(b).into_owned());
             match (table.get("LOGIN"), table.get("PASSWORD")) {
                 (Some(_), Some(_)) => match (field("LOGIN"), field("PASSWORD")) {
                     (Some(username), Some(password)) => Ok(Credentials { username, password }),
                     _ => Err(AuthError::Malformed(
-                        "AMQPLAIN auth info uses unsupported type for LOGIN or PASSWORD field"
-                            .into(),
+                        "AMQPLAIN auth info uses unsupported type for LOGIN or PASSWORD field".into(),
                     )),
                 },
-                _ => Err(AuthError::Malformed(
-                    "AMQPLAIN auth info is missing LOGIN or PASSWORD field".into(),
-                )),
+                _ => Err(AuthError::Malformed("AMQPLAIN auth info is missing LOGIN or PASSWORD field".into())),
             }
         }
-        other => Err(AuthError::UnknownMechanism(
-            String::from_utf8_lossy(other).into_owned(),
-        )),
+        other => Err(AuthError::UnknownMechanism(String::from_utf8_lossy(other).into_owned())),
     }
 }
 
@@ -134,13 +118,7 @@ pub struct Limits {
 /// one), and frame_max may not be below the minimum. The heartbeat is taken
 /// as sent, whatever it is.
 pub fn validate_tune_ok(server: Limits, tune_ok: &connection::TuneOk) -> Result<(), AmqpError> {
-    fn check(
-        field: &str,
-        min: u64,
-        server: u64,
-        client: u64,
-        no_limit_note: &str,
-    ) -> Result<(), AmqpError> {
+    fn check(field: &str, min: u64, server: u64, client: u64, no_limit_note: &str) -> Result<(), AmqpError> {
         if client != 0 && client < min {
             return Err(AmqpError::not_allowed(format!(
                 "negotiated {field} = {client} is lower than the minimum allowed value ({min})"
@@ -154,20 +132,8 @@ pub fn validate_tune_ok(server: Limits, tune_ok: &connection::TuneOk) -> Result<
         }
         Ok(())
     }
-    check(
-        "frame_max",
-        FRAME_MIN_SIZE.into(),
-        server.frame_max.into(),
-        tune_ok.frame_max.into(),
-        "",
-    )?;
-    check(
-        "channel_max",
-        1,
-        server.channel_max.into(),
-        tune_ok.channel_max.into(),
-        " (no limit)",
-    )?;
+    check("frame_max", FRAME_MIN_SIZE.into(), server.frame_max.into(), tune_ok.frame_max.into(), "")?;
+    check("channel_max", 1, server.channel_max.into(), tune_ok.channel_max.into(), " (no limit)")?;
     Ok(())
 }
 
@@ -227,18 +193,10 @@ mod tests {
     use super::*;
     use crate::protocol::ReplyCode;
 
-    const SERVER: Limits = Limits {
-        channel_max: 2047,
-        frame_max: 131_072,
-        heartbeat: 60,
-    };
+    const SERVER: Limits = Limits { channel_max: 2047, frame_max: 131_072, heartbeat: 60 };
 
     fn tune_ok(channel_max: u16, frame_max: u32, heartbeat: u16) -> connection::TuneOk {
-        connection::TuneOk {
-            channel_max,
-            frame_max,
-            heartbeat,
-        }
+        connection::TuneOk { channel_max, frame_max, heartbeat }
     }
 
     #[test]
@@ -267,39 +225,20 @@ mod tests {
         assert_eq!(validate_tune_ok(SERVER, &tune_ok(2047, 8192, 0)), Ok(()));
         // The heartbeat is never validated: above the proposal is fine.
         assert_eq!(validate_tune_ok(SERVER, &tune_ok(1, 131_072, 600)), Ok(()));
-        assert_eq!(
-            validate_tune_ok(SERVER, &tune_ok(0, 0, 0))
-                .unwrap_err()
-                .code,
-            ReplyCode::NotAllowed
-        );
+        assert_eq!(validate_tune_ok(SERVER, &tune_ok(0, 0, 0)).unwrap_err().code, ReplyCode::NotAllowed);
     }
 
     #[test]
     fn plain_and_amqplain_responses() {
         let plain = parse_response(b"PLAIN", &Bytes::from_static(b"\0guest\0secret")).unwrap();
-        assert_eq!(
-            plain,
-            Credentials {
-                username: "guest".into(),
-                password: "secret".into()
-            }
-        );
-        assert!(matches!(
-            parse_response(b"PLAIN", &Bytes::from_static(b"guest")),
-            Err(AuthError::Malformed(_))
-        ));
+        assert_eq!(plain, Credentials { username: "guest".into(), password: "secret".into() });
+        assert!(matches!(parse_response(b"PLAIN", &Bytes::from_static(b"guest")), Err(AuthError::Malformed(_))));
         // LOGIN S "guest", PASSWORD S "guest", with no table length prefix.
-        let amqplain = Bytes::from_static(
-            b"\x05LOGINS\x00\x00\x00\x05guest\x08PASSWORDS\x00\x00\x00\x05guest",
-        );
+        let amqplain = Bytes::from_static(b"\x05LOGINS\x00\x00\x00\x05guest\x08PASSWORDS\x00\x00\x00\x05guest");
         let c = parse_response(b"AMQPLAIN", &amqplain).unwrap();
         assert_eq!(c.username, "guest");
         assert_eq!(c.password, "guest");
-        assert_eq!(
-            parse_response(b"EXTERNAL", &Bytes::new()),
-            Err(AuthError::UnknownMechanism("EXTERNAL".into()))
-        );
+        assert_eq!(parse_response(b"EXTERNAL", &Bytes::new()), Err(AuthError::UnknownMechanism("EXTERNAL".into())));
     }
 
     #[test]
@@ -310,10 +249,7 @@ mod tests {
         assert_eq!(format_duration(Duration::from_secs(3605)), "1H, 0M, 5s");
         assert_eq!(payload_snippet(b""), "all octets = <<>>");
         assert_eq!(payload_snippet(b"abc"), "all octets = <<\"abc\">>");
-        assert_eq!(
-            payload_snippet(&[0, 10, 0, 10]),
-            "all octets = <<0,10,0,10>>"
-        );
+        assert_eq!(payload_snippet(&[0, 10, 0, 10]), "all octets = <<0,10,0,10>>");
         assert!(payload_snippet(&[1; 20]).starts_with("first 16 octets = <<1,1,"));
     }
 }

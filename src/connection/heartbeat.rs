@@ -60,11 +60,7 @@ pub fn monitor_period(timeout_secs: u16) -> Duration {
 /// no outbound traffic, and at the first tick. `bytes_sent` reads the
 /// counter; `send_heartbeat` queues a heartbeat frame and returns false once
 /// the connection is gone, which ends the loop.
-pub async fn run_sender(
-    period: Duration,
-    bytes_sent: impl Fn() -> u64,
-    mut send_heartbeat: impl FnMut() -> bool,
-) {
+pub async fn run_sender(period: Duration, bytes_sent: impl Fn() -> u64, mut send_heartbeat: impl FnMut() -> bool) {
     let mut ticks = time::interval_at(Instant::now() + period, period);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_seen: Option<u64> = None;
@@ -90,9 +86,7 @@ pub struct MonitorControl {
 
 impl Default for MonitorControl {
     fn default() -> Self {
-        MonitorControl {
-            paused: watch::Sender::new(false),
-        }
+        MonitorControl { paused: watch::Sender::new(false) }
     }
 }
 
@@ -161,9 +155,7 @@ pub async fn run_monitor(
             } else {
                 silent_ticks += 1;
                 if silent_ticks >= 2 {
-                    return MissedHeartbeats {
-                        silence: last_change.elapsed(),
-                    };
+                    return MissedHeartbeats { silence: last_change.elapsed() };
                 }
             }
         }
@@ -203,10 +195,7 @@ mod tests {
         let beats = spawn_sender(sent.clone());
         time::sleep(Duration::from_millis(1600)).await;
         // Idle: a heartbeat at every T/2 tick from the first.
-        assert_eq!(
-            *beats.lock().unwrap(),
-            [500, 1000, 1500].map(Duration::from_millis)
-        );
+        assert_eq!(*beats.lock().unwrap(), [500, 1000, 1500].map(Duration::from_millis));
         // Traffic during each period suppresses the heartbeats.
         for _ in 0..4 {
             sent.fetch_add(10, Ordering::SeqCst);
@@ -249,9 +238,7 @@ mod tests {
         let r = received.clone();
         let start = Instant::now();
         let control = MonitorControl::default();
-        let monitor = tokio::spawn(async move {
-            run_monitor(T, move || r.load(Ordering::SeqCst), &control).await
-        });
+        let monitor = tokio::spawn(async move { run_monitor(T, move || r.load(Ordering::SeqCst), &control).await });
         time::sleep(last_byte_at).await;
         received.fetch_add(1, Ordering::SeqCst);
         let missed = monitor.await.unwrap();
@@ -283,9 +270,7 @@ mod tests {
         let received = Arc::new(AtomicU64::new(0));
         let r = received.clone();
         let control = MonitorControl::default();
-        let monitor = tokio::spawn(async move {
-            run_monitor(T, move || r.load(Ordering::SeqCst), &control).await
-        });
+        let monitor = tokio::spawn(async move { run_monitor(T, move || r.load(Ordering::SeqCst), &control).await });
         for _ in 0..20 {
             time::sleep(Duration::from_millis(900)).await;
             received.fetch_add(1, Ordering::SeqCst);

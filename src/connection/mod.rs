@@ -166,11 +166,8 @@ pub async fn serve(socket: TcpStream, broker: Arc<Broker>, shutdown: watch::Rece
         let (outlet, rx) = Outlet::new();
         let writer = WriterTask(tokio::spawn(writer::run(write_half, rx, outlet.clone())));
         let config = &broker.config;
-        let server_limits = Limits {
-            channel_max: config.channel_max,
-            frame_max: config.frame_max,
-            heartbeat: config.heartbeat,
-        };
+        let server_limits =
+            Limits { channel_max: config.channel_max, frame_max: config.frame_max, heartbeat: config.heartbeat };
         let mut connection = Connection {
             id,
             name,
@@ -219,8 +216,7 @@ impl Connection {
                 }
                 ProtocolHeader::Unsupported => {
                     // Spec 4.2.2: answer with the header we speak, then close.
-                    self.outlet
-                        .send(Outbound::Frames(Bytes::from_static(PROTOCOL_HEADER)));
+                    self.outlet.send(Outbound::Frames(Bytes::from_static(PROTOCOL_HEADER)));
                     break Some(End::Silent(format!(
                         "client did not start with AMQP protocol header: {}",
                         handshake::erlang_binary(&buf, 8)
@@ -330,11 +326,7 @@ impl Connection {
         if self.state == State::Closing {
             return;
         }
-        let vhost = self
-            .session
-            .as_ref()
-            .map(|s| s.vhost.name.to_string())
-            .unwrap_or_default();
+        let vhost = self.session.as_ref().map(|s| s.vhost.name.to_string()).unwrap_or_default();
         error!(
             "Error on AMQP connection {}, vhost: '{}', user: '{}', state: {}), channel 0: operation {} caused a connection exception {}: {:?}",
             self.log_name(),
@@ -361,57 +353,26 @@ impl Connection {
     /// RabbitMQ's texts for damage at the frame layer (all connection errors).
     fn frame_error(&self, e: FrameError) -> AmqpError {
         match e {
-            FrameError::TooLarge {
-                frame_type,
-                size,
-                max_payload,
-                ..
-            } => AmqpError::frame_error(format!(
+            FrameError::TooLarge { frame_type, size, max_payload, .. } => AmqpError::frame_error(format!(
                 "type {frame_type}, all octets = <<>>: {{frame_too_large,{size},{}}}",
                 max_payload as usize - FRAME_OVERHEAD
             )),
-            FrameError::BadFrameEnd {
-                frame_type,
-                end,
-                payload,
-                ..
-            } => AmqpError::frame_error(format!(
+            FrameError::BadFrameEnd { frame_type, end, payload, .. } => AmqpError::frame_error(format!(
                 "type {frame_type}, {}: {{invalid_frame_end_marker,{end}}}",
                 payload_snippet(&payload)
             )),
-            FrameError::UnknownType {
-                frame_type,
-                payload,
-                ..
-            } => AmqpError::frame_error(format!(
-                "type {frame_type}, {}: unknown_frame",
-                payload_snippet(&payload)
-            )),
-            FrameError::HeartbeatPayload { payload, .. } => AmqpError::frame_error(format!(
-                "type 8, {}: unknown_frame",
-                payload_snippet(&payload)
-            )),
-            FrameError::Method {
-                error:
-                    MethodError::Unknown {
-                        class_id,
-                        method_id,
-                    },
-                ..
-            } => AmqpError::command_invalid(format!(
-                "unknown method: class {class_id}, method {method_id}"
-            )),
-            FrameError::Method {
-                error:
-                    MethodError::Syntax {
-                        class_id,
-                        method_id,
-                        name,
-                        error,
-                    },
-                ..
-            } => AmqpError::frame_error(format!("cannot decode {name}: {error}"))
-                .with_ids(class_id, method_id),
+            FrameError::UnknownType { frame_type, payload, .. } => {
+                AmqpError::frame_error(format!("type {frame_type}, {}: unknown_frame", payload_snippet(&payload)))
+            }
+            FrameError::HeartbeatPayload { payload, .. } => {
+                AmqpError::frame_error(format!("type 8, {}: unknown_frame", payload_snippet(&payload)))
+            }
+            FrameError::Method { error: MethodError::Unknown { class_id, method_id }, .. } => {
+                AmqpError::command_invalid(format!("unknown method: class {class_id}, method {method_id}"))
+            }
+            FrameError::Method { error: MethodError::Syntax { class_id, method_id, name, error }, .. } => {
+                AmqpError::frame_error(format!("cannot decode {name}: {error}")).with_ids(class_id, method_id)
+            }
             FrameError::Header { error, .. } => {
                 AmqpError::frame_error(format!("cannot decode content header: {error}"))
             }
@@ -423,14 +384,8 @@ impl Connection {
             // Spec 2.2.4: after sending close, discard everything but close
             // and close-ok.
             return match frame {
-                Frame::Method {
-                    channel: 0,
-                    method: Method::ConnectionCloseOk(_),
-                } => Err(Stop::Done),
-                Frame::Method {
-                    channel: 0,
-                    method: Method::ConnectionClose(_),
-                } => {
+                Frame::Method { channel: 0, method: Method::ConnectionCloseOk(_) } => Err(Stop::Done),
+                Frame::Method { channel: 0, method: Method::ConnectionClose(_) } => {
                     self.send_method(0, &conn::CloseOk {}.into());
                     Err(Stop::Done)
                 }
@@ -447,21 +402,17 @@ impl Connection {
                 other.channel(),
                 self.state.name()
             ))),
-            Frame::Heartbeat { .. } => Err(Stop::Error(AmqpError::unexpected_frame(
-                "type 8, all octets = <<>>",
-            ))),
-            other if self.state == State::Opening => {
-                Err(Stop::Error(AmqpError::unexpected_frame(format!(
-                    "unexpected frame on channel {} in connection state opening",
-                    other.channel()
-                ))))
+            Frame::Heartbeat { .. } => Err(Stop::Error(AmqpError::unexpected_frame("type 8, all octets = <<>>"))),
+            other if self.state == State::Opening => Err(Stop::Error(AmqpError::unexpected_frame(format!(
+                "unexpected frame on channel {} in connection state opening",
+                other.channel()
+            )))),
+            Frame::Header { channel: 0, .. } => {
+                Err(Stop::Error(AmqpError::unexpected_frame("type 2, all octets = <<>>")))
             }
-            Frame::Header { channel: 0, .. } => Err(Stop::Error(AmqpError::unexpected_frame(
-                "type 2, all octets = <<>>",
-            ))),
-            Frame::Body { channel: 0, body } => Err(Stop::Error(AmqpError::unexpected_frame(
-                format!("type 3, {}", payload_snippet(&body)),
-            ))),
+            Frame::Body { channel: 0, body } => {
+                Err(Stop::Error(AmqpError::unexpected_frame(format!("type 3, {}", payload_snippet(&body)))))
+            }
             frame => self.channel_frame(frame),
         }
     }
@@ -484,18 +435,11 @@ impl Connection {
                 Err(Stop::Done)
             }
             (state @ (State::Starting | State::Securing | State::Tuning), method) => {
-                Err(Stop::Silent(format!(
-                    "unexpected method {} in connection state {}",
-                    method.name(),
-                    state.name()
-                )))
+                Err(Stop::Silent(format!("unexpected method {} in connection state {}", method.name(), state.name())))
             }
             (state, _) => Err(Stop::Error(
-                AmqpError::channel_error(format!(
-                    "unexpected method in connection state {}",
-                    state.name()
-                ))
-                .with_ids(class_id, method_id),
+                AmqpError::channel_error(format!("unexpected method in connection state {}", state.name()))
+                    .with_ids(class_id, method_id),
             )),
         }
     }
@@ -506,13 +450,7 @@ impl Connection {
         self.mechanism = m.mechanism.to_string();
         if m.mechanism.as_bytes() == b"PLAIN" && m.response.is_empty() {
             // SASL PLAIN without an initial response: ask for it.
-            self.send_method(
-                0,
-                &conn::Secure {
-                    challenge: Bytes::new(),
-                }
-                .into(),
-            );
+            self.send_method(0, &conn::Secure { challenge: Bytes::new() }.into());
             self.state = State::Securing;
             return Ok(());
         }
@@ -523,16 +461,11 @@ impl Connection {
         let credentials = match handshake::parse_response(mechanism, response) {
             Ok(c) => c,
             Err(AuthError::UnknownMechanism(m)) => {
-                return Err(Stop::Silent(format!(
-                    "unknown authentication mechanism '{m}'"
-                )));
+                return Err(Stop::Silent(format!("unknown authentication mechanism '{m}'")));
             }
             Err(AuthError::Malformed(why)) => return Err(Stop::Silent(why)),
         };
-        if !self
-            .broker
-            .check_password(&credentials.username, &credentials.password)
-        {
+        if !self.broker.check_password(&credentials.username, &credentials.password) {
             error!(
                 "Error on AMQP connection {}, state: starting): {} login refused: user '{}' - invalid credentials",
                 self.log_name(),
@@ -548,12 +481,7 @@ impl Connection {
         let l = self.server_limits;
         self.send_method(
             0,
-            &conn::Tune {
-                channel_max: l.channel_max,
-                frame_max: l.frame_max,
-                heartbeat: l.heartbeat,
-            }
-            .into(),
+            &conn::Tune { channel_max: l.channel_max, frame_max: l.frame_max, heartbeat: l.heartbeat }.into(),
         );
         self.state = State::Tuning;
         Ok(())
@@ -584,27 +512,21 @@ impl Connection {
         let outlet = self.outlet.clone();
         self.heartbeat_tasks.spawn(async move {
             let sent = || outlet.counters.send_oct.load(Ordering::Relaxed);
-            heartbeat::run_sender(heartbeat::sender_period(t), sent, || {
-                outlet.send(Outbound::Heartbeat)
-            })
-            .await;
+            heartbeat::run_sender(heartbeat::sender_period(t), sent, || outlet.send(Outbound::Heartbeat)).await;
             HeartbeatEnd::SenderStopped
         });
         let outlet = self.outlet.clone();
         let control = self.monitor.clone();
         self.heartbeat_tasks.spawn(async move {
             let received = || outlet.counters.recv_oct.load(Ordering::Relaxed);
-            HeartbeatEnd::Missed(
-                heartbeat::run_monitor(heartbeat::monitor_period(t), received, &control).await,
-            )
+            HeartbeatEnd::Missed(heartbeat::run_monitor(heartbeat::monitor_period(t), received, &control).await)
         });
     }
 
     fn open(&mut self, m: conn::Open) -> Result<(), Stop> {
         let Some(vhost) = self.broker.vhost(&m.virtual_host) else {
             return Err(Stop::Error(
-                AmqpError::not_allowed(format!("vhost {} not found", m.virtual_host))
-                    .with_ids(10, 40),
+                AmqpError::not_allowed(format!("vhost {} not found", m.virtual_host)).with_ids(10, 40),
             ));
         };
         info!(
@@ -613,36 +535,18 @@ impl Connection {
             self.user.as_deref().unwrap_or(""),
             vhost.name
         );
-        self.session = Some(Session::new(
-            self.id,
-            self.broker.clone(),
-            vhost,
-            self.outlet.clone(),
-            self.capabilities,
-        ));
-        self.send_method(
-            0,
-            &conn::OpenOk {
-                reserved_1: ShortStr::default(),
-            }
-            .into(),
-        );
+        self.session = Some(Session::new(self.id, self.broker.clone(), vhost, self.outlet.clone(), self.capabilities));
+        self.send_method(0, &conn::OpenOk { reserved_1: ShortStr::default() }.into());
         self.state = State::Running;
         Ok(())
     }
 
     fn channel_frame(&mut self, frame: Frame) -> Result<(), Stop> {
         let id = frame.channel();
-        let session = self
-            .session
-            .as_mut()
-            .expect("running connections have a session");
+        let session = self.session.as_mut().expect("running connections have a session");
         let Some(ch) = self.channels.get_mut(&id) else {
             return match frame {
-                Frame::Method {
-                    method: Method::ChannelOpen(_),
-                    ..
-                } => {
+                Frame::Method { method: Method::ChannelOpen(_), .. } => {
                     if self.channel_max != 0 && self.channels.len() >= self.channel_max as usize {
                         return Err(Stop::Error(AmqpError::not_allowed(format!(
                             "number of channels opened ({}) has reached the negotiated channel_max ({})",
@@ -653,29 +557,21 @@ impl Connection {
                     self.channels.insert(id, Channel::new(id, session));
                     session.send_method(
                         id,
-                        &crate::protocol::methods::channel::OpenOk {
-                            reserved_1: Bytes::new(),
-                        }
-                        .into(),
+                        &crate::protocol::methods::channel::OpenOk { reserved_1: Bytes::new() }.into(),
                     );
                     Ok(())
                 }
                 Frame::Method { method, .. } => {
                     let (c, m) = method.ids();
-                    Err(Stop::Error(
-                        AmqpError::channel_error("expected 'channel.open'").with_ids(c, m),
-                    ))
+                    Err(Stop::Error(AmqpError::channel_error("expected 'channel.open'").with_ids(c, m)))
                 }
-                _ => Err(Stop::Error(AmqpError::unexpected_frame(
-                    "expected method frame, got non method frame instead",
-                ))),
+                _ => {
+                    Err(Stop::Error(AmqpError::unexpected_frame("expected method frame, got non method frame instead")))
+                }
             };
         };
         match frame {
-            Frame::Method {
-                method: Method::ChannelClose(_),
-                ..
-            } => {
+            Frame::Method { method: Method::ChannelClose(_), .. } => {
                 if !ch.closing {
                     ch.shutdown(session);
                 }
@@ -683,10 +579,7 @@ impl Connection {
                 session.send_method(id, &crate::protocol::methods::channel::CloseOk {}.into());
                 Ok(())
             }
-            Frame::Method {
-                method: Method::ChannelCloseOk(_),
-                ..
-            } => {
+            Frame::Method { method: Method::ChannelCloseOk(_), .. } => {
                 if ch.closing {
                     self.channels.remove(&id);
                 }
@@ -752,27 +645,21 @@ impl Connection {
     /// the socket (by dropping both halves).
     async fn finish(&mut self, end: End, writer: WriterTask) {
         let who = match &self.session {
-            Some(s) => format!(
-                ", vhost: '{}', user: '{}'",
-                s.vhost.name,
-                self.user.as_deref().unwrap_or("")
-            ),
+            Some(s) => format!(", vhost: '{}', user: '{}'", s.vhost.name, self.user.as_deref().unwrap_or("")),
             None => String::new(),
         };
         let duration = self.duration();
         let flush_writer = match &end {
             End::Closed => {
-                info!(
-                    "closing AMQP connection ({}{who}, duration: '{duration}')",
-                    self.name
-                );
+                info!("closing AMQP connection ({}{who}, duration: '{duration}')", self.name);
                 true
             }
             End::PeerClosed(e) => {
-                if self.state == State::Starting
-                    && self.outlet.counters.recv_oct.load(Ordering::Relaxed) == 0
-                {
-                    debug!("closing AMQP connection {}, duration: '{duration}'): connection closed with no data received", self.log_name());
+                if self.state == State::Starting && self.outlet.counters.recv_oct.load(Ordering::Relaxed) == 0 {
+                    debug!(
+                        "closing AMQP connection {}, duration: '{duration}'): connection closed with no data received",
+                        self.log_name()
+                    );
                 } else if self.state != State::Closing {
                     let detail = e.as_ref().map(|e| format!(" ({e})")).unwrap_or_default();
                     warn!(
@@ -792,14 +679,14 @@ impl Connection {
                 false
             }
             End::HandshakeTimeout(what) => {
-                error!("closing AMQP connection {}, duration: '{duration}'): {{handshake_timeout,{what}}}", self.log_name());
+                error!(
+                    "closing AMQP connection {}, duration: '{duration}'): {{handshake_timeout,{what}}}",
+                    self.log_name()
+                );
                 false
             }
             End::WriterFailed(e) => {
-                warn!(
-                    "closing AMQP connection {}{who}, duration: '{duration}'): {e}",
-                    self.log_name()
-                );
+                warn!("closing AMQP connection {}{who}, duration: '{duration}'): {e}", self.log_name());
                 false
             }
             End::CloseTimeout => {
@@ -807,10 +694,7 @@ impl Connection {
                 false
             }
             End::Silent(reason) => {
-                error!(
-                    "closing AMQP connection {}, duration: '{duration}'): {reason}",
-                    self.log_name()
-                );
+                error!("closing AMQP connection {}, duration: '{duration}'): {reason}", self.log_name());
                 true
             }
             End::Shutdown => true,

@@ -118,10 +118,7 @@ impl Outlet {
         }
         self.queued_deliveries.fetch_sub(1, Ordering::SeqCst);
         {
-            let mut waiting = self
-                .waiting_queues
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut waiting = self.waiting_queues.lock().unwrap_or_else(|e| e.into_inner());
             if !waiting.iter().any(|w| w.as_ptr() == Arc::as_ptr(queue)) {
                 waiting.push(Arc::downgrade(queue));
             }
@@ -148,12 +145,7 @@ impl Outlet {
         }
         let left = self.queued_deliveries.fetch_sub(n, Ordering::SeqCst) - n;
         if left < DELIVERY_CREDIT {
-            let waiting = std::mem::take(
-                &mut *self
-                    .waiting_queues
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()),
-            );
+            let waiting = std::mem::take(&mut *self.waiting_queues.lock().unwrap_or_else(|e| e.into_inner()));
             for queue in waiting.iter().filter_map(Weak::upgrade) {
                 queue.dispatch();
             }
@@ -171,11 +163,7 @@ pub struct FrameBuffer {
 
 impl Default for FrameBuffer {
     fn default() -> Self {
-        FrameBuffer {
-            scratch: BytesMut::with_capacity(16 * 1024),
-            chunks: VecDeque::new(),
-            len: 0,
-        }
+        FrameBuffer { scratch: BytesMut::with_capacity(16 * 1024), chunks: VecDeque::new(), len: 0 }
     }
 }
 
@@ -219,18 +207,8 @@ impl FrameBuffer {
     /// `frame_max` (0: no limit). Body octets are never copied.
     pub fn content(&mut self, channel: u16, raw_properties: &[u8], body: &[Bytes], frame_max: u32) {
         let body_size: usize = body.iter().map(Bytes::len).sum();
-        write_content_header(
-            &mut self.scratch,
-            channel,
-            CLASS_BASIC,
-            body_size as u64,
-            raw_properties,
-        );
-        let max_payload = if frame_max == 0 {
-            usize::MAX
-        } else {
-            frame_max as usize - FRAME_OVERHEAD
-        };
+        write_content_header(&mut self.scratch, channel, CLASS_BASIC, body_size as u64, raw_properties);
+        let max_payload = if frame_max == 0 { usize::MAX } else { frame_max as usize - FRAME_OVERHEAD };
         let (mut chunk, mut offset) = (0, 0);
         let mut remaining = body_size;
         while remaining > 0 {
@@ -277,10 +255,7 @@ impl FrameBuffer {
                 };
                 self.method(d.channel, |b| method.encode(b));
             }
-            DeliveryKind::Return {
-                reply_code,
-                reply_text,
-            } => {
+            DeliveryKind::Return { reply_code, reply_text } => {
                 let method = basic::Return {
                     reply_code: *reply_code,
                     reply_text: reply_text.clone(),
@@ -310,10 +285,7 @@ impl FrameBuffer {
             }
             self.len -= written;
             while written > 0 {
-                let front = self
-                    .chunks
-                    .front_mut()
-                    .expect("written octets come from chunks");
+                let front = self.chunks.front_mut().expect("written octets come from chunks");
                 if written >= front.len() {
                     written -= front.len();
                     self.chunks.pop_front();
@@ -367,10 +339,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
         }
         let written = buf.write_to(&mut socket).await? as u64;
         let c = &outlet.counters;
-        c.send_oct.fetch_add(
-            written - heartbeats * HEARTBEAT_FRAME.len() as u64,
-            Ordering::Relaxed,
-        );
+        c.send_oct.fetch_add(written - heartbeats * HEARTBEAT_FRAME.len() as u64, Ordering::Relaxed);
         c.heartbeats_sent.fetch_add(heartbeats, Ordering::Relaxed);
         outlet.delivered(deliveries);
     }
@@ -406,9 +375,7 @@ mod tests {
         let mut buf = FrameBuffer::default();
         let d = Delivery {
             channel: 3,
-            kind: DeliveryKind::Deliver {
-                consumer_tag: "c".into(),
-            },
+            kind: DeliveryKind::Deliver { consumer_tag: "c".into() },
             delivery_tag: 9,
             redelivered: true,
             message,
@@ -426,8 +393,6 @@ mod tests {
             })
             .collect();
         assert_eq!(sizes, [8184, 8184, 3632]);
-        assert!(
-            matches!(&frames[1], Frame::Header { channel: 3, header } if header.body_size == 20_000)
-        );
+        assert!(matches!(&frames[1], Frame::Header { channel: 3, header } if header.body_size == 20_000));
     }
 }

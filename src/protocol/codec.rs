@@ -134,20 +134,12 @@ type NomResult<'a, T> = IResult<&'a [u8], T>;
 
 impl<'a> Decoder<'a> {
     pub fn new(src: &'a Bytes) -> Self {
-        Decoder {
-            src,
-            pos: 0,
-            bits: 0,
-            bit_index: 8,
-        }
+        Decoder { src, pos: 0, bits: 0, bit_index: 8 }
     }
 
     /// Starts at an offset into the payload (after class and method ids, say).
     pub fn at(src: &'a Bytes, pos: usize) -> Self {
-        Decoder {
-            pos,
-            ..Decoder::new(src)
-        }
+        Decoder { pos, ..Decoder::new(src) }
     }
 
     pub fn remaining(&self) -> usize {
@@ -238,11 +230,7 @@ pub struct Encoder<'a> {
 
 impl<'a> Encoder<'a> {
     pub fn new(buf: &'a mut BytesMut) -> Self {
-        Encoder {
-            buf,
-            bit_octet: 0,
-            bit_count: 8,
-        }
+        Encoder { buf, bit_octet: 0, bit_count: 8 }
     }
 
     fn end_bits(&mut self) {

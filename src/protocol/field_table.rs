@@ -21,9 +21,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use nom::bytes::complete::take;
-use nom::number::complete::{
-    be_f32, be_f64, be_i16, be_i32, be_i64, be_i8, be_u16, be_u32, be_u64, be_u8,
-};
+use nom::number::complete::{be_f32, be_f64, be_i16, be_i32, be_i64, be_i8, be_u16, be_u32, be_u64, be_u8};
 use nom::IResult;
 
 use super::codec::{DecodeError, ShortStr};
@@ -99,10 +97,7 @@ impl FieldTable {
     }
 
     pub fn get(&self, key: &str) -> Option<&FieldValue> {
-        self.0
-            .iter()
-            .find(|(k, _)| k.as_bytes() == key.as_bytes())
-            .map(|(_, v)| v)
+        self.0.iter().find(|(k, _)| k.as_bytes() == key.as_bytes()).map(|(_, v)| v)
     }
 
     pub fn insert(&mut self, key: impl Into<ShortStr>, value: FieldValue) {
@@ -136,10 +131,7 @@ fn syntax(e: nom::Err<nom::error::Error<&[u8]>>) -> DecodeError {
 
 /// Parses a length-prefixed table from `input`, a suffix of `src`; strings in
 /// the result are slices of `src`.
-pub fn parse_table<'a>(
-    src: &Bytes,
-    input: &'a [u8],
-) -> Result<(&'a [u8], FieldTable), DecodeError> {
+pub fn parse_table<'a>(src: &Bytes, input: &'a [u8]) -> Result<(&'a [u8], FieldTable), DecodeError> {
     let (rest, body) = length_prefixed(input).map_err(syntax)?;
     Ok((rest, parse_table_body(src, body)?))
 }
@@ -202,9 +194,7 @@ fn field_value<'a>(src: &Bytes, i: &'a [u8]) -> Result<(&'a [u8], FieldValue), D
         b'l' | b'L' => be_i64(i).map(|(i, v)| (i, FieldValue::I64(v))),
         b'f' => be_f32(i).map(|(i, v)| (i, FieldValue::F32(v))),
         b'd' => be_f64(i).map(|(i, v)| (i, FieldValue::F64(v))),
-        b'D' => be_u8(i).and_then(|(i, scale)| {
-            be_u32(i).map(|(i, value)| (i, FieldValue::Decimal { scale, value }))
-        }),
+        b'D' => be_u8(i).and_then(|(i, scale)| be_u32(i).map(|(i, value)| (i, FieldValue::Decimal { scale, value }))),
         b'S' => length_prefixed(i).map(|(i, v)| (i, FieldValue::LongStr(slice(src, v)))),
         b'x' => length_prefixed(i).map(|(i, v)| (i, FieldValue::Bytes(slice(src, v)))),
         b'T' => be_u64(i).map(|(i, v)| (i, FieldValue::Timestamp(v))),
@@ -218,10 +208,7 @@ fn field_value<'a>(src: &Bytes, i: &'a [u8]) -> Result<(&'a [u8], FieldValue), D
             return Ok((rest, FieldValue::Table(parse_table_body(src, body)?)));
         }
         other => {
-            return Err(DecodeError::new(format!(
-                "unknown field table type '{}'",
-                (other as char).escape_default()
-            )))
+            return Err(DecodeError::new(format!("unknown field table type '{}'", (other as char).escape_default())))
         }
     };
     r.map_err(syntax)
@@ -348,28 +335,12 @@ mod tests {
             .with("l", FieldValue::I64(-1 << 40))
             .with("f", FieldValue::F32(1.5))
             .with("d", FieldValue::F64(-2.25))
-            .with(
-                "D",
-                FieldValue::Decimal {
-                    scale: 2,
-                    value: 12345,
-                },
-            )
+            .with("D", FieldValue::Decimal { scale: 2, value: 12345 })
             .with("S", FieldValue::LongStr(Bytes::from_static(b"long string")))
             .with("x", FieldValue::Bytes(Bytes::from_static(&[0, 1, 2])))
-            .with(
-                "A",
-                FieldValue::Array(vec![
-                    FieldValue::I32(1),
-                    FieldValue::Void,
-                    FieldValue::Bool(false),
-                ]),
-            )
+            .with("A", FieldValue::Array(vec![FieldValue::I32(1), FieldValue::Void, FieldValue::Bool(false)]))
             .with("T", FieldValue::Timestamp(1_700_000_000))
-            .with(
-                "F",
-                FieldValue::Table(FieldTable::new().with("k", FieldValue::Void)),
-            )
+            .with("F", FieldValue::Table(FieldTable::new().with("k", FieldValue::Void)))
             .with("V", FieldValue::Void);
         assert_eq!(round_trip(&table), table);
     }

@@ -63,14 +63,7 @@ impl FrameHeader {
             let (i, frame_type) = be_u8(buf)?;
             let (i, channel) = be_u16(i)?;
             let (i, size) = be_u32(i)?;
-            Ok((
-                i,
-                FrameHeader {
-                    frame_type,
-                    channel,
-                    size,
-                },
-            ))
+            Ok((i, FrameHeader { frame_type, channel, size }))
         })();
         r.ok().map(|(_, h)| h)
     }
@@ -145,12 +138,7 @@ pub fn parse_frame(buf: &mut BytesMut, max_payload: u32) -> Result<Option<Frame>
         return Ok(None);
     };
     if h.size > max_payload {
-        return Err(FrameError::TooLarge {
-            frame_type: h.frame_type,
-            channel: h.channel,
-            size: h.size,
-            max_payload,
-        });
+        return Err(FrameError::TooLarge { frame_type: h.frame_type, channel: h.channel, size: h.size, max_payload });
     }
     let total = FRAME_OVERHEAD + h.size as usize;
     if buf.len() < total {
@@ -173,34 +161,20 @@ pub fn parse_frame(buf: &mut BytesMut, max_payload: u32) -> Result<Option<Frame>
     let frame = match h.frame_type {
         FRAME_METHOD => Frame::Method {
             channel,
-            method: Method::decode(&frame)
-                .map_err(|error| FrameError::Method { channel, error })?,
+            method: Method::decode(&frame).map_err(|error| FrameError::Method { channel, error })?,
         },
         FRAME_HEADER => Frame::Header {
             channel,
-            header: ContentHeader::decode(&frame)
-                .map_err(|error| FrameError::Header { channel, error })?,
+            header: ContentHeader::decode(&frame).map_err(|error| FrameError::Header { channel, error })?,
         },
-        FRAME_BODY => Frame::Body {
-            channel,
-            body: frame,
-        },
+        FRAME_BODY => Frame::Body { channel, body: frame },
         FRAME_HEARTBEAT => {
             if !frame.is_empty() {
-                return Err(FrameError::HeartbeatPayload {
-                    channel,
-                    payload: frame,
-                });
+                return Err(FrameError::HeartbeatPayload { channel, payload: frame });
             }
             Frame::Heartbeat { channel }
         }
-        frame_type => {
-            return Err(FrameError::UnknownType {
-                frame_type,
-                channel,
-                payload: frame,
-            })
-        }
+        frame_type => return Err(FrameError::UnknownType { frame_type, channel, payload: frame }),
     };
     Ok(Some(frame))
 }
@@ -214,13 +188,7 @@ pub fn write_method(buf: &mut BytesMut, channel: u16, method: &Method) {
 }
 
 /// Writes a content header frame with properties already in wire form.
-pub fn write_content_header(
-    buf: &mut BytesMut,
-    channel: u16,
-    class_id: u16,
-    body_size: u64,
-    raw_properties: &[u8],
-) {
+pub fn write_content_header(buf: &mut BytesMut, channel: u16, class_id: u16, body_size: u64, raw_properties: &[u8]) {
     buf.put_u8(FRAME_HEADER);
     buf.put_u16(channel);
     buf.put_u32((12 + raw_properties.len()) as u32);
@@ -246,29 +214,17 @@ mod tests {
 
     #[test]
     fn protocol_headers() {
-        assert_eq!(
-            check_protocol_header(b"AMQP\x00\x00\x09\x01"),
-            ProtocolHeader::Supported
-        );
-        assert_eq!(
-            check_protocol_header(b"AMQP\x01\x01\x00\x09"),
-            ProtocolHeader::Supported
-        );
+        assert_eq!(check_protocol_header(b"AMQP\x00\x00\x09\x01"), ProtocolHeader::Supported);
+        assert_eq!(check_protocol_header(b"AMQP\x01\x01\x00\x09"), ProtocolHeader::Supported);
         assert_eq!(check_protocol_header(b"AMQP"), ProtocolHeader::Incomplete);
-        assert_eq!(
-            check_protocol_header(b"AMQP\x00\x00\x08\x00"),
-            ProtocolHeader::Unsupported
-        );
+        assert_eq!(check_protocol_header(b"AMQP\x00\x00\x08\x00"), ProtocolHeader::Unsupported);
         assert_eq!(check_protocol_header(b"GET "), ProtocolHeader::Unsupported);
     }
 
     #[test]
     fn heartbeat_frame_bytes() {
         let mut buf = BytesMut::from(&HEARTBEAT_FRAME[..]);
-        assert_eq!(
-            parse_frame(&mut buf, 131064).unwrap(),
-            Some(Frame::Heartbeat { channel: 0 })
-        );
+        assert_eq!(parse_frame(&mut buf, 131064).unwrap(), Some(Frame::Heartbeat { channel: 0 }));
         assert!(buf.is_empty());
     }
 
@@ -279,10 +235,7 @@ mod tests {
         buf.extend_from_slice(b"cde\xce");
         assert_eq!(
             parse_frame(&mut buf, 131064).unwrap(),
-            Some(Frame::Body {
-                channel: 1,
-                body: Bytes::from_static(b"abcde")
-            })
+            Some(Frame::Body { channel: 1, body: Bytes::from_static(b"abcde") })
         );
     }
 
@@ -292,32 +245,18 @@ mod tests {
         let mut buf = BytesMut::from(&b"\x03\x00\x01\x00\x03\x0d\x40"[..]);
         assert_eq!(
             parse_frame(&mut buf, 131064),
-            Err(FrameError::TooLarge {
-                frame_type: 3,
-                channel: 1,
-                size: 200000,
-                max_payload: 131064
-            })
+            Err(FrameError::TooLarge { frame_type: 3, channel: 1, size: 200000, max_payload: 131064 })
         );
     }
 
     #[test]
     fn bad_frame_end_and_type() {
         let mut buf = BytesMut::from(&b"\x08\x00\x00\x00\x00\x00\x00\xcf"[..]);
-        assert!(matches!(
-            parse_frame(&mut buf, 100),
-            Err(FrameError::BadFrameEnd { end: 0xcf, .. })
-        ));
+        assert!(matches!(parse_frame(&mut buf, 100), Err(FrameError::BadFrameEnd { end: 0xcf, .. })));
         let mut buf = BytesMut::from(&b"\x09\x00\x00\x00\x00\x00\x00\xce"[..]);
-        assert!(matches!(
-            parse_frame(&mut buf, 100),
-            Err(FrameError::UnknownType { frame_type: 9, .. })
-        ));
+        assert!(matches!(parse_frame(&mut buf, 100), Err(FrameError::UnknownType { frame_type: 9, .. })));
         let mut buf = BytesMut::from(&b"\x08\x00\x00\x00\x00\x00\x01x\xce"[..]);
-        assert!(matches!(
-            parse_frame(&mut buf, 100),
-            Err(FrameError::HeartbeatPayload { .. })
-        ));
+        assert!(matches!(parse_frame(&mut buf, 100), Err(FrameError::HeartbeatPayload { .. })));
     }
 
     #[test]
@@ -333,13 +272,7 @@ mod tests {
             mandatory: true,
             immediate: false,
         });
-        assert_eq!(
-            frame,
-            Frame::Method {
-                channel: 1,
-                method: expected.clone()
-            }
-        );
+        assert_eq!(frame, Frame::Method { channel: 1, method: expected.clone() });
         let mut out = BytesMut::new();
         write_method(&mut out, 1, &expected);
         assert_eq!(&out[..], &wire[..]);

@@ -30,11 +30,7 @@ impl ContentHeader {
         if raw_properties.len() < 2 {
             return Err(DecodeError::new("content header without property flags"));
         }
-        Ok(ContentHeader {
-            class_id,
-            body_size,
-            raw_properties,
-        })
+        Ok(ContentHeader { class_id, body_size, raw_properties })
     }
 
     pub fn properties(&self) -> Result<BasicProperties, DecodeError> {
@@ -201,8 +197,7 @@ mod tests {
 
     #[test]
     fn content_header_keeps_raw_properties() {
-        let payload =
-            Bytes::from_static(b"\x00\x3c\x00\x00\x00\x00\x00\x00\x00\x00\x00\x05\x10\x00\x01");
+        let payload = Bytes::from_static(b"\x00\x3c\x00\x00\x00\x00\x00\x00\x00\x00\x00\x05\x10\x00\x01");
         let h = ContentHeader::decode(&payload).unwrap();
         assert_eq!(h.class_id, 60);
         assert_eq!(h.body_size, 5);

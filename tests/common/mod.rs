@@ -11,8 +11,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 
-use warren::protocol::frame::{parse_frame, write_method, PROTOCOL_HEADER};
-use warren::protocol::methods::{channel, connection};
+use warren::protocol::frame::{
+    parse_frame, write_body_frame_header, write_content_header, write_method, PROTOCOL_HEADER,
+};
+use warren::protocol::methods::{basic, channel, connection, queue};
 use warren::protocol::{FieldTable, Frame, Method};
 
 /// A client that reads and writes raw frames.
@@ -33,10 +35,7 @@ impl RawClient {
     pub async fn connect(addr: std::net::SocketAddr) -> RawClient {
         let stream = TcpStream::connect(addr).await.expect("connect");
         stream.set_nodelay(true).unwrap();
-        RawClient {
-            stream,
-            buf: BytesMut::new(),
-        }
+        RawClient { stream, buf: BytesMut::new() }
     }
 
     pub async fn send_raw(&mut self, bytes: &[u8]) {
@@ -53,16 +52,10 @@ impl RawClient {
     pub async fn read(&mut self, limit: Duration) -> Read {
         let deadline = Instant::now() + limit;
         loop {
-            if let Some(frame) =
-                parse_frame(&mut self.buf, 1 << 20).expect("server sent a bad frame")
-            {
+            if let Some(frame) = parse_frame(&mut self.buf, 1 << 20).expect("server sent a bad frame") {
                 return Read::Frame(frame);
             }
-            match timeout(
-                deadline.saturating_duration_since(Instant::now()),
-                self.stream.read_buf(&mut self.buf),
-            )
-            .await
+            match timeout(deadline.saturating_duration_since(Instant::now()), self.stream.read_buf(&mut self.buf)).await
             {
                 Err(_) => panic!("nothing from the server within {limit:?}"),
                 Ok(Ok(0)) | Ok(Err(_)) => return Read::Closed,
@@ -77,12 +70,7 @@ impl RawClient {
         let mut chunk = [0u8; 1024];
         let deadline = Instant::now() + limit;
         loop {
-            match timeout(
-                deadline.saturating_duration_since(Instant::now()),
-                self.stream.read(&mut chunk),
-            )
-            .await
-            {
+            match timeout(deadline.saturating_duration_since(Instant::now()), self.stream.read(&mut chunk)).await {
                 Ok(Ok(n)) if n > 0 => out.extend_from_slice(&chunk[..n]),
                 _ => return out,
             }
@@ -101,21 +89,12 @@ impl RawClient {
 
     /// Protocol header, start-ok (PLAIN guest/guest), tune-ok with the
     /// given values. Returns the server's `connection.tune`.
-    pub async fn handshake_to_tune_ok(
-        &mut self,
-        channel_max: u16,
-        frame_max: u32,
-        heartbeat: u16,
-    ) -> connection::Tune {
+    pub async fn handshake_to_tune_ok(&mut self, channel_max: u16, frame_max: u32, heartbeat: u16) -> connection::Tune {
         self.send_raw(PROTOCOL_HEADER).await;
         let (_, start) = self.expect_method(Duration::from_secs(5)).await;
         assert!(matches!(start, Method::ConnectionStart(_)), "{start:?}");
-        let caps = FieldTable::new().with(
-            "authentication_failure_close",
-            warren::protocol::FieldValue::Bool(true),
-        );
-        let props =
-            FieldTable::new().with("capabilities", warren::protocol::FieldValue::Table(caps));
+        let caps = FieldTable::new().with("authentication_failure_close", warren::protocol::FieldValue::Bool(true));
+        let props = FieldTable::new().with("capabilities", warren::protocol::FieldValue::Table(caps));
         self.send(
             0,
             connection::StartOk {
@@ -127,18 +106,8 @@ impl RawClient {
         )
         .await;
         let (_, tune) = self.expect_method(Duration::from_secs(5)).await;
-        let Method::ConnectionTune(tune) = tune else {
-            panic!("expected tune, got {tune:?}")
-        };
-        self.send(
-            0,
-            connection::TuneOk {
-                channel_max,
-                frame_max,
-                heartbeat,
-            },
-        )
-        .await;
+        let Method::ConnectionTune(tune) = tune else { panic!("expected tune, got {tune:?}") };
+        self.send(0, connection::TuneOk { channel_max, frame_max, heartbeat }).await;
         tune
     }
 
@@ -146,26 +115,34 @@ impl RawClient {
     pub async fn open(addr: std::net::SocketAddr, heartbeat: u16) -> RawClient {
         let mut c = RawClient::connect(addr).await;
         c.handshake_to_tune_ok(2047, 131_072, heartbeat).await;
-        c.send(
-            0,
-            connection::Open {
-                virtual_host: "/".into(),
-                reserved_1: "".into(),
-                reserved_2: false,
-            },
-        )
-        .await;
+        c.send(0, connection::Open { virtual_host: "/".into(), reserved_1: "".into(), reserved_2: false }).await;
         let (_, ok) = c.expect_method(Duration::from_secs(5)).await;
         assert!(matches!(ok, Method::ConnectionOpenOk(_)), "{ok:?}");
-        c.send(
-            1,
-            channel::Open {
-                reserved_1: "".into(),
-            },
-        )
-        .await;
+        c.send(1, channel::Open { reserved_1: "".into() }).await;
         let (_, ok) = c.expect_method(Duration::from_secs(5)).await;
         assert!(matches!(ok, Method::ChannelOpenOk(_)), "{ok:?}");
         c
+    }
+}
+
+/// Appends `basic.publish` to the default exchange, a content header without
+/// properties and the body (no body frame when it is empty) on channel 1.
+pub fn publish_frames(buf: &mut BytesMut, routing_key: &str, mandatory: bool, body: &[u8]) {
+    let m = basic::Publish { exchange: "".into(), routing_key: routing_key.into(), mandatory, ..Default::default() };
+    write_method(buf, 1, &m.into());
+    write_content_header(buf, 1, 60, body.len() as u64, &[0, 0]);
+    if !body.is_empty() {
+        write_body_frame_header(buf, 1, body.len());
+        buf.extend_from_slice(body);
+        buf.extend_from_slice(&[0xce]);
+    }
+}
+
+impl RawClient {
+    /// Declares a queue on channel 1 and waits for declare-ok.
+    pub async fn declare_queue(&mut self, name: &str) {
+        self.send(1, queue::Declare { queue: name.into(), ..Default::default() }).await;
+        let (_, ok) = self.expect_method(Duration::from_secs(3)).await;
+        assert!(matches!(ok, Method::QueueDeclareOk(_)), "{ok:?}");
     }
 }

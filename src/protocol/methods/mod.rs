@@ -63,16 +63,8 @@ pub mod tx;
 /// A method frame whose class and method ids the broker does not know.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MethodError {
-    Unknown {
-        class_id: u16,
-        method_id: u16,
-    },
-    Syntax {
-        class_id: u16,
-        method_id: u16,
-        name: &'static str,
-        error: DecodeError,
-    },
+    Unknown { class_id: u16, method_id: u16 },
+    Syntax { class_id: u16, method_id: u16, name: &'static str, error: DecodeError },
 }
 
 macro_rules! methods {
@@ -228,10 +220,7 @@ impl Method {
     pub fn has_content(&self) -> bool {
         matches!(
             self,
-            Method::BasicPublish(_)
-                | Method::BasicReturn(_)
-                | Method::BasicDeliver(_)
-                | Method::BasicGetOk(_)
+            Method::BasicPublish(_) | Method::BasicReturn(_) | Method::BasicDeliver(_) | Method::BasicGetOk(_)
         )
     }
 }
