@@ -179,3 +179,39 @@ async fn unacked_messages_of_a_dropped_connection_are_requeued() {
     let (m, _) = q.get(true).expect("requeued");
     assert!(m.redelivered);
 }
+
+/// Waits until the broker's count of heartbeat tasks is `n`.
+async fn heartbeat_tasks_become(broker: &EmbeddedBroker, n: usize) {
+    let mut gauge = broker.broker().gauges.heartbeat_tasks.subscribe();
+    let waited = tokio::time::timeout(Duration::from_secs(5), gauge.wait_for(|tasks| *tasks == n)).await.is_ok();
+    assert!(waited, "heartbeat tasks stayed at {}, expected {n}", *gauge.borrow());
+}
+
+#[tokio::test]
+async fn heartbeat_tasks_start_at_tune_ok_and_end_with_the_connection_however_it_ends() {
+    let broker = EmbeddedBroker::builder().heartbeat(1).start().await.unwrap();
+    let mut client = RawClient::connect(broker.addr()).await;
+    client.send_raw(warren::protocol::frame::PROTOCOL_HEADER).await;
+    client.expect_method(Duration::from_secs(2)).await;
+    assert_eq!(*broker.broker().gauges.heartbeat_tasks.borrow(), 0, "none before tune-ok");
+    drop(client);
+
+    // A clean close.
+    let mut client = RawClient::open(broker.addr(), 1).await;
+    heartbeat_tasks_become(&broker, 2).await;
+    client.send(0, connection::Close { reply_code: 200, reply_text: "".into(), class_id: 0, method_id: 0 }).await;
+    client.expect_method(Duration::from_secs(2)).await;
+    heartbeat_tasks_become(&broker, 0).await;
+
+    // The client vanishes (socket closed without a word).
+    let client = RawClient::open(broker.addr(), 1).await;
+    heartbeat_tasks_become(&broker, 2).await;
+    drop(client);
+    heartbeat_tasks_become(&broker, 0).await;
+
+    // Heartbeat 0 starts none.
+    let _quiet = RawClient::open(broker.addr(), 0).await;
+    let mut connections = broker.broker().gauges.connections.subscribe();
+    connections.wait_for(|n| *n == 1).await.unwrap();
+    assert_eq!(*broker.broker().gauges.heartbeat_tasks.borrow(), 0);
+}

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
+use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::protocol::ShortStr;
@@ -23,6 +24,8 @@ pub use vhost::VirtualHost;
 
 pub struct Broker {
     pub config: Config,
+    /// Live counts, watchable (tests await them; the management API will read them).
+    pub gauges: Gauges,
     /// Username to password.
     users: HashMap<String, String>,
     pub vhosts: DashMap<ShortStr, Arc<VirtualHost>>,
@@ -46,6 +49,7 @@ impl Broker {
             next_connection_id: AtomicU64::new(1),
             name_seed: RandomState::new(),
             name_counter: AtomicU64::new(0),
+            gauges: Gauges::default(),
         })
     }
 
@@ -73,6 +77,31 @@ impl Broker {
             half.copy_from_slice(&h.finish().to_le_bytes());
         }
         ShortStr::from(format!("{prefix}-{}", base64url(&octets)))
+    }
+}
+
+/// Counts of live things, each a `watch` so a test can await a value
+/// (`gauge.subscribe().wait_for(|n| *n == 0)`) instead of polling.
+#[derive(Default)]
+pub struct Gauges {
+    pub connections: Arc<watch::Sender<usize>>,
+    /// Heartbeat sender and monitor tasks running, over all connections.
+    pub heartbeat_tasks: Arc<watch::Sender<usize>>,
+}
+
+/// Counts one live thing for as long as it is held.
+pub struct GaugeGuard(Arc<watch::Sender<usize>>);
+
+impl GaugeGuard {
+    pub fn new(gauge: &Arc<watch::Sender<usize>>) -> GaugeGuard {
+        gauge.send_modify(|n| *n += 1);
+        GaugeGuard(gauge.clone())
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
     }
 }
 

@@ -41,7 +41,7 @@ use self::channel::{Channel, ClientCapabilities, Session};
 use self::handshake::{format_duration, payload_snippet, AuthError, Limits};
 use self::heartbeat::{MissedHeartbeats, MonitorControl};
 use self::writer::{Outbound, Outlet};
-use crate::broker::Broker;
+use crate::broker::{Broker, GaugeGuard};
 use crate::error::AmqpError;
 use crate::protocol::constants::FRAME_OVERHEAD;
 use crate::protocol::frame::{
@@ -159,6 +159,7 @@ pub async fn serve(socket: TcpStream, broker: Arc<Broker>, shutdown: watch::Rece
     let id = broker.next_connection_id();
     let span = tracing::info_span!("connection", id, %peer);
     async move {
+        let _alive = GaugeGuard::new(&broker.gauges.connections);
         info!("accepting AMQP connection {name}");
         // Frames are batched by the writer already; Nagle would only add latency.
         let _ = socket.set_nodelay(true);
@@ -509,15 +510,20 @@ impl Connection {
         if t == 0 {
             return;
         }
+        let gauge = &self.broker.gauges.heartbeat_tasks;
         let outlet = self.outlet.clone();
+        let alive = GaugeGuard::new(gauge);
         self.heartbeat_tasks.spawn(async move {
+            let _alive = alive;
             let sent = || outlet.counters.send_oct.load(Ordering::Relaxed);
             heartbeat::run_sender(heartbeat::sender_period(t), sent, || outlet.send(Outbound::Heartbeat)).await;
             HeartbeatEnd::SenderStopped
         });
         let outlet = self.outlet.clone();
         let control = self.monitor.clone();
+        let alive = GaugeGuard::new(gauge);
         self.heartbeat_tasks.spawn(async move {
+            let _alive = alive;
             let received = || outlet.counters.recv_oct.load(Ordering::Relaxed);
             HeartbeatEnd::Missed(heartbeat::run_monitor(heartbeat::monitor_period(t), received, &control).await)
         });
