@@ -1,0 +1,479 @@
+//! Channels: AMQP's lightweight sessions multiplexed over one connection.
+//!
+//! A [`Channel`] belongs to its connection's task and does what the client
+//! asks on it: it assembles `basic.publish` + content header + body frames
+//! into a message (RabbitMQ's command assembler), runs queue, exchange and
+//! basic methods against the virtual host, and tracks its consumers.
+//!
+//! The part queues need to reach, [`ChannelShared`], is behind an `Arc`: the
+//! delivery-tag counter and the list of unacknowledged deliveries. A queue
+//! delivering to a consumer takes that lock, numbers the delivery and hands
+//! it to the writer in one step, so delivery tags reach the client in order
+//! even when several queues deliver at once.
+//!
+//! The methods of each AMQP class are handled in a file of their own:
+//! `on_basic.rs` (publish, consume, get, ack…), `on_queue.rs` and
+//! `on_exchange.rs`.
+
+mod on_basic;
+mod on_exchange;
+mod on_queue;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::BytesMut;
+
+use crate::broker::message::{Body, QueuedMessage};
+use crate::broker::queue::{ChannelKey, DeliveryTarget, Queue, Refusal};
+use crate::broker::{Broker, VirtualHost};
+use crate::connection::writer::{Delivery, DeliveryKind, Outbound, Outlet};
+use crate::error::{AmqpError, AmqpResult};
+use crate::protocol::constants::CLASS_BASIC;
+use crate::protocol::frame::{write_method, Frame};
+use crate::protocol::methods::{basic, channel, confirm, Method};
+use crate::protocol::{ContentHeader, FieldTable, FieldValue, ShortStr};
+
+/// RabbitMQ's default `max_message_size` (128 MiB): a larger content header
+/// is refused before any body is buffered.
+pub const MAX_MESSAGE_SIZE: u64 = 128 * 1024 * 1024;
+
+/// What a client announced in `client_properties.capabilities` that changes
+/// what the server sends it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClientCapabilities {
+    pub consumer_cancel_notify: bool,
+    pub authentication_failure_close: bool,
+    pub connection_blocked: bool,
+}
+
+impl ClientCapabilities {
+    pub fn from_client_properties(props: &FieldTable) -> Self {
+        let caps = props.get("capabilities").and_then(FieldValue::as_table);
+        let flag = |name: &str| caps.and_then(|t| t.get(name)).and_then(FieldValue::as_bool).unwrap_or(false);
+        ClientCapabilities {
+            consumer_cancel_notify: flag("consumer_cancel_notify"),
+            authentication_failure_close: flag("authentication_failure_close"),
+            connection_blocked: flag("connection.blocked"),
+        }
+    }
+}
+
+/// What channels need from their connection once it is open.
+pub struct Session {
+    pub connection_id: u64,
+    pub broker: Arc<Broker>,
+    pub vhost: Arc<VirtualHost>,
+    pub outlet: Arc<Outlet>,
+    pub capabilities: ClientCapabilities,
+    /// Exclusive queues this connection declared; deleted when it closes.
+    pub exclusive_queues: Vec<Arc<Queue>>,
+    /// Reused by every publish to collect the queues a message goes to.
+    route_buf: Vec<Arc<Queue>>,
+    /// Channels with publisher confirms to send once the frames at hand are
+    /// processed (see [`Channel::flush_confirms`]).
+    pub pending_confirms: Vec<u16>,
+}
+
+impl Session {
+    pub fn new(
+        connection_id: u64,
+        broker: Arc<Broker>,
+        vhost: Arc<VirtualHost>,
+        outlet: Arc<Outlet>,
+        capabilities: ClientCapabilities,
+    ) -> Self {
+        Session {
+            connection_id,
+            broker,
+            vhost,
+            outlet,
+            capabilities,
+            exclusive_queues: Vec::new(),
+            route_buf: Vec::new(),
+            pending_confirms: Vec::new(),
+        }
+    }
+
+    pub fn send_method(&self, channel: u16, method: &Method) {
+        let mut buf = BytesMut::with_capacity(64);
+        write_method(&mut buf, channel, method);
+        self.outlet.send(Outbound::Frames(buf.freeze()));
+    }
+
+    /// Deletes a queue: unbinds it, tells its consumers' channels.
+    pub fn delete_queue(&mut self, q: &Arc<Queue>) -> u32 {
+        let (count, consumers) = self.vhost.delete_queue(q);
+        for c in consumers {
+            c.target.consumer_cancelled(&c.tag);
+        }
+        self.exclusive_queues.retain(|x| !Arc::ptr_eq(x, q));
+        count
+    }
+
+    /// Deletes the connection's exclusive queues (when it closes).
+    pub fn delete_exclusive_queues(&mut self) {
+        for q in std::mem::take(&mut self.exclusive_queues) {
+            self.delete_queue(&q);
+        }
+    }
+}
+
+/// A delivery the client has not acknowledged yet.
+struct Unacked {
+    delivery_tag: u64,
+    queue: Arc<Queue>,
+    /// The consumer it went to; `None` for `basic.get`.
+    consumer_tag: Option<ShortStr>,
+    message: QueuedMessage,
+}
+
+/// The part of a channel that queues deliver into.
+pub struct ChannelShared {
+    key: ChannelKey,
+    outlet: Arc<Outlet>,
+    cancel_notify: bool,
+    deliveries: Mutex<Deliveries>,
+}
+
+#[derive(Default)]
+struct Deliveries {
+    /// The last delivery tag used; tags start at 1 per channel.
+    last_tag: u64,
+    /// In delivery-tag order, so `multiple` acks and requeues keep order.
+    unacked: VecDeque<Unacked>,
+    /// Channel-wide prefetch (`basic.qos` with `global`), 0 for none.
+    global_prefetch: u32,
+    /// Consumers whose queue was deleted under them, for the channel to forget.
+    cancelled: Vec<ShortStr>,
+    closed: bool,
+}
+
+impl ChannelShared {
+    fn lock(&self) -> MutexGuard<'_, Deliveries> {
+        self.deliveries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Numbers a delivery and queues it for the writer, holding the lock so
+    /// tags reach the writer in order.
+    fn send(
+        &self,
+        d: &mut Deliveries,
+        kind: DeliveryKind,
+        queue: &Arc<Queue>,
+        consumer: Option<&ShortStr>,
+        m: QueuedMessage,
+        no_ack: bool,
+    ) {
+        d.last_tag += 1;
+        let delivery = Delivery {
+            channel: self.key.channel,
+            kind,
+            delivery_tag: d.last_tag,
+            redelivered: m.redelivered,
+            message: m.message.clone(),
+        };
+        if !no_ack {
+            d.unacked.push_back(Unacked {
+                delivery_tag: d.last_tag,
+                queue: queue.clone(),
+                consumer_tag: consumer.cloned(),
+                message: m,
+            });
+        }
+        self.outlet.send(Outbound::Deliver(delivery));
+    }
+}
+
+impl DeliveryTarget for ChannelShared {
+    fn deliver(
+        &self,
+        queue: &Arc<Queue>,
+        consumer_tag: &ShortStr,
+        message: QueuedMessage,
+        no_ack: bool,
+    ) -> Result<(), (QueuedMessage, Refusal)> {
+        let mut d = self.lock();
+        if d.closed {
+            return Err((message, Refusal::Closed));
+        }
+        if !no_ack && d.global_prefetch != 0 && d.unacked.len() >= d.global_prefetch as usize {
+            return Err((message, Refusal::Full));
+        }
+        if !self.outlet.reserve_delivery(queue) {
+            return Err((message, Refusal::Full));
+        }
+        let kind = DeliveryKind::Deliver { consumer_tag: consumer_tag.clone() };
+        self.send(&mut d, kind, queue, Some(consumer_tag), message, no_ack);
+        Ok(())
+    }
+
+    fn consumer_cancelled(&self, consumer_tag: &ShortStr) {
+        let mut d = self.lock();
+        if d.closed {
+            return;
+        }
+        d.cancelled.push(consumer_tag.clone());
+        if self.cancel_notify {
+            let mut buf = BytesMut::with_capacity(64);
+            let cancel = Method::BasicCancel(basic::Cancel { consumer_tag: consumer_tag.clone(), no_wait: true });
+            write_method(&mut buf, self.key.channel, &cancel);
+            self.outlet.send(Outbound::Frames(buf.freeze()));
+        }
+    }
+}
+
+/// Where the channel is in assembling a published message.
+enum Content {
+    Idle,
+    /// `basic.publish` seen; its content header comes next.
+    AwaitingHeader(basic::Publish),
+    AwaitingBody {
+        publish: basic::Publish,
+        header: ContentHeader,
+        body: Body,
+        remaining: u64,
+    },
+}
+
+/// Acknowledged or rejected deliveries taken off the unacked list.
+enum Settled {
+    One(Unacked),
+    Many(Vec<Unacked>),
+}
+
+pub struct Channel {
+    pub id: u16,
+    shared: Arc<ChannelShared>,
+    /// We sent `channel.close` and wait for `close-ok`: everything else the
+    /// client sends on this channel meanwhile is ignored (spec 2.2.4).
+    pub closing: bool,
+    content: Content,
+    /// Prefetch given to consumers created from now on (`basic.qos`).
+    prefetch_count: u16,
+    /// Consumer tag to the queue it consumes from.
+    consumers: HashMap<ShortStr, Arc<Queue>>,
+    /// In confirm mode, the sequence number of the last publish.
+    confirm_seq: Option<u64>,
+    /// The last publish sequence number confirmed to the client.
+    confirmed: u64,
+    /// The queue last declared on this channel: an empty queue name in later
+    /// methods means this one.
+    last_queue: Option<ShortStr>,
+}
+
+impl Channel {
+    pub fn new(id: u16, s: &Session) -> Channel {
+        let key = ChannelKey { connection: s.connection_id, channel: id };
+        Channel {
+            id,
+            shared: Arc::new(ChannelShared {
+                key,
+                outlet: s.outlet.clone(),
+                cancel_notify: s.capabilities.consumer_cancel_notify,
+                deliveries: Mutex::new(Deliveries::default()),
+            }),
+            closing: false,
+            content: Content::Idle,
+            prefetch_count: 0,
+            consumers: HashMap::new(),
+            confirm_seq: None,
+            confirmed: 0,
+            last_queue: None,
+        }
+    }
+
+    fn key(&self) -> ChannelKey {
+        self.shared.key
+    }
+
+    fn reply(&self, s: &Session, method: impl Into<Method>) {
+        s.send_method(self.id, &method.into());
+    }
+
+    /// Handles a frame addressed to this open channel (other than
+    /// `channel.close` / `close-ok`, which the connection handles).
+    pub fn handle_frame(&mut self, s: &mut Session, frame: Frame) -> AmqpResult<()> {
+        let content = std::mem::replace(&mut self.content, Content::Idle);
+        match (content, frame) {
+            (Content::Idle, Frame::Method { method, .. }) => {
+                let ids = method.ids();
+                self.handle_method(s, method).map_err(|e| if e.class_id == 0 { e.with_ids(ids.0, ids.1) } else { e })
+            }
+            (Content::Idle, _) => {
+                Err(AmqpError::unexpected_frame("expected method frame, got non method frame instead"))
+            }
+            (Content::AwaitingHeader(publish), Frame::Header { header, .. }) => {
+                if header.class_id != CLASS_BASIC {
+                    return Err(AmqpError::unexpected_frame(format!(
+                        "expected content header for class 60, got one for class {} instead",
+                        header.class_id
+                    ))
+                    .with_ids(60, 40));
+                }
+                if header.body_size > MAX_MESSAGE_SIZE {
+                    return Err(AmqpError::precondition_failed(format!(
+                        "message size {} is larger than max size {MAX_MESSAGE_SIZE}",
+                        header.body_size
+                    ))
+                    .with_ids(60, 40));
+                }
+                if header.body_size == 0 {
+                    return self.publish(s, publish, header, Body::Empty);
+                }
+                let remaining = header.body_size;
+                self.content = Content::AwaitingBody { publish, header, body: Body::Empty, remaining };
+                Ok(())
+            }
+            (Content::AwaitingHeader(_), _) => Err(AmqpError::unexpected_frame(
+                "expected content header for class 60, got non content header frame instead",
+            )
+            .with_ids(60, 40)),
+            (Content::AwaitingBody { publish, header, mut body, remaining }, Frame::Body { body: chunk, .. }) => {
+                let len = chunk.len() as u64;
+                if len > remaining {
+                    return Err(
+                        AmqpError::frame_error("content body frame exceeds remaining content size").with_ids(60, 40)
+                    );
+                }
+                if len > 0 {
+                    body.push(chunk);
+                }
+                if remaining == len {
+                    return self.publish(s, publish, header, body);
+                }
+                self.content = Content::AwaitingBody { publish, header, body, remaining: remaining - len };
+                Ok(())
+            }
+            (Content::AwaitingBody { .. }, _) => {
+                Err(AmqpError::unexpected_frame("expected content body, got non content body frame instead")
+                    .with_ids(60, 40))
+            }
+        }
+    }
+
+    fn handle_method(&mut self, s: &mut Session, method: Method) -> AmqpResult<()> {
+        match method {
+            Method::BasicPublish(m) => {
+                self.content = Content::AwaitingHeader(m);
+                Ok(())
+            }
+            Method::BasicAck(m) => self.ack(m.delivery_tag, m.multiple, None),
+            Method::BasicNack(m) => self.ack(m.delivery_tag, m.multiple, Some(m.requeue)),
+            Method::BasicReject(m) => self.ack(m.delivery_tag, false, Some(m.requeue)),
+            Method::BasicConsume(m) => self.consume(s, m),
+            Method::BasicCancel(m) => self.cancel(s, m),
+            Method::BasicGet(m) => self.get(s, m),
+            Method::BasicQos(m) => self.qos(s, m),
+            Method::BasicRecover(m) => self.recover(s, m.requeue, true),
+            Method::BasicRecoverAsync(m) => self.recover(s, m.requeue, false),
+            Method::QueueDeclare(m) => self.queue_declare(s, m),
+            Method::QueueBind(m) => self.queue_bind(s, m),
+            Method::QueueUnbind(m) => self.queue_unbind(s, m),
+            Method::QueuePurge(m) => self.queue_purge(s, m),
+            Method::QueueDelete(m) => self.queue_delete(s, m),
+            Method::ExchangeDeclare(m) => self.exchange_declare(s, m),
+            Method::ExchangeDelete(m) => self.exchange_delete(s, m),
+            Method::ExchangeBind(_) | Method::ExchangeUnbind(_) => {
+                Err(AmqpError::not_implemented("exchange-to-exchange bindings are not supported yet"))
+            }
+            Method::ConfirmSelect(m) => {
+                self.confirm_seq.get_or_insert(0);
+                if !m.no_wait {
+                    self.reply(s, confirm::SelectOk {});
+                }
+                Ok(())
+            }
+            Method::ChannelFlow(m) => {
+                if !m.active {
+                    return Err(AmqpError::not_implemented("active=false"));
+                }
+                self.reply(s, channel::FlowOk { active: true });
+                Ok(())
+            }
+            Method::ChannelOpen(_) => Err(AmqpError::channel_error("second 'channel.open' seen")),
+            Method::TxSelect(_) | Method::TxCommit(_) | Method::TxRollback(_) => {
+                Err(AmqpError::not_implemented("transactions are not supported yet"))
+            }
+            _ => Err(AmqpError::command_invalid("unimplemented method")),
+        }
+    }
+
+    /// Drops consumers whose queue was deleted from under them.
+    fn forget_cancelled(&mut self) {
+        let cancelled = std::mem::take(&mut self.shared.lock().cancelled);
+        for tag in cancelled {
+            self.consumers.remove(&tag);
+        }
+    }
+
+    /// Takes the deliveries an ack, nack or reject refers to; an unknown tag
+    /// is a channel error. `multiple` with tag 0 means "all outstanding".
+    fn take_unacked(&self, delivery_tag: u64, multiple: bool) -> AmqpResult<Settled> {
+        let mut d = self.shared.lock();
+        if multiple && delivery_tag == 0 {
+            return Ok(Settled::Many(d.unacked.drain(..).collect()));
+        }
+        let unknown = || AmqpError::precondition_failed(format!("unknown delivery tag {delivery_tag}"));
+        let at = d.unacked.binary_search_by_key(&delivery_tag, |u| u.delivery_tag).map_err(|_| unknown())?;
+        if multiple {
+            Ok(Settled::Many(d.unacked.drain(..=at).collect()))
+        } else {
+            Ok(Settled::One(d.unacked.remove(at).expect("index from binary search")))
+        }
+    }
+
+    /// Gives settled deliveries back to their queues: dropped (acked, or
+    /// rejected without requeue) or requeued in their original positions.
+    fn settle(&self, settled: Settled, requeue: bool) {
+        let key = self.key();
+        let runs: Vec<Unacked> = match settled {
+            Settled::One(u) => {
+                if requeue {
+                    u.queue.requeue(key, u.consumer_tag.as_ref(), vec![u.message]);
+                } else {
+                    u.queue.settled(key, u.consumer_tag.as_ref(), 1);
+                }
+                Vec::new()
+            }
+            Settled::Many(all) => all,
+        };
+        // Group consecutive deliveries of the same queue and consumer so each
+        // queue is locked once per run rather than once per message.
+        let mut iter = runs.into_iter().peekable();
+        while let Some(first) = iter.next() {
+            let mut messages = vec![first.message];
+            while let Some(next) =
+                iter.next_if(|u| Arc::ptr_eq(&u.queue, &first.queue) && u.consumer_tag == first.consumer_tag)
+            {
+                messages.push(next.message);
+            }
+            if requeue {
+                first.queue.requeue(key, first.consumer_tag.as_ref(), messages);
+            } else {
+                first.queue.settled(key, first.consumer_tag.as_ref(), messages.len() as u32);
+            }
+        }
+        if self.shared.lock().global_prefetch != 0 {
+            for q in self.consumers.values() {
+                q.dispatch();
+            }
+        }
+    }
+
+    /// Closes the channel: cancels its consumers, and requeues what it had
+    /// not acknowledged, in order, marked redelivered.
+    pub fn shutdown(&mut self, s: &mut Session) {
+        for (tag, q) in self.consumers.drain() {
+            if q.cancel(self.shared.key, &tag).delete_queue {
+                s.delete_queue(&q);
+            }
+        }
+        let unacked = {
+            let mut d = self.shared.lock();
+            d.closed = true;
+            std::mem::take(&mut d.unacked)
+        };
+        self.settle(Settled::Many(unacked.into()), true);
+    }
+}

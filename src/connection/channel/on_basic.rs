@@ -1,0 +1,181 @@
+//! Class `basic`: publishing, consuming, getting and acknowledging.
+
+use std::sync::Arc;
+
+use super::{Channel, Session, Settled};
+use crate::broker::message::{Body, Message};
+use crate::broker::queue::Consumer;
+use crate::connection::writer::{Delivery, DeliveryKind, Outbound};
+use crate::error::{AmqpError, AmqpResult};
+use crate::protocol::methods::basic;
+use crate::protocol::{ContentHeader, Method, ReplyCode, ShortStr};
+
+impl Channel {
+    /// A complete message: route it, enqueue it, confirm it.
+    pub(super) fn publish(
+        &mut self,
+        s: &mut Session,
+        p: basic::Publish,
+        header: ContentHeader,
+        body: Body,
+    ) -> AmqpResult<()> {
+        if p.immediate {
+            return Err(AmqpError::not_implemented("immediate=true").with_ids(60, 40));
+        }
+        let mut route = std::mem::take(&mut s.route_buf);
+        route.clear();
+        if p.exchange.is_empty() {
+            if let Some(q) = s.vhost.queues.get(&p.routing_key) {
+                route.push(q.clone());
+            }
+        } else {
+            let x = s.vhost.exchange(&p.exchange).map_err(|e| e.with_ids(60, 40))?;
+            if x.internal {
+                return Err(AmqpError::access_refused(format!(
+                    "cannot publish to internal exchange '{}' in vhost '{}'",
+                    p.exchange, s.vhost.name
+                ))
+                .with_ids(60, 40));
+            }
+            x.route(&p.routing_key, &mut route);
+        }
+        let message = Arc::new(Message {
+            exchange: p.exchange,
+            routing_key: p.routing_key,
+            properties: header.raw_properties,
+            body_size: header.body_size,
+            body,
+        });
+        if route.is_empty() && p.mandatory {
+            s.outlet.force_reserve_delivery();
+            s.outlet.send(Outbound::Deliver(Delivery {
+                channel: self.id,
+                kind: DeliveryKind::Return {
+                    reply_code: ReplyCode::NoRoute.code(),
+                    reply_text: ShortStr::from_static("NO_ROUTE"),
+                },
+                delivery_tag: 0,
+                redelivered: false,
+                message: message.clone(),
+            }));
+        }
+        for q in route.drain(..) {
+            q.publish(message.clone());
+        }
+        s.route_buf = route;
+        if let Some(seq) = &mut self.confirm_seq {
+            // Every message is in its queues (in memory) by now, so it can be
+            // confirmed; the ack itself waits for the end of this batch of
+            // frames so that a burst of publishes gets one `multiple` ack.
+            *seq += 1;
+            if *seq == self.confirmed + 1 {
+                s.pending_confirms.push(self.id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Confirms every publish not yet confirmed, with one `basic.ack`
+    /// (`multiple` when it covers more than one), as RabbitMQ batches them.
+    pub fn flush_confirms(&mut self, s: &Session) {
+        let Some(seq) = self.confirm_seq else { return };
+        if seq == self.confirmed || self.closing {
+            return;
+        }
+        let multiple = seq > self.confirmed + 1;
+        self.confirmed = seq;
+        self.reply(s, basic::Ack { delivery_tag: seq, multiple });
+    }
+
+    pub(super) fn consume(&mut self, s: &mut Session, m: basic::Consume) -> AmqpResult<()> {
+        self.forget_cancelled();
+        let q = s.vhost.queue(&self.queue_name(&m.queue)?)?;
+        q.check_access(s.connection_id)?;
+        let tag = if m.consumer_tag.is_empty() { s.broker.generate_name("amq.ctag") } else { m.consumer_tag };
+        if self.consumers.contains_key(&tag) {
+            return Err(AmqpError::not_allowed(format!("attempt to reuse consumer tag '{tag}'")));
+        }
+        let consumer = Consumer {
+            tag: tag.clone(),
+            channel: self.key(),
+            target: self.shared.clone(),
+            no_ack: m.no_ack,
+            exclusive: m.exclusive,
+            prefetch_count: self.prefetch_count.into(),
+            unacked: 0,
+        };
+        let consume_ok = (!m.no_wait).then(|| Method::BasicConsumeOk(basic::ConsumeOk { consumer_tag: tag.clone() }));
+        q.consume(consumer, || {
+            if let Some(ok) = &consume_ok {
+                s.send_method(self.id, ok);
+            }
+        })?;
+        self.consumers.insert(tag, q);
+        Ok(())
+    }
+
+    pub(super) fn get(&mut self, s: &mut Session, m: basic::Get) -> AmqpResult<()> {
+        let q = s.vhost.queue(&self.queue_name(&m.queue)?)?;
+        q.check_access(s.connection_id)?;
+        match q.get(m.no_ack) {
+            Some((message, message_count)) => {
+                s.outlet.force_reserve_delivery();
+                let mut d = self.shared.lock();
+                self.shared.send(&mut d, DeliveryKind::GetOk { message_count }, &q, None, message, m.no_ack);
+            }
+            None => self.reply(s, basic::GetEmpty { reserved_1: ShortStr::default() }),
+        }
+        Ok(())
+    }
+
+    pub(super) fn qos(&mut self, s: &mut Session, m: basic::Qos) -> AmqpResult<()> {
+        if m.prefetch_size != 0 {
+            return Err(AmqpError::not_implemented(format!("prefetch_size!=0 ({})", m.prefetch_size)));
+        }
+        if m.global {
+            self.shared.lock().global_prefetch = m.prefetch_count.into();
+            // A larger limit takes effect now: let the queues deliver.
+            for q in self.consumers.values() {
+                q.dispatch();
+            }
+        } else {
+            self.prefetch_count = m.prefetch_count;
+        }
+        self.reply(s, basic::QosOk {});
+        Ok(())
+    }
+
+    /// `basic.ack` (`requeue` None), `basic.nack` and `basic.reject`.
+    pub(super) fn ack(&mut self, delivery_tag: u64, multiple: bool, requeue: Option<bool>) -> AmqpResult<()> {
+        let settled = self.take_unacked(delivery_tag, multiple)?;
+        self.settle(settled, requeue.unwrap_or(false));
+        Ok(())
+    }
+
+    pub(super) fn cancel(&mut self, s: &mut Session, m: basic::Cancel) -> AmqpResult<()> {
+        self.forget_cancelled();
+        if let Some(q) = self.consumers.remove(&m.consumer_tag) {
+            if q.cancel(self.key(), &m.consumer_tag).delete_queue {
+                s.delete_queue(&q);
+            }
+        }
+        if !m.no_wait {
+            self.reply(s, basic::CancelOk { consumer_tag: m.consumer_tag });
+        }
+        Ok(())
+    }
+
+    /// `basic.recover` (`reply` true) and `basic.recover-async`: requeue
+    /// every unacknowledged delivery of the channel.
+    pub(super) fn recover(&mut self, s: &mut Session, requeue: bool, reply: bool) -> AmqpResult<()> {
+        if !requeue {
+            return Err(AmqpError::not_implemented("requeue=false"));
+        }
+        let all = std::mem::take(&mut self.shared.lock().unacked);
+        self.settle(Settled::Many(all.into()), true);
+        if reply {
+            self.reply(s, basic::RecoverOk {});
+        }
+        Ok(())
+    }
+}
