@@ -12,10 +12,11 @@
 //! even when several queues deliver at once.
 //!
 //! The methods of each AMQP class are handled in a file of their own:
-//! `on_basic.rs` (publish, consume, get, ack…), `on_queue.rs` and
-//! `on_exchange.rs`.
+//! `on_basic.rs` (publish, consume, get, ack…), `on_queue.rs`,
+//! `on_exchange.rs` and `on_bindings.rs`.
 
 mod on_basic;
+mod on_bindings;
 mod on_exchange;
 mod on_queue;
 

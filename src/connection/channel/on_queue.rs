@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use super::{Channel, Session};
-use crate::broker::exchange::{Binding, Exchange};
 use crate::broker::queue::{Queue, QueueOptions};
 use crate::error::{AmqpError, AmqpResult};
 use crate::protocol::methods::queue;
@@ -16,21 +15,6 @@ impl Channel {
             return Ok(name.clone());
         }
         self.last_queue.clone().ok_or_else(|| AmqpError::not_found("no previously declared queue"))
-    }
-
-    pub(super) fn binding_ends(
-        &self,
-        s: &Session,
-        exchange: &ShortStr,
-        queue: &ShortStr,
-    ) -> AmqpResult<(Arc<Exchange>, Arc<Queue>)> {
-        if exchange.is_empty() {
-            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
-        }
-        let x = s.vhost.exchange(exchange)?;
-        let q = s.vhost.queue(queue)?;
-        q.check_access(s.connection_id)?;
-        Ok((x, q))
     }
 
     pub(super) fn queue_declare(&mut self, s: &mut Session, m: queue::Declare) -> AmqpResult<()> {
@@ -105,24 +89,6 @@ impl Channel {
         if !m.no_wait {
             self.reply(s, queue::DeleteOk { message_count });
         }
-        Ok(())
-    }
-
-    pub(super) fn queue_bind(&mut self, s: &mut Session, m: queue::Bind) -> AmqpResult<()> {
-        let qname = self.queue_name(&m.queue)?;
-        let (x, q) = self.binding_ends(s, &m.exchange, &qname)?;
-        x.bind(Binding { queue: q, routing_key: m.routing_key, arguments: m.arguments });
-        if !m.no_wait {
-            self.reply(s, queue::BindOk {});
-        }
-        Ok(())
-    }
-
-    pub(super) fn queue_unbind(&mut self, s: &mut Session, m: queue::Unbind) -> AmqpResult<()> {
-        let qname = self.queue_name(&m.queue)?;
-        let (x, q) = self.binding_ends(s, &m.exchange, &qname)?;
-        x.unbind(&q, &m.routing_key, &m.arguments);
-        self.reply(s, queue::UnbindOk {});
         Ok(())
     }
 
