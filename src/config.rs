@@ -11,6 +11,7 @@
 //! | `frame_max` | `131072` | largest frame proposed in `connection.tune` |
 //! | `channel_max` | `2047` | most channels proposed in `connection.tune` |
 //! | `handshake_timeout` | `10000` | ms from accept to `connection.open` |
+//! | `consumer_timeout` | `1800000` | ms a delivery may stay unacknowledged |
 //! | `default_user`, `default_pass` | `guest` | the user created at start |
 //! | `default_vhost` | `/` | the virtual host created at start |
 
@@ -33,6 +34,9 @@ pub struct Config {
     pub channel_max: u16,
     /// From accept to `connection.open`; slower clients are dropped.
     pub handshake_timeout: Duration,
+    /// How long a delivery may stay unacknowledged before its channel is
+    /// closed (406); None for no limit. Queues may set `x-consumer-timeout`.
+    pub consumer_timeout: Option<Duration>,
     /// Users and passwords. All users may use all virtual hosts for now.
     pub users: Vec<(String, String)>,
     pub vhosts: Vec<String>,
@@ -46,6 +50,7 @@ impl Default for Config {
             frame_max: 131_072,
             channel_max: 2047,
             handshake_timeout: Duration::from_millis(10_000),
+            consumer_timeout: Some(Duration::from_millis(1_800_000)),
             users: vec![("guest".into(), "guest".into())],
             vhosts: vec!["/".into()],
         }
@@ -87,7 +92,6 @@ const NOT_YET_SUPPORTED: &[&str] = &[
     "vm_memory_high_watermark.absolute",
     "disk_free_limit.absolute",
     "disk_free_limit.relative",
-    "consumer_timeout",
     "log.console",
     "log.console.level",
     "log.file",
@@ -136,6 +140,12 @@ impl Config {
                 "handshake_timeout" => {
                     let ms: u64 = value.parse().map_err(|_| bad("expected milliseconds"))?;
                     self.handshake_timeout = Duration::from_millis(ms);
+                }
+                "consumer_timeout" => {
+                    self.consumer_timeout = match value {
+                        "false" | "infinity" => None,
+                        ms => Some(Duration::from_millis(ms.parse().map_err(|_| bad("expected milliseconds"))?)),
+                    };
                 }
                 "default_user" => default_user = Some(value.to_string()),
                 "default_pass" => default_pass = Some(value.to_string()),

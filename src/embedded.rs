@@ -63,6 +63,12 @@ impl EmbeddedBuilder {
         self
     }
 
+    /// How long a delivery may stay unacknowledged (`consumer_timeout`).
+    pub fn consumer_timeout(mut self, timeout: Duration) -> Self {
+        self.config.consumer_timeout = Some(timeout);
+        self
+    }
+
     /// Adds a user (guest/guest exists unless the config is replaced).
     pub fn user(mut self, name: &str, password: &str) -> Self {
         self.config.users.push((name.into(), password.into()));

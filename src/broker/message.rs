@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use tokio::time::Instant;
+
 use bytes::Bytes;
 
 use crate::protocol::ShortStr;
@@ -67,5 +69,17 @@ pub struct QueuedMessage {
     pub seq: u64,
     /// Set once the message has been delivered and given back.
     pub redelivered: bool,
+    /// When the queue's or the message's TTL runs out, if either is set.
+    pub expires_at: Option<Instant>,
+    /// The priority level it is queued at (0 in queues without priorities).
+    pub priority: u8,
     pub message: Arc<Message>,
+}
+
+impl QueuedMessage {
+    /// Expired strictly before `now`: a message with TTL 0 can still go to a
+    /// consumer that is ready in the same instant it arrives, as in RabbitMQ.
+    pub fn is_expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|at| at < now)
+    }
 }

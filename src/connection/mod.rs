@@ -21,6 +21,7 @@
 pub mod channel;
 pub mod handshake;
 pub mod heartbeat;
+pub mod timeouts;
 pub mod writer;
 
 use std::collections::HashMap;
@@ -270,6 +271,10 @@ impl Connection {
             let handshaking = self.state < State::Running;
             let closing = self.close_deadline;
             let heartbeats_running = !self.heartbeat_tasks.is_empty();
+            let deadlines = self.session.as_ref().map(|s| s.deadlines.clone());
+            let deadlines_known = deadlines.is_some();
+            let deadlines = deadlines.unwrap_or_default();
+            let ack_deadline = if self.state == State::Running { deadlines.earliest() } else { None };
             tokio::select! {
                 read = reader.read_buf(&mut buf) => match read {
                     Ok(0) => break End::PeerClosed(None),
@@ -292,6 +297,10 @@ impl Connection {
                     break End::HandshakeTimeout("frame_header");
                 }
                 _ = sleep_until(closing.unwrap_or_else(Instant::now)), if closing.is_some() => break End::CloseTimeout,
+                _ = sleep_until(ack_deadline.unwrap_or_else(Instant::now)), if ack_deadline.is_some() => {
+                    self.check_consumer_timeouts();
+                }
+                _ = deadlines.nearer(), if deadlines_known => {}
                 _ = shutdown.changed(), if !self.shutting_down => {
                     self.shutting_down = true;
                     if self.state != State::Running {
@@ -596,27 +605,7 @@ impl Connection {
                 Ok(()) => Ok(()),
                 Err(e) if e.is_connection_error() => Err(Stop::Error(e)),
                 Err(e) => {
-                    error!(
-                        "Channel error on connection {}, vhost: '{}', user: '{}'), channel {}: operation {} caused a channel exception {}: {}",
-                        format_args!("<0.{}.0> ({}", self.id, self.name),
-                        session.vhost.name,
-                        self.user.as_deref().unwrap_or(""),
-                        id,
-                        Method::name_of(e.class_id, e.method_id).unwrap_or("none"),
-                        e.code.name().to_lowercase(),
-                        e.message
-                    );
-                    ch.shutdown(session);
-                    ch.closing = true;
-                    session.send_method(
-                        id,
-                        &Method::ChannelClose(crate::protocol::methods::channel::Close {
-                            reply_code: e.code.code(),
-                            reply_text: e.reply_text(),
-                            class_id: e.class_id,
-                            method_id: e.method_id,
-                        }),
-                    );
+                    self.close_channel(id, e);
                     Ok(())
                 }
             },
@@ -631,6 +620,50 @@ impl Connection {
             if let Some(ch) = self.channels.get_mut(&id) {
                 ch.flush_confirms(session);
             }
+        }
+    }
+
+    /// A channel error: log it as RabbitMQ does, give back what the channel
+    /// held, send `channel.close`, and ignore the channel until `close-ok`.
+    fn close_channel(&mut self, id: u16, e: AmqpError) {
+        let (Some(session), Some(ch)) = (self.session.as_mut(), self.channels.get_mut(&id)) else { return };
+        error!(
+            "Channel error on connection <0.{}.0> ({}, vhost: '{}', user: '{}'), channel {}: operation {} caused a channel exception {}: {}",
+            self.id,
+            self.name,
+            session.vhost.name,
+            self.user.as_deref().unwrap_or(""),
+            id,
+            Method::name_of(e.class_id, e.method_id).unwrap_or("none"),
+            e.code.name().to_lowercase(),
+            e.message
+        );
+        ch.shutdown(session);
+        ch.closing = true;
+        session.send_method(
+            id,
+            &Method::ChannelClose(crate::protocol::methods::channel::Close {
+                reply_code: e.code.code(),
+                reply_text: e.reply_text(),
+                class_id: e.class_id,
+                method_id: e.method_id,
+            }),
+        );
+    }
+
+    /// Closes the channels holding a delivery past its `consumer_timeout`.
+    fn check_consumer_timeouts(&mut self) {
+        let Some(session) = self.session.as_ref() else { return };
+        session.deadlines.take();
+        let now = Instant::now();
+        let timed_out: Vec<(u16, AmqpError)> = self
+            .channels
+            .iter()
+            .filter(|(_, ch)| !ch.closing)
+            .filter_map(|(id, ch)| ch.check_timeouts(now).map(|e| (*id, e)))
+            .collect();
+        for (id, e) in timed_out {
+            self.close_channel(id, e);
         }
     }
 

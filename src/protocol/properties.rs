@@ -81,6 +81,28 @@ const CONTINUATION: u16 = 1;
 /// Raw properties with no flag set: what a publish without properties sends.
 pub const EMPTY_PROPERTIES: &[u8] = &[0, 0];
 
+/// The `priority` property, read without decoding the other properties
+/// unless the flags say it is there.
+pub fn message_priority(raw: &Bytes) -> Option<u8> {
+    let flags = u16::from_be_bytes([*raw.first()?, *raw.get(1)?]);
+    if flags & PRIORITY == 0 {
+        return None;
+    }
+    BasicProperties::decode(raw).ok()?.priority
+}
+
+/// The per-message TTL from the `expiration` property (milliseconds as a
+/// decimal string); None when absent or not a number, as RabbitMQ ignores it.
+pub fn message_expiration(raw: &Bytes) -> Option<std::time::Duration> {
+    let flags = u16::from_be_bytes([*raw.first()?, *raw.get(1)?]);
+    if flags & EXPIRATION == 0 {
+        return None;
+    }
+    let expiration = BasicProperties::decode(raw).ok()?.expiration?;
+    let ms: u64 = std::str::from_utf8(expiration.as_bytes()).ok()?.parse().ok()?;
+    Some(std::time::Duration::from_millis(ms))
+}
+
 impl BasicProperties {
     pub fn decode(raw: &Bytes) -> Result<BasicProperties, DecodeError> {
         let mut d = Decoder::new(raw);

@@ -22,12 +22,16 @@ mod on_queue;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::BytesMut;
 
 use crate::broker::message::{Body, QueuedMessage};
 use crate::broker::queue::{ChannelKey, DeliveryTarget, Queue, Refusal};
 use crate::broker::{Broker, VirtualHost};
+use crate::connection::timeouts::DeliveryDeadlines;
 use crate::connection::writer::{Delivery, DeliveryKind, Outbound, Outlet};
 use crate::error::{AmqpError, AmqpResult};
 use crate::protocol::constants::CLASS_BASIC;
@@ -74,6 +78,8 @@ pub struct Session {
     /// Channels with publisher confirms to send once the frames at hand are
     /// processed (see [`Channel::flush_confirms`]).
     pub pending_confirms: Vec<u16>,
+    /// Where deliveries note their `consumer_timeout` deadlines.
+    pub deadlines: Arc<DeliveryDeadlines>,
 }
 
 impl Session {
@@ -93,6 +99,7 @@ impl Session {
             exclusive_queues: Vec::new(),
             route_buf: Vec::new(),
             pending_confirms: Vec::new(),
+            deadlines: Arc::new(DeliveryDeadlines::default()),
         }
     }
 
@@ -127,6 +134,9 @@ struct Unacked {
     /// The consumer it went to; `None` for `basic.get`.
     consumer_tag: Option<ShortStr>,
     message: QueuedMessage,
+    /// `consumer_timeout`: when the channel is closed if still unacknowledged,
+    /// and the timeout that set it.
+    deadline: Option<(Instant, Duration)>,
 }
 
 /// The part of a channel that queues deliver into.
@@ -134,6 +144,9 @@ pub struct ChannelShared {
     key: ChannelKey,
     outlet: Arc<Outlet>,
     cancel_notify: bool,
+    /// The broker's `consumer_timeout`, used unless the queue sets its own.
+    consumer_timeout: Option<Duration>,
+    deadlines: Arc<DeliveryDeadlines>,
     deliveries: Mutex<Deliveries>,
 }
 
@@ -175,11 +188,16 @@ impl ChannelShared {
             message: m.message.clone(),
         };
         if !no_ack {
+            let deadline = queue.consumer_timeout(self.consumer_timeout).map(|t| (Instant::now() + t, t));
+            if let Some((at, _)) = deadline {
+                self.deadlines.note(at);
+            }
             d.unacked.push_back(Unacked {
                 delivery_tag: d.last_tag,
                 queue: queue.clone(),
                 consumer_tag: consumer.cloned(),
                 message: m,
+                deadline,
             });
         }
         self.outlet.send(Outbound::Deliver(delivery));
@@ -237,6 +255,17 @@ enum Content {
     },
 }
 
+/// What becomes of settled deliveries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// `basic.ack`: done with.
+    Ack,
+    /// Back to the queue, marked redelivered.
+    Requeue,
+    /// Rejected without requeue: dead-lettered, or dropped.
+    Reject,
+}
+
 /// Acknowledged or rejected deliveries taken off the unacked list.
 enum Settled {
     One(Unacked),
@@ -258,6 +287,9 @@ pub struct Channel {
     confirm_seq: Option<u64>,
     /// The last publish sequence number confirmed to the client.
     confirmed: u64,
+    /// Publishes a queue refused (`x-overflow = reject-publish`), to be
+    /// nacked rather than acked, in order.
+    nacked: Vec<u64>,
     /// The queue last declared on this channel: an empty queue name in later
     /// methods means this one.
     last_queue: Option<ShortStr>,
@@ -272,6 +304,8 @@ impl Channel {
                 key,
                 outlet: s.outlet.clone(),
                 cancel_notify: s.capabilities.consumer_cancel_notify,
+                consumer_timeout: s.broker.config.consumer_timeout,
+                deadlines: s.deadlines.clone(),
                 deliveries: Mutex::new(Deliveries::default()),
             }),
             closing: false,
@@ -280,6 +314,7 @@ impl Channel {
             consumers: HashMap::new(),
             confirm_seq: None,
             confirmed: 0,
+            nacked: Vec::new(),
             last_queue: None,
         }
     }
@@ -426,14 +461,15 @@ impl Channel {
 
     /// Gives settled deliveries back to their queues: dropped (acked, or
     /// rejected without requeue) or requeued in their original positions.
-    fn settle(&self, settled: Settled, requeue: bool) {
+    fn settle(&self, settled: Settled, outcome: Outcome) {
         let key = self.key();
         let runs: Vec<Unacked> = match settled {
             Settled::One(u) => {
-                if requeue {
-                    u.queue.requeue(key, u.consumer_tag.as_ref(), vec![u.message]);
-                } else {
-                    u.queue.settled(key, u.consumer_tag.as_ref(), 1);
+                let consumer = u.consumer_tag.as_ref();
+                match outcome {
+                    Outcome::Ack => u.queue.settled(key, consumer, 1),
+                    Outcome::Requeue => u.queue.requeue(key, consumer, vec![u.message]),
+                    Outcome::Reject => u.queue.rejected(key, consumer, vec![u.message]),
                 }
                 Vec::new()
             }
@@ -449,10 +485,11 @@ impl Channel {
             {
                 messages.push(next.message);
             }
-            if requeue {
-                first.queue.requeue(key, first.consumer_tag.as_ref(), messages);
-            } else {
-                first.queue.settled(key, first.consumer_tag.as_ref(), messages.len() as u32);
+            let consumer = first.consumer_tag.as_ref();
+            match outcome {
+                Outcome::Ack => first.queue.settled(key, consumer, messages.len() as u32),
+                Outcome::Requeue => first.queue.requeue(key, consumer, messages),
+                Outcome::Reject => first.queue.rejected(key, consumer, messages),
             }
         }
         if self.shared.lock().global_prefetch != 0 {
@@ -460,6 +497,29 @@ impl Channel {
                 q.dispatch();
             }
         }
+    }
+
+    /// `consumer_timeout`: the error that closes this channel if a delivery
+    /// has waited past its deadline; otherwise notes the nearest deadline
+    /// left.
+    pub fn check_timeouts(&self, now: Instant) -> Option<AmqpError> {
+        let d = self.shared.lock();
+        let mut nearest: Option<Instant> = None;
+        for u in &d.unacked {
+            let Some((at, timeout)) = u.deadline else { continue };
+            if at <= now {
+                return Some(AmqpError::precondition_failed(format!(
+                    "delivery acknowledgement on channel {} timed out. Timeout value used: {} ms. This timeout value can be configured, see consumers doc guide to learn more",
+                    self.id,
+                    timeout.as_millis()
+                )));
+            }
+            nearest = Some(nearest.map_or(at, |n| n.min(at)));
+        }
+        if let Some(at) = nearest {
+            self.shared.deadlines.note(at);
+        }
+        None
     }
 
     /// Closes the channel: cancels its consumers, and requeues what it had
@@ -475,6 +535,6 @@ impl Channel {
             d.closed = true;
             std::mem::take(&mut d.unacked)
         };
-        self.settle(Settled::Many(unacked.into()), true);
+        self.settle(Settled::Many(unacked.into()), Outcome::Requeue);
     }
 }

@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
-use super::{Channel, Session, Settled};
+use super::{Channel, Outcome, Session, Settled};
 use crate::broker::message::{Body, Message};
-use crate::broker::queue::Consumer;
+use crate::broker::queue::{Consumer, Enqueued};
 use crate::connection::writer::{Delivery, DeliveryKind, Outbound};
 use crate::error::{AmqpError, AmqpResult};
 use crate::protocol::methods::basic;
@@ -59,8 +59,9 @@ impl Channel {
                 message: message.clone(),
             }));
         }
+        let mut refused = false;
         for q in route.drain(..) {
-            q.publish(message.clone());
+            refused |= q.publish(message.clone()) == Enqueued::Rejected;
         }
         s.route_buf = route;
         if let Some(seq) = &mut self.confirm_seq {
@@ -71,20 +72,32 @@ impl Channel {
             if *seq == self.confirmed + 1 {
                 s.pending_confirms.push(self.id);
             }
+            if refused {
+                self.nacked.push(*seq);
+            }
         }
         Ok(())
     }
 
-    /// Confirms every publish not yet confirmed, with one `basic.ack`
-    /// (`multiple` when it covers more than one), as RabbitMQ batches them.
+    /// Confirms every publish not yet confirmed, with as few frames as
+    /// possible: one `basic.ack` (`multiple` when it covers more than one),
+    /// as RabbitMQ batches them, split around any `basic.nack`.
     pub fn flush_confirms(&mut self, s: &Session) {
         let Some(seq) = self.confirm_seq else { return };
         if seq == self.confirmed || self.closing {
             return;
         }
-        let multiple = seq > self.confirmed + 1;
-        self.confirmed = seq;
-        self.reply(s, basic::Ack { delivery_tag: seq, multiple });
+        for nack in std::mem::take(&mut self.nacked) {
+            if nack > self.confirmed + 1 {
+                self.reply(s, basic::Ack { delivery_tag: nack - 1, multiple: nack - 1 > self.confirmed + 1 });
+            }
+            self.reply(s, basic::Nack { delivery_tag: nack, multiple: false, requeue: false });
+            self.confirmed = nack;
+        }
+        if seq > self.confirmed {
+            self.reply(s, basic::Ack { delivery_tag: seq, multiple: seq > self.confirmed + 1 });
+            self.confirmed = seq;
+        }
     }
 
     pub(super) fn consume(&mut self, s: &mut Session, m: basic::Consume) -> AmqpResult<()> {
@@ -102,6 +115,7 @@ impl Channel {
             no_ack: m.no_ack,
             exclusive: m.exclusive,
             prefetch_count: self.prefetch_count.into(),
+            priority: Consumer::priority_from(&m.arguments),
             unacked: 0,
         };
         let consume_ok = (!m.no_wait).then(|| Method::BasicConsumeOk(basic::ConsumeOk { consumer_tag: tag.clone() }));
@@ -148,7 +162,12 @@ impl Channel {
     /// `basic.ack` (`requeue` None), `basic.nack` and `basic.reject`.
     pub(super) fn ack(&mut self, delivery_tag: u64, multiple: bool, requeue: Option<bool>) -> AmqpResult<()> {
         let settled = self.take_unacked(delivery_tag, multiple)?;
-        self.settle(settled, requeue.unwrap_or(false));
+        let outcome = match requeue {
+            None => Outcome::Ack,
+            Some(true) => Outcome::Requeue,
+            Some(false) => Outcome::Reject,
+        };
+        self.settle(settled, outcome);
         Ok(())
     }
 
@@ -172,7 +191,7 @@ impl Channel {
             return Err(AmqpError::not_implemented("requeue=false"));
         }
         let all = std::mem::take(&mut self.shared.lock().unacked);
-        self.settle(Settled::Many(all.into()), true);
+        self.settle(Settled::Many(all.into()), Outcome::Requeue);
         if reply {
             self.reply(s, basic::RecoverOk {});
         }

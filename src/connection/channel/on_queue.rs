@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use super::{Channel, Session};
+use crate::broker::queue::args::QueueArgs;
 use crate::broker::queue::{Queue, QueueOptions};
 use crate::error::{AmqpError, AmqpResult};
 use crate::protocol::methods::queue;
@@ -39,6 +40,8 @@ impl Channel {
                 auto_delete: m.auto_delete,
                 arguments: m.arguments,
             };
+            let describe = format!("queue '{}' in vhost '{}'", name, s.vhost.name);
+            let args = QueueArgs::parse(&options.arguments, &describe)?;
             let existing = s.vhost.queues.get(&name).map(|q| q.clone());
             match existing {
                 Some(q) => {
@@ -46,7 +49,7 @@ impl Channel {
                     q
                 }
                 None => {
-                    let created = Queue::new(s.vhost.name.clone(), name.clone(), options);
+                    let created = Queue::new(&s.vhost, name.clone(), options, args);
                     // Two connections may race to declare the same name: the
                     // entry API makes exactly one of them the creator.
                     let q = s.vhost.queues.entry(name).or_insert_with(|| created.clone()).clone();
@@ -63,7 +66,7 @@ impl Channel {
         };
         self.last_queue = Some(q.name.clone());
         if !m.no_wait {
-            let (message_count, consumer_count) = q.counts();
+            let (message_count, consumer_count) = q.declared();
             self.reply(s, queue::DeclareOk { queue: q.name.clone(), message_count, consumer_count });
         }
         Ok(())

@@ -1,0 +1,632 @@
+//! A queue: ready messages in order, its consumers, and dispatch to them.
+//!
+//! The state sits behind a `std::sync::Mutex`. Every operation on it is short
+//! and never awaits (pushing a delivery to a connection's writer is a
+//! non-blocking channel send), so a blocking mutex is both correct and faster
+//! than an async one or a queue task with its own mailbox: a publish that
+//! finds a waiting consumer hands the message over in the publisher's task,
+//! with no extra hop.
+//!
+//! Lock order: queue, then channel. Code that holds a channel's lock never
+//! takes a queue's; it collects what to do and lets go first. Likewise a
+//! queue never publishes into another queue while it holds its own lock:
+//! messages it dead-letters are collected and republished after.
+//!
+//! Time-driven work (message TTL, `x-expires`) is done by a small task per
+//! queue that sleeps until the next deadline ([`timers`]).
+//!
+//! - [`args`]: the `x-…` arguments, parsed at declaration.
+//! - [`ready`]: the ready messages, by priority.
+//! - [`dead_letter`]: `x-death` and republishing to the dead-letter exchange.
+
+pub mod args;
+pub mod dead_letter;
+pub mod ready;
+mod timers;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use self::args::{Overflow, QueueArgs};
+use self::dead_letter::{DeadLetter, Reason};
+use self::ready::Ready;
+use super::message::{Message, QueuedMessage};
+use super::VirtualHost;
+use crate::error::{AmqpError, AmqpResult};
+use crate::protocol::properties::{message_expiration, message_priority};
+use crate::protocol::{FieldTable, FieldValue, ShortStr};
+
+/// Identifies a channel broker-wide: the connection's id and the channel number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ChannelKey {
+    pub connection: u64,
+    pub channel: u16,
+}
+
+/// Why a consumer's channel did not take a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The connection's writer has too much queued, or the channel is at its
+    /// global prefetch; the queue is dispatched again when that changes.
+    Full,
+    /// The channel is closing; its consumers are about to be removed.
+    Closed,
+}
+
+/// Where a consumer's deliveries go: the channel it was created on. A trait
+/// keeps the queue ignorant of sockets (and lets tests use a fake channel).
+pub trait DeliveryTarget: Send + Sync {
+    /// Assigns a delivery tag and queues the delivery for writing, or gives
+    /// the message back.
+    fn deliver(
+        &self,
+        queue: &Arc<Queue>,
+        consumer_tag: &ShortStr,
+        message: QueuedMessage,
+        no_ack: bool,
+    ) -> Result<(), (QueuedMessage, Refusal)>;
+
+    /// The queue went away under the consumer (`queue.delete`): the channel
+    /// forgets the consumer and, if the client asked for it, is told with a
+    /// `basic.cancel`.
+    fn consumer_cancelled(&self, consumer_tag: &ShortStr);
+}
+
+/// A `basic.consume` registration.
+pub struct Consumer {
+    pub tag: ShortStr,
+    pub channel: ChannelKey,
+    pub target: Arc<dyn DeliveryTarget>,
+    pub no_ack: bool,
+    pub exclusive: bool,
+    /// Most unacknowledged deliveries allowed (0 = no limit), from the
+    /// channel's `basic.qos` when the consumer was created.
+    pub prefetch_count: u32,
+    /// `x-priority` from `basic.consume`: higher goes first while it has credit.
+    pub priority: i64,
+    /// Deliveries not yet acknowledged.
+    pub unacked: u32,
+}
+
+impl Consumer {
+    fn has_credit(&self) -> bool {
+        self.no_ack || self.prefetch_count == 0 || self.unacked < self.prefetch_count
+    }
+
+    /// Reads `x-priority` from `basic.consume` arguments.
+    pub fn priority_from(arguments: &FieldTable) -> i64 {
+        arguments.get("x-priority").and_then(FieldValue::as_i64).unwrap_or(0)
+    }
+}
+
+/// The properties fixed at `queue.declare`, compared on redeclaration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueOptions {
+    pub durable: bool,
+    /// The connection that owns an exclusive queue.
+    pub exclusive_owner: Option<u64>,
+    pub auto_delete: bool,
+    pub arguments: FieldTable,
+}
+
+pub struct Queue {
+    pub name: ShortStr,
+    pub vhost_name: ShortStr,
+    pub options: QueueOptions,
+    pub args: QueueArgs,
+    /// For dead-lettering and for deleting itself when it expires.
+    vhost: Weak<VirtualHost>,
+    state: Mutex<QueueState>,
+    /// Wakes the timer task when a nearer deadline appears.
+    timer_wake: Arc<Notify>,
+    timer_started: AtomicBool,
+}
+
+struct QueueState {
+    ready: Ready,
+    next_seq: u64,
+    consumers: Vec<Consumer>,
+    /// Index of the consumer to try first: round-robin.
+    next_consumer: usize,
+    /// Delivered and not yet acknowledged, over all consumers and gets.
+    unacked: usize,
+    /// Last declaration, `basic.get` or consumer change (`x-expires`).
+    last_used: Instant,
+    /// Set by `queue.delete`: late publishes and requeues are dropped.
+    deleted: bool,
+}
+
+/// What `basic.cancel` left behind.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Cancelled {
+    pub found: bool,
+    /// An auto-delete queue whose last consumer went: the caller deletes it.
+    pub delete_queue: bool,
+}
+
+/// Whether a published message was taken (`x-overflow = reject-publish`
+/// refuses messages when the queue is full; the publisher gets a nack).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    Accepted,
+    Rejected,
+}
+
+impl Queue {
+    pub fn new(vhost: &Arc<VirtualHost>, name: ShortStr, options: QueueOptions, args: QueueArgs) -> Arc<Queue> {
+        Self::with_vhost(Arc::downgrade(vhost), vhost.name.clone(), name, options, args)
+    }
+
+    /// A queue not attached to a virtual host (unit tests): nothing to
+    /// dead-letter into, nothing to delete it from.
+    pub fn detached(name: ShortStr, options: QueueOptions, args: QueueArgs) -> Arc<Queue> {
+        Self::with_vhost(Weak::new(), "/".into(), name, options, args)
+    }
+
+    fn with_vhost(
+        vhost: Weak<VirtualHost>,
+        vhost_name: ShortStr,
+        name: ShortStr,
+        options: QueueOptions,
+        args: QueueArgs,
+    ) -> Arc<Queue> {
+        let state = QueueState {
+            ready: Ready::new(args.max_priority),
+            next_seq: 0,
+            consumers: Vec::new(),
+            next_consumer: 0,
+            unacked: 0,
+            last_used: Instant::now(),
+            deleted: false,
+        };
+        let needs_timer = args.message_ttl.is_some() || args.expires.is_some();
+        let q = Arc::new(Queue {
+            name,
+            vhost_name,
+            options,
+            args,
+            vhost,
+            state: Mutex::new(state),
+            timer_wake: Arc::new(Notify::new()),
+            timer_started: AtomicBool::new(false),
+        });
+        if needs_timer {
+            q.start_timer();
+        }
+        q
+    }
+
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        // A panic while holding the lock is a bug elsewhere; the state itself
+        // is still consistent enough to keep serving the other connections.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on the locked state, then, with the lock released,
+    /// republishes whatever `f` dead-lettered.
+    fn with_state<R>(self: &Arc<Self>, f: impl FnOnce(&mut QueueState, &mut Vec<DeadLetter>) -> R) -> R {
+        let mut dead = Vec::new();
+        let r = {
+            let mut st = self.lock();
+            f(&mut st, &mut dead)
+        };
+        if !dead.is_empty() {
+            if let Some(vhost) = self.vhost.upgrade() {
+                dead_letter::publish(&vhost, self, dead);
+            }
+        }
+        r
+    }
+
+    /// `queue 'q' in vhost '/'`, as RabbitMQ's texts name a queue.
+    pub fn describe(&self) -> String {
+        format!("queue '{}' in vhost '{}'", self.name, self.vhost_name)
+    }
+
+    pub fn is_exclusive_to_other(&self, connection: u64) -> bool {
+        matches!(self.options.exclusive_owner, Some(owner) if owner != connection)
+    }
+
+    /// 405 RESOURCE_LOCKED unless `connection` may use this queue.
+    pub fn check_access(&self, connection: u64) -> AmqpResult<()> {
+        if self.is_exclusive_to_other(connection) {
+            return Err(AmqpError::resource_locked(format!(
+                "cannot obtain exclusive access to locked {}. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
+                self.describe()
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn message_count(&self) -> usize {
+        self.lock().ready.len()
+    }
+
+    pub fn consumer_count(&self) -> usize {
+        self.lock().consumers.len()
+    }
+
+    /// Ready messages and consumers.
+    pub fn counts(&self) -> (u32, u32) {
+        let st = self.lock();
+        (st.ready.len() as u32, st.consumers.len() as u32)
+    }
+
+    /// Ready messages and consumers for `queue.declare-ok`; a declaration
+    /// also counts as use for `x-expires`.
+    pub fn declared(&self) -> (u32, u32) {
+        let mut st = self.lock();
+        st.last_used = Instant::now();
+        (st.ready.len() as u32, st.consumers.len() as u32)
+    }
+
+    pub fn unacked_count(&self) -> usize {
+        self.lock().unacked
+    }
+
+    /// Enqueues a published message, makes room or refuses it if the queue
+    /// is full, and hands it to a consumer if one can take it.
+    pub fn publish(self: &Arc<Self>, message: Arc<Message>) -> Enqueued {
+        let now = Instant::now();
+        let priority = match self.args.max_priority {
+            Some(_) => message_priority(&message.properties).unwrap_or(0),
+            None => 0,
+        };
+        let ttl = match (self.args.message_ttl, message_expiration(&message.properties)) {
+            (Some(q), Some(m)) => Some(q.min(m)),
+            (q, m) => q.or(m),
+        };
+        if ttl.is_some() && self.args.message_ttl.is_none() {
+            self.start_timer();
+        }
+        let outcome = self.with_state(|st, dead| {
+            if st.deleted {
+                return Enqueued::Accepted;
+            }
+            let fits = |st: &QueueState, extra: usize, extra_bytes: usize| {
+                self.args.max_length.is_none_or(|max| st.ready.len() + extra <= max)
+                    && self.args.max_length_bytes.is_none_or(|max| st.ready.bytes() + extra_bytes <= max)
+            };
+            let size = message.body_size as usize;
+            if !fits(st, 1, size) && self.args.overflow != Overflow::DropHead {
+                if self.args.overflow == Overflow::RejectPublishDlx {
+                    dead.push(DeadLetter { message, reason: Reason::MaxLen });
+                }
+                return Enqueued::Rejected;
+            }
+            let seq = st.next_seq;
+            st.next_seq += 1;
+            let level = st.ready.level_for(priority);
+            let expires_at = ttl.map(|t| now + t);
+            st.ready.push_back(QueuedMessage { seq, redelivered: false, expires_at, priority: level, message });
+            while !fits(st, 0, 0) {
+                match st.ready.pop_oldest() {
+                    Some(m) => dead.push(DeadLetter { message: m.message, reason: Reason::MaxLen }),
+                    None => break,
+                }
+            }
+            self.dispatch_locked(st, now, dead);
+            Enqueued::Accepted
+        });
+        if ttl.is_some() {
+            self.timer_wake.notify_one();
+        }
+        outcome
+    }
+
+    /// Delivers ready messages to consumers with credit until the queue is
+    /// empty or no consumer can take more.
+    pub fn dispatch(self: &Arc<Self>) {
+        let now = Instant::now();
+        self.with_state(|st, dead| self.dispatch_locked(st, now, dead));
+    }
+
+    /// The heart of delivery: expired heads are dropped first (an expired
+    /// message never reaches a consumer); then each message goes to the
+    /// highest-priority consumer with credit, round-robin among equals. With
+    /// `x-single-active-consumer` only the oldest consumer receives.
+    fn dispatch_locked(self: &Arc<Self>, st: &mut QueueState, now: Instant, dead: &mut Vec<DeadLetter>) {
+        let mut expired = Vec::new();
+        let active = if self.args.single_active_consumer { st.consumers.len().min(1) } else { st.consumers.len() };
+        // Consumers whose channel refused a delivery in this pass (writer
+        // full, channel prefetch reached): skipped until the next dispatch.
+        let mut refused: Vec<usize> = Vec::new();
+        loop {
+            st.ready.take_expired(now, &mut expired);
+            if st.ready.is_empty() || active == 0 {
+                break;
+            }
+            let Some(index) = Self::next_consumer(st, active, &refused) else { break };
+            let message = st.ready.pop_front().expect("checked non-empty");
+            let consumer = &mut st.consumers[index];
+            let no_ack = consumer.no_ack;
+            st.next_consumer = index + 1;
+            match consumer.target.deliver(self, &consumer.tag, message, no_ack) {
+                Ok(()) => {
+                    if !no_ack {
+                        consumer.unacked += 1;
+                        st.unacked += 1;
+                    }
+                }
+                Err((message, _)) => {
+                    st.ready.push_front(message);
+                    refused.push(index);
+                }
+            }
+        }
+        dead.extend(expired.into_iter().map(|m| DeadLetter { message: m.message, reason: Reason::Expired }));
+    }
+
+    /// The consumer the next message goes to: among the first `active`
+    /// consumers with credit and not in `refused`, the highest priority,
+    /// round-robin from `next_consumer` among equals.
+    fn next_consumer(st: &QueueState, active: usize, refused: &[usize]) -> Option<usize> {
+        let consumers = &st.consumers[..active];
+        let eligible = |i: usize| consumers[i].has_credit() && !refused.contains(&i);
+        let best = (0..active).filter(|&i| eligible(i)).map(|i| consumers[i].priority).max()?;
+        (0..active).map(|i| (st.next_consumer + i) % active).find(|&i| consumers[i].priority == best && eligible(i))
+    }
+
+    /// `basic.get`: the next ready message and how many are left after it.
+    /// With `no_ack = false` the caller records it as unacknowledged.
+    pub fn get(self: &Arc<Self>, no_ack: bool) -> Option<(QueuedMessage, u32)> {
+        let now = Instant::now();
+        self.with_state(|st, dead| {
+            st.last_used = now;
+            let mut expired = Vec::new();
+            st.ready.take_expired(now, &mut expired);
+            dead.extend(expired.into_iter().map(|m| DeadLetter { message: m.message, reason: Reason::Expired }));
+            let message = st.ready.pop_front()?;
+            if !no_ack {
+                st.unacked += 1;
+            }
+            Some((message, st.ready.len() as u32))
+        })
+    }
+
+    /// Adds a consumer; returns 403 if an exclusive consumer is in the way.
+    /// `on_added` runs before the first delivery can be made, under the
+    /// queue's lock: that is where `basic.consume-ok` is queued, so it always
+    /// reaches the client ahead of the consumer's first `basic.deliver`.
+    pub fn consume(self: &Arc<Self>, consumer: Consumer, on_added: impl FnOnce()) -> AmqpResult<()> {
+        let now = Instant::now();
+        self.with_state(|st, dead| {
+            if st.consumers.iter().any(|c| c.exclusive) || (consumer.exclusive && !st.consumers.is_empty()) {
+                return Err(AmqpError::access_refused(format!(
+                    "queue '{}' in vhost '{}' in exclusive use",
+                    self.name, self.vhost_name
+                )));
+            }
+            st.consumers.push(consumer);
+            st.last_used = now;
+            on_added();
+            self.dispatch_locked(st, now, dead);
+            Ok(())
+        })
+    }
+
+    fn remove_consumers(self: &Arc<Self>, keep: impl Fn(&Consumer) -> bool) -> Cancelled {
+        let now = Instant::now();
+        let cancelled = self.with_state(|st, dead| {
+            let before = st.consumers.len();
+            st.consumers.retain(keep);
+            let found = st.consumers.len() != before;
+            if found {
+                st.last_used = now;
+                // With a single active consumer, the next one may take over.
+                self.dispatch_locked(st, now, dead);
+            }
+            Cancelled { found, delete_queue: found && self.options.auto_delete && st.consumers.is_empty() }
+        });
+        if self.args.expires.is_some() {
+            self.timer_wake.notify_one();
+        }
+        cancelled
+    }
+
+    /// Removes one consumer (`basic.cancel`).
+    pub fn cancel(self: &Arc<Self>, channel: ChannelKey, tag: &ShortStr) -> Cancelled {
+        self.remove_consumers(|c| !(c.channel == channel && c.tag == *tag))
+    }
+
+    /// Removes every consumer of a closing channel.
+    pub fn cancel_channel(self: &Arc<Self>, channel: ChannelKey) -> Cancelled {
+        self.remove_consumers(|c| c.channel != channel)
+    }
+
+    fn release_credit(st: &mut QueueState, channel: ChannelKey, consumer: Option<&ShortStr>, count: usize) {
+        st.unacked = st.unacked.saturating_sub(count);
+        if let Some(tag) = consumer {
+            if let Some(c) = st.consumers.iter_mut().find(|c| c.channel == channel && c.tag == *tag) {
+                c.unacked = c.unacked.saturating_sub(count as u32);
+            }
+        }
+    }
+
+    /// Acknowledgements of `count` deliveries made to `consumer` (None for
+    /// `basic.get`): frees prefetch credit and delivers more.
+    pub fn settled(self: &Arc<Self>, channel: ChannelKey, consumer: Option<&ShortStr>, count: u32) {
+        let now = Instant::now();
+        self.with_state(|st, dead| {
+            Self::release_credit(st, channel, consumer, count as usize);
+            self.dispatch_locked(st, now, dead);
+        });
+    }
+
+    /// Rejections without requeue: the messages are dead-lettered (or
+    /// dropped when the queue has no dead-letter exchange).
+    pub fn rejected(self: &Arc<Self>, channel: ChannelKey, consumer: Option<&ShortStr>, messages: Vec<QueuedMessage>) {
+        let now = Instant::now();
+        self.with_state(|st, dead| {
+            Self::release_credit(st, channel, consumer, messages.len());
+            dead.extend(messages.into_iter().map(|m| DeadLetter { message: m.message, reason: Reason::Rejected }));
+            self.dispatch_locked(st, now, dead);
+        });
+    }
+
+    /// Puts unacknowledged messages back in their original positions, marked
+    /// redelivered, and frees the credit they held.
+    pub fn requeue(self: &Arc<Self>, channel: ChannelKey, consumer: Option<&ShortStr>, messages: Vec<QueuedMessage>) {
+        let now = Instant::now();
+        self.with_state(|st, dead| {
+            Self::release_credit(st, channel, consumer, messages.len());
+            if st.deleted {
+                return;
+            }
+            for mut m in messages {
+                m.redelivered = true;
+                st.ready.insert_in_order(m);
+            }
+            self.dispatch_locked(st, now, dead);
+        });
+    }
+
+    /// `queue.purge`: drops ready messages (not unacknowledged ones).
+    pub fn purge(&self) -> u32 {
+        self.lock().ready.clear() as u32
+    }
+
+    /// Marks the queue deleted and empties it; returns the ready count and
+    /// the consumers that were attached, so their channels can be told.
+    pub fn delete(&self) -> (u32, Vec<Consumer>) {
+        let mut st = self.lock();
+        st.deleted = true;
+        let n = st.ready.clear() as u32;
+        let consumers = std::mem::take(&mut st.consumers);
+        drop(st);
+        self.timer_wake.notify_one();
+        (n, consumers)
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        self.lock().deleted
+    }
+
+    /// The consumer timeout for deliveries from this queue, if any.
+    pub fn consumer_timeout(&self, broker_default: Option<Duration>) -> Option<Duration> {
+        self.args.consumer_timeout.or(broker_default)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::message::Body;
+    use bytes::Bytes;
+
+    /// A channel that records what it was given, and can refuse.
+    #[derive(Default)]
+    struct FakeChannel {
+        got: Mutex<Vec<(ShortStr, u64, bool)>>,
+        refuse: std::sync::atomic::AtomicBool,
+    }
+
+    impl DeliveryTarget for FakeChannel {
+        fn deliver(
+            &self,
+            _q: &Arc<Queue>,
+            tag: &ShortStr,
+            m: QueuedMessage,
+            _no_ack: bool,
+        ) -> Result<(), (QueuedMessage, Refusal)> {
+            if self.refuse.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err((m, Refusal::Full));
+            }
+            self.got.lock().unwrap().push((tag.clone(), m.seq, m.redelivered));
+            Ok(())
+        }
+
+        fn consumer_cancelled(&self, _tag: &ShortStr) {}
+    }
+
+    fn message(n: u8) -> Arc<Message> {
+        Arc::new(Message {
+            exchange: ShortStr::default(),
+            routing_key: "q".into(),
+            properties: Bytes::from_static(&[0, 0]),
+            body_size: 1,
+            body: Body::One(Bytes::copy_from_slice(&[n])),
+        })
+    }
+
+    fn options() -> QueueOptions {
+        QueueOptions { durable: false, exclusive_owner: None, auto_delete: false, arguments: FieldTable::new() }
+    }
+
+    fn queue() -> Arc<Queue> {
+        Queue::detached("q".into(), options(), QueueArgs::default())
+    }
+
+    const CH: ChannelKey = ChannelKey { connection: 1, channel: 1 };
+
+    fn consumer(tag: &str, target: &Arc<FakeChannel>, prefetch: u32) -> Consumer {
+        Consumer {
+            tag: tag.into(),
+            channel: CH,
+            target: target.clone(),
+            no_ack: false,
+            exclusive: false,
+            prefetch_count: prefetch,
+            priority: 0,
+            unacked: 0,
+        }
+    }
+
+    #[test]
+    fn round_robin_honours_prefetch() {
+        let q = queue();
+        let ch = Arc::new(FakeChannel::default());
+        q.consume(consumer("a", &ch, 1), || {}).unwrap();
+        q.consume(consumer("b", &ch, 2), || {}).unwrap();
+        for n in 0..5 {
+            q.publish(message(n));
+        }
+        let got: Vec<_> = ch.got.lock().unwrap().iter().map(|(t, s, _)| (t.to_string(), *s)).collect();
+        assert_eq!(got, [("a".into(), 0), ("b".into(), 1), ("b".into(), 2)]);
+        assert_eq!(q.message_count(), 2);
+        q.settled(CH, Some(&"a".into()), 1);
+        assert_eq!(ch.got.lock().unwrap().last().unwrap().1, 3);
+    }
+
+    #[test]
+    fn requeued_messages_go_back_in_order_marked_redelivered() {
+        let q = queue();
+        for n in 0..4 {
+            q.publish(message(n));
+        }
+        let (m0, _) = q.get(false).unwrap();
+        let (m1, _) = q.get(false).unwrap();
+        q.requeue(CH, None, vec![m1, m0]);
+        let order: Vec<_> = (0..4).map(|_| q.get(true).unwrap().0).map(|m| (m.seq, m.redelivered)).collect();
+        assert_eq!(order, [(0, true), (1, true), (2, false), (3, false)]);
+    }
+
+    #[test]
+    fn refused_deliveries_stay_queued_until_dispatch() {
+        let q = queue();
+        let ch = Arc::new(FakeChannel::default());
+        ch.refuse.store(true, std::sync::atomic::Ordering::SeqCst);
+        q.consume(consumer("a", &ch, 0), || {}).unwrap();
+        q.publish(message(0));
+        assert_eq!(q.message_count(), 1);
+        ch.refuse.store(false, std::sync::atomic::Ordering::SeqCst);
+        q.dispatch();
+        assert_eq!(q.message_count(), 0);
+        assert_eq!(ch.got.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn exclusive_consumers_shut_others_out() {
+        let q = queue();
+        let ch = Arc::new(FakeChannel::default());
+        let mut c = consumer("a", &ch, 0);
+        c.exclusive = true;
+        q.consume(c, || {}).unwrap();
+        let err = q.consume(consumer("b", &ch, 0), || {}).unwrap_err();
+        assert_eq!(err.code, crate::protocol::ReplyCode::AccessRefused);
+    }
+}

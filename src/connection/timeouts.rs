@@ -1,0 +1,57 @@
+//! `consumer_timeout`: a delivery left unacknowledged too long closes its
+//! channel with 406, as RabbitMQ does, and its messages are requeued.
+//!
+//! Each delivery that needs an ack gets a deadline (the queue's
+//! `x-consumer-timeout`, else the broker's `consumer_timeout`). Deliveries
+//! are made by queues on other tasks, so the connection learns of the
+//! earliest deadline through [`DeliveryDeadlines`]: an atomic minimum plus a
+//! wake-up for when a nearer one appears. The connection sleeps until that
+//! instant and then asks each channel what has timed out.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::Notify;
+use tokio::time::{Duration, Instant};
+
+const NONE: u64 = u64::MAX;
+
+pub struct DeliveryDeadlines {
+    /// Deadlines are kept as milliseconds since this instant.
+    base: Instant,
+    earliest_ms: AtomicU64,
+    wake: Notify,
+}
+
+impl Default for DeliveryDeadlines {
+    fn default() -> Self {
+        DeliveryDeadlines { base: Instant::now(), earliest_ms: AtomicU64::new(NONE), wake: Notify::new() }
+    }
+}
+
+impl DeliveryDeadlines {
+    /// Records a deadline; wakes the connection if it is the nearest one.
+    pub fn note(&self, deadline: Instant) {
+        let ms = deadline.saturating_duration_since(self.base).as_millis() as u64;
+        if ms < self.earliest_ms.fetch_min(ms, Ordering::AcqRel) {
+            self.wake.notify_one();
+        }
+    }
+
+    /// The nearest deadline noted since the last [`take`](Self::take).
+    pub fn earliest(&self) -> Option<Instant> {
+        match self.earliest_ms.load(Ordering::Acquire) {
+            NONE => None,
+            ms => Some(self.base + Duration::from_millis(ms)),
+        }
+    }
+
+    /// Forgets the noted deadline; the channels note their remaining ones.
+    pub fn take(&self) {
+        self.earliest_ms.store(NONE, Ordering::Release);
+    }
+
+    /// Resolves when a nearer deadline has been noted.
+    pub async fn nearer(&self) {
+        self.wake.notified().await
+    }
+}
