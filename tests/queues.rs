@@ -261,3 +261,59 @@ async fn invalid_arguments_are_refused_with_406() {
         .unwrap_err();
     assert!(err.to_string().contains("invalid arg 'x-message-ttl'"), "{err}");
 }
+
+#[tokio::test]
+async fn an_unacked_delivery_past_its_consumer_timeout_closes_the_channel_and_is_requeued() {
+    let broker = EmbeddedBroker::builder().consumer_timeout(Duration::from_secs(60)).start().await.unwrap();
+    let (conn, ch) = channel(&broker).await;
+    declare(&ch, "slow", args(&[("x-consumer-timeout", AMQPValue::LongInt(200))])).await;
+    publish(&ch, "slow", b"task", BasicProperties::default()).await;
+    let mut c = consume(&ch, "slow", FieldTable::default()).await;
+    let delivered = Instant::now();
+    let d = next(&mut c).await;
+    assert!(!d.redelivered);
+    // Never acked: the broker closes the channel once 200 ms have passed.
+    let closed = tokio::time::timeout(WAIT, c.next()).await.expect("the channel closes");
+    assert!(delivered.elapsed() >= Duration::from_millis(200));
+    let err = match closed {
+        Some(Err(e)) => e.to_string(),
+        other => panic!("expected the consumer to fail with the close reason, got {other:?}"),
+    };
+    assert!(
+        err.contains("delivery acknowledgement on channel 1 timed out. Timeout value used: 200 ms"),
+        "unexpected close: {err}"
+    );
+    let ch2 = conn.create_channel().await.unwrap();
+    let again = ch2.basic_get("slow".into(), BasicGetOptions { no_ack: true }).await.unwrap().expect("requeued");
+    assert!(again.delivery.redelivered);
+}
+
+#[tokio::test]
+async fn transactions_hold_publishes_and_acks_until_commit() {
+    let broker = EmbeddedBroker::start().await.unwrap();
+    let conn = Connection::connect(&broker.url(), ConnectionProperties::default()).await.unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    declare(&ch, "txq", FieldTable::default()).await;
+    ch.tx_select().await.unwrap();
+    let plain = BasicProperties::default();
+    ch.basic_publish("".into(), "txq".into(), BasicPublishOptions::default(), b"a", plain.clone()).await.unwrap();
+    ch.tx_rollback().await.unwrap();
+    assert_eq!(ready(&broker, "txq"), 0, "a rolled-back publish never arrives");
+    ch.basic_publish("".into(), "txq".into(), BasicPublishOptions::default(), b"b", plain.clone()).await.unwrap();
+    assert_eq!(ready(&broker, "txq"), 0, "not before the commit");
+    ch.tx_commit().await.unwrap();
+    assert_eq!(ready(&broker, "txq"), 1);
+
+    let got = ch.basic_get("txq".into(), BasicGetOptions::default()).await.unwrap().expect("committed message");
+    got.delivery.ack(BasicAckOptions::default()).await.unwrap();
+    ch.tx_rollback().await.unwrap();
+    let queue = broker.broker().vhost(&"/".into()).unwrap().queue(&"txq".into()).unwrap();
+    assert_eq!(queue.unacked_count(), 1, "a rolled-back ack leaves the delivery unacked");
+    // lapin's acker acks a delivery once; ack the tag again directly.
+    ch.basic_ack(got.delivery.delivery_tag, BasicAckOptions::default()).await.unwrap();
+    ch.tx_commit().await.unwrap();
+    assert_eq!(queue.unacked_count(), 0);
+
+    let err = ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap_err();
+    assert!(err.to_string().contains("cannot switch from tx to confirm mode"), "{err}");
+}

@@ -19,6 +19,7 @@ mod on_basic;
 mod on_bindings;
 mod on_exchange;
 mod on_queue;
+mod on_tx;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -293,6 +294,8 @@ pub struct Channel {
     /// The queue last declared on this channel: an empty queue name in later
     /// methods means this one.
     last_queue: Option<ShortStr>,
+    /// After `tx.select`: the publishes and acks waiting for `tx.commit`.
+    tx: Option<on_tx::Transaction>,
 }
 
 impl Channel {
@@ -315,6 +318,7 @@ impl Channel {
             confirm_seq: None,
             confirmed: 0,
             nacked: Vec::new(),
+            tx: None,
             last_queue: None,
         }
     }
@@ -414,6 +418,9 @@ impl Channel {
                 Err(AmqpError::not_implemented("exchange-to-exchange bindings are not supported yet"))
             }
             Method::ConfirmSelect(m) => {
+                if self.tx.is_some() {
+                    return Err(AmqpError::precondition_failed("cannot switch from tx to confirm mode"));
+                }
                 self.confirm_seq.get_or_insert(0);
                 if !m.no_wait {
                     self.reply(s, confirm::SelectOk {});
@@ -428,9 +435,9 @@ impl Channel {
                 Ok(())
             }
             Method::ChannelOpen(_) => Err(AmqpError::channel_error("second 'channel.open' seen")),
-            Method::TxSelect(_) | Method::TxCommit(_) | Method::TxRollback(_) => {
-                Err(AmqpError::not_implemented("transactions are not supported yet"))
-            }
+            Method::TxSelect(_) => self.tx_select(s),
+            Method::TxCommit(_) => self.tx_commit(s),
+            Method::TxRollback(_) => self.tx_rollback(s),
             _ => Err(AmqpError::command_invalid("unimplemented method")),
         }
     }
@@ -525,6 +532,10 @@ impl Channel {
     /// Closes the channel: cancels its consumers, and requeues what it had
     /// not acknowledged, in order, marked redelivered.
     pub fn shutdown(&mut self, s: &mut Session) {
+        // Acknowledgements never committed did not happen.
+        if let Some(t) = self.tx.take() {
+            self.unsettle(t.settles);
+        }
         for (tag, q) in self.consumers.drain() {
             if q.cancel(self.shared.key, &tag).delete_queue {
                 s.delete_queue(&q);

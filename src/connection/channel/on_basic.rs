@@ -22,6 +22,22 @@ impl Channel {
         if p.immediate {
             return Err(AmqpError::not_implemented("immediate=true").with_ids(60, 40));
         }
+        if let Some(tx) = &mut self.tx {
+            tx.publishes.push((p, header, body));
+            return Ok(());
+        }
+        self.route_and_enqueue(s, p, header, body)
+    }
+
+    /// Routes a message and puts it in its queues; returns it to the
+    /// publisher if mandatory and unroutable; notes its confirm.
+    pub(super) fn route_and_enqueue(
+        &mut self,
+        s: &mut Session,
+        p: basic::Publish,
+        header: ContentHeader,
+        body: Body,
+    ) -> AmqpResult<()> {
         let mut route = std::mem::take(&mut s.route_buf);
         route.clear();
         if p.exchange.is_empty() {
@@ -167,7 +183,10 @@ impl Channel {
             Some(true) => Outcome::Requeue,
             Some(false) => Outcome::Reject,
         };
-        self.settle(settled, outcome);
+        match &mut self.tx {
+            Some(tx) => tx.settles.push((settled, outcome)),
+            None => self.settle(settled, outcome),
+        }
         Ok(())
     }
 
