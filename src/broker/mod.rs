@@ -5,8 +5,10 @@
 //! here is global: each embedded broker has its own.
 
 pub mod exchange;
+pub mod headers;
 pub mod message;
 pub mod queue;
+pub mod topic;
 pub mod vhost;
 
 use std::collections::hash_map::RandomState;

@@ -1,10 +1,12 @@
-//! A virtual host: its own namespace of exchanges and queues.
+//! A virtual host: its own namespace of exchanges and queues, and the one
+//! place a message is routed ([`VirtualHost::route`]).
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use dashmap::DashMap;
 
-use super::exchange::{Exchange, ExchangeKind};
+use super::exchange::{dedup_queues, keep_unseen, Destination, Exchange, ExchangeKind, LazyHeaders};
 use super::queue::Queue;
 use crate::error::{AmqpError, AmqpResult};
 use crate::protocol::{FieldTable, ShortStr};
@@ -16,16 +18,20 @@ pub struct VirtualHost {
 }
 
 impl VirtualHost {
-    /// A virtual host with the exchanges every RabbitMQ vhost starts with.
+    /// A virtual host with the exchanges every RabbitMQ vhost starts with,
+    /// all durable: `amq.match` is RabbitMQ's second headers exchange.
     pub fn new(name: ShortStr) -> Arc<VirtualHost> {
         let vhost = VirtualHost { name, exchanges: DashMap::new(), queues: DashMap::new() };
         for (name, kind) in [
             ("amq.direct", ExchangeKind::Direct),
             ("amq.fanout", ExchangeKind::Fanout),
             ("amq.topic", ExchangeKind::Topic),
+            ("amq.headers", ExchangeKind::Headers),
+            ("amq.match", ExchangeKind::Headers),
         ] {
             let name = ShortStr::from_static(name);
-            vhost.exchanges.insert(name.clone(), Exchange::new(name, kind, true, false, false, FieldTable::new()));
+            let x = Exchange::new(vhost.name.clone(), name.clone(), kind, true, false, false, FieldTable::new());
+            vhost.exchanges.insert(name, x);
         }
         Arc::new(vhost)
     }
@@ -44,12 +50,148 @@ impl VirtualHost {
             .ok_or_else(|| AmqpError::not_found(format!("no queue '{}' in vhost '{}'", name, self.name)))
     }
 
-    /// Removes a queue and every binding to it. Returns its ready count and
-    /// its consumers, whose channels must be told (`basic.cancel`) or cleaned.
+    /// Routes a published message: appends to `out` every queue it goes to,
+    /// each once. `out` is the caller's reusable buffer, so routing through
+    /// the default exchange or a direct or fanout exchange allocates nothing.
+    ///
+    /// Errors are RabbitMQ's for `basic.publish`: 404 for a missing exchange,
+    /// 403 for an internal one. An empty `out` afterwards means the message
+    /// is unroutable (a `mandatory` publish is returned).
+    pub fn route(
+        &self,
+        exchange: &ShortStr,
+        routing_key: &ShortStr,
+        raw_properties: &Bytes,
+        out: &mut Vec<Arc<Queue>>,
+    ) -> AmqpResult<()> {
+        if exchange.is_empty() {
+            if let Some(q) = self.queues.get(routing_key) {
+                out.push(q.clone());
+            }
+            return Ok(());
+        }
+        let x = self.exchange(exchange)?;
+        if x.internal {
+            return Err(AmqpError::access_refused(format!(
+                "cannot publish to internal exchange '{}' in vhost '{}'",
+                exchange, self.name
+            )));
+        }
+        self.route_through(x, routing_key, raw_properties, out);
+        Ok(())
+    }
+
+    /// Routes a message the broker republishes itself (a dead letter): as
+    /// RabbitMQ's dead-lettering, it may go through an internal exchange, and
+    /// a missing exchange simply routes it nowhere.
+    pub fn route_republished(
+        &self,
+        exchange: &ShortStr,
+        routing_key: &ShortStr,
+        raw_properties: &Bytes,
+        out: &mut Vec<Arc<Queue>>,
+    ) {
+        if exchange.is_empty() {
+            if let Some(q) = self.queues.get(routing_key) {
+                out.push(q.clone());
+            }
+        } else if let Some(x) = self.exchanges.get(exchange).map(|x| x.clone()) {
+            self.route_through(x, routing_key, raw_properties, out);
+        }
+    }
+
+    /// RabbitMQ's `rabbit_exchange:route/2`: a work list of exchanges, starting
+    /// with `first`. Each adds its queues to `out` and its exchange
+    /// destinations to the list; one that matched nothing at all adds its
+    /// alternate exchange instead. Every exchange is visited at most once, so
+    /// loops end. The lists allocate only when there is a second exchange.
+    fn route_through(&self, first: Arc<Exchange>, routing_key: &ShortStr, raw: &Bytes, out: &mut Vec<Arc<Queue>>) {
+        let start = out.len();
+        let mut headers = LazyHeaders::new(raw);
+        let mut work: Vec<Arc<Exchange>> = Vec::new();
+        let mut seen: Vec<*const Exchange> = Vec::new();
+        let mut x = first;
+        loop {
+            let before = work.len();
+            let matched = x.route_bindings(routing_key, &mut headers, out, &mut work);
+            if !matched {
+                if let Some(ae) = x.alternate.as_ref().and_then(|name| self.exchanges.get(name)) {
+                    work.push(ae.clone());
+                }
+            }
+            if work.len() > before {
+                if seen.is_empty() {
+                    seen.push(Arc::as_ptr(&x));
+                }
+                keep_unseen(&mut work, before, &mut seen);
+            }
+            match work.pop() {
+                Some(next) => x = next,
+                None => break,
+            }
+        }
+        dedup_queues(out, start);
+    }
+
+    /// Binds `destination` to `source`; 404 if `source` was deleted meanwhile,
+    /// 406 for invalid headers-exchange arguments.
+    pub fn bind(
+        &self,
+        source: &Arc<Exchange>,
+        destination: Destination,
+        routing_key: ShortStr,
+        arguments: FieldTable,
+    ) -> AmqpResult<()> {
+        source.bind(destination, routing_key, arguments)
+    }
+
+    /// Removes a binding; an auto-delete source that loses its last binding
+    /// is deleted, as RabbitMQ does.
+    pub fn unbind(
+        &self,
+        source: &Arc<Exchange>,
+        destination: &Destination,
+        routing_key: &ShortStr,
+        arguments: &FieldTable,
+    ) {
+        if source.unbind(destination, routing_key, arguments).auto_deleted {
+            self.forget_exchange(source);
+        }
+    }
+
+    /// Deletes an exchange with every binding from or to it.
+    pub fn delete_exchange(&self, x: &Arc<Exchange>) {
+        x.mark_deleted();
+        self.forget_exchange(x);
+    }
+
+    /// Removes a deleted exchange from the namespace and the bindings that
+    /// lead to it; sources that thereby lose their last binding and are
+    /// auto-delete go too, and so on down the chain.
+    fn forget_exchange(&self, x: &Arc<Exchange>) {
+        let mut gone = vec![x.clone()];
+        while let Some(x) = gone.pop() {
+            self.exchanges.remove_if(&x.name, |_, current| Arc::ptr_eq(current, &x));
+            gone.extend(self.unbind_everywhere(&Destination::Exchange(x)));
+        }
+    }
+
+    /// Drops every binding to `destination`; returns the exchanges that were
+    /// auto-deleted as a result (already marked deleted).
+    fn unbind_everywhere(&self, destination: &Destination) -> Vec<Arc<Exchange>> {
+        // Collect first: a DashMap iterator holds shard locks, and removing
+        // an auto-deleted exchange from the same map under them would deadlock.
+        let all: Vec<Arc<Exchange>> = self.exchanges.iter().map(|e| e.value().clone()).collect();
+        all.into_iter().filter(|x| x.unbind_destination(destination).auto_deleted).collect()
+    }
+
+    /// Removes a queue and every binding to it (auto-delete exchanges that
+    /// lose their last binding go too). Returns its ready count and its
+    /// consumers, whose channels must be told (`basic.cancel`) or cleaned.
     pub fn delete_queue(&self, queue: &Arc<Queue>) -> (u32, Vec<super::queue::Consumer>) {
         self.queues.remove_if(&queue.name, |_, q| Arc::ptr_eq(q, queue));
-        for e in self.exchanges.iter() {
-            e.unbind_queue(queue);
+        for x in self.unbind_everywhere(&Destination::Queue(queue.clone())) {
+            self.forget_exchange(&x);
         }
         queue.delete()
     }

@@ -22,7 +22,7 @@ pub const MECHANISMS: &str = "PLAIN AMQPLAIN";
 pub fn start_method() -> connection::Start {
     let capabilities = FieldTable::new()
         .with("publisher_confirms", FieldValue::Bool(true))
-        .with("exchange_exchange_bindings", FieldValue::Bool(false))
+        .with("exchange_exchange_bindings", FieldValue::Bool(true))
         .with("basic.nack", FieldValue::Bool(true))
         .with("consumer_cancel_notify", FieldValue::Bool(true))
         .with("connection.blocked", FieldValue::Bool(false))

@@ -414,9 +414,8 @@ impl Channel {
             Method::QueueDelete(m) => self.queue_delete(s, m),
             Method::ExchangeDeclare(m) => self.exchange_declare(s, m),
             Method::ExchangeDelete(m) => self.exchange_delete(s, m),
-            Method::ExchangeBind(_) | Method::ExchangeUnbind(_) => {
-                Err(AmqpError::not_implemented("exchange-to-exchange bindings are not supported yet"))
-            }
+            Method::ExchangeBind(m) => self.exchange_bind(s, m),
+            Method::ExchangeUnbind(m) => self.exchange_unbind(s, m),
             Method::ConfirmSelect(m) => {
                 if self.tx.is_some() {
                     return Err(AmqpError::precondition_failed("cannot switch from tx to confirm mode"));
