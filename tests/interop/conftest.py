@@ -118,9 +118,10 @@ def _wait_until_accepting(proc, host, port, deadline, log_path):
     )
 
 
-@pytest.fixture
-def broker(tmp_path):
-    """Start warren on a free port; yield a Broker; kill it afterwards."""
+def start_broker(log_dir, *extra_args):
+    """Start warren on a free loopback port (log in `log_dir`/warren-PORT.log) and wait until it
+    accepts TCP connections. `extra_args` go to the command line (e.g. "--heartbeat", "1").
+    The caller must call `.stop()` on the returned Broker."""
     bin_path = Path(os.environ.get("WARREN_BIN") or DEFAULT_BIN)
     if not bin_path.is_file() or not os.access(bin_path, os.X_OK):
         pytest.fail(
@@ -131,7 +132,7 @@ def broker(tmp_path):
         )
     host = "127.0.0.1"
     port = _free_port()
-    log_path = tmp_path / "warren.log"
+    log_path = Path(log_dir) / f"warren-{port}.log"
     env = dict(os.environ)
     env["RUST_LOG"] = "info"
     env["NO_COLOR"] = "1"
@@ -139,7 +140,7 @@ def broker(tmp_path):
     start_timeout = float(os.environ.get("WARREN_START_TIMEOUT", "10"))
     with open(log_path, "wb") as logf:
         proc = subprocess.Popen(
-            [str(bin_path), "--bind", host, "--port", str(port)],
+            [str(bin_path), "--bind", host, "--port", str(port), *map(str, extra_args)],
             stdin=subprocess.DEVNULL,
             stdout=logf,  # tracing's fmt layer may write to stdout or stderr:
             stderr=subprocess.STDOUT,  # capture both in one file
@@ -149,9 +150,38 @@ def broker(tmp_path):
     b = Broker(proc, host, port, log_path)
     try:
         _wait_until_accepting(proc, host, port, time.monotonic() + start_timeout, log_path)
+    except BaseException:
+        b.stop()
+        raise
+    return b
+
+
+@pytest.fixture
+def broker(tmp_path):
+    """Start warren on a free port; yield a Broker; kill it afterwards."""
+    b = start_broker(tmp_path)
+    try:
         yield b
     finally:
         b.stop()
+
+
+@pytest.fixture
+def broker_factory(tmp_path):
+    """Start brokers with extra command-line arguments: `broker_factory("--heartbeat", "1")`.
+    All are killed at teardown."""
+    started = []
+
+    def start(*extra_args):
+        b = start_broker(tmp_path, *extra_args)
+        started.append(b)
+        return b
+
+    try:
+        yield start
+    finally:
+        for b in started:
+            b.stop()
 
 
 @pytest.fixture
