@@ -168,3 +168,19 @@ async fn declare_ok_counts_ready_messages_and_consumers() {
         }
     }
 }
+
+#[tokio::test]
+async fn deleting_a_consumed_queue_replies_delete_ok_before_basic_cancel() {
+    let broker = EmbeddedBroker::start().await.unwrap();
+    let mut client = RawClient::open(broker.addr(), 0).await;
+    client.declare_queue("gone").await;
+    client.send(1, basic::Consume { queue: "gone".into(), consumer_tag: "c".into(), ..Default::default() }).await;
+    assert!(matches!(client.expect_method(WAIT).await.1, Method::BasicConsumeOk(_)));
+    client.send(1, queue::Delete { queue: "gone".into(), ..Default::default() }).await;
+    let first = client.expect_method(WAIT).await.1;
+    assert!(matches!(first, Method::QueueDeleteOk(_)), "{first:?}");
+    match client.expect_method(WAIT).await.1 {
+        Method::BasicCancel(c) => assert_eq!(c.consumer_tag.to_string(), "c"),
+        other => panic!("expected the server's basic.cancel, got {other:?}"),
+    }
+}

@@ -93,7 +93,9 @@ impl RawClient {
         self.send_raw(PROTOCOL_HEADER).await;
         let (_, start) = self.expect_method(Duration::from_secs(5)).await;
         assert!(matches!(start, Method::ConnectionStart(_)), "{start:?}");
-        let caps = FieldTable::new().with("authentication_failure_close", warren::protocol::FieldValue::Bool(true));
+        let caps = FieldTable::new()
+            .with("authentication_failure_close", warren::protocol::FieldValue::Bool(true))
+            .with("consumer_cancel_notify", warren::protocol::FieldValue::Bool(true));
         let props = FieldTable::new().with("capabilities", warren::protocol::FieldValue::Table(caps));
         self.send(
             0,

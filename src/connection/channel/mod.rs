@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use bytes::BytesMut;
 
 use crate::broker::message::{Body, QueuedMessage};
-use crate::broker::queue::{ChannelKey, DeliveryTarget, Queue, Refusal};
+use crate::broker::queue::{ChannelKey, Consumer, DeliveryTarget, Queue, Refusal};
 use crate::broker::{Broker, VirtualHost};
 use crate::connection::timeouts::DeliveryDeadlines;
 use crate::connection::writer::{Delivery, DeliveryKind, Outbound, Outlet};
@@ -112,12 +112,16 @@ impl Session {
 
     /// Deletes a queue: unbinds it, tells its consumers' channels.
     pub fn delete_queue(&mut self, q: &Arc<Queue>) -> u32 {
-        let (count, consumers) = self.vhost.delete_queue(q);
-        for c in consumers {
-            c.target.consumer_cancelled(&c.tag);
-        }
-        self.exclusive_queues.retain(|x| !Arc::ptr_eq(x, q));
+        let (count, consumers) = self.remove_queue(q);
+        tell_cancelled(consumers);
         count
+    }
+
+    /// Deletes a queue and returns its message count and the consumers it
+    /// had, for the caller to tell ([`tell_cancelled`]) when the time is right.
+    pub fn remove_queue(&mut self, q: &Arc<Queue>) -> (u32, Vec<Consumer>) {
+        self.exclusive_queues.retain(|x| !Arc::ptr_eq(x, q));
+        self.vhost.delete_queue(q)
     }
 
     /// Deletes the connection's exclusive queues (when it closes).
@@ -125,6 +129,13 @@ impl Session {
         for q in std::mem::take(&mut self.exclusive_queues) {
             self.delete_queue(&q);
         }
+    }
+}
+
+/// Tells consumers that their queue went away (`basic.cancel`).
+pub fn tell_cancelled(consumers: Vec<Consumer>) {
+    for c in consumers {
+        c.target.consumer_cancelled(&c.tag);
     }
 }
 

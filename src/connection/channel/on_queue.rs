@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::{Channel, Session};
+use super::{tell_cancelled, Channel, Session};
 use crate::broker::queue::args::QueueArgs;
 use crate::broker::queue::{Queue, QueueOptions};
 use crate::error::{AmqpError, AmqpResult};
@@ -74,9 +74,9 @@ impl Channel {
 
     pub(super) fn queue_delete(&mut self, s: &mut Session, m: queue::Delete) -> AmqpResult<()> {
         let name = self.queue_name(&m.queue)?;
-        let message_count = match s.vhost.queue(&name) {
+        let (message_count, consumers) = match s.vhost.queue(&name) {
             // Deleting a queue that does not exist succeeds, as in RabbitMQ.
-            Err(_) => 0,
+            Err(_) => (0, Vec::new()),
             Ok(q) => {
                 q.check_access(s.connection_id)?;
                 let (messages, consumers) = q.counts();
@@ -86,12 +86,15 @@ impl Channel {
                 if m.if_empty && messages > 0 {
                     return Err(AmqpError::precondition_failed(format!("{} not empty", q.describe())));
                 }
-                s.delete_queue(&q)
+                s.remove_queue(&q)
             }
         };
+        // delete-ok goes before the basic.cancel of any consumer on this
+        // channel, as RabbitMQ orders them (py-amqp relies on it).
         if !m.no_wait {
             self.reply(s, queue::DeleteOk { message_count });
         }
+        tell_cancelled(consumers);
         Ok(())
     }
 
