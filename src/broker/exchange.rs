@@ -91,16 +91,6 @@ impl Hash for Destination {
     }
 }
 
-/// A queue bound to an exchange with a routing key (kept for callers that
-/// bind queues; exchange-to-exchange bindings use [`Exchange::bind`] with a
-/// [`Destination`] directly).
-#[derive(Clone)]
-pub struct Binding {
-    pub queue: Arc<Queue>,
-    pub routing_key: ShortStr,
-    pub arguments: FieldTable,
-}
-
 pub struct Exchange {
     pub name: ShortStr,
     /// The virtual host's name, for RabbitMQ's "exchange 'x' in vhost '/'".
