@@ -412,29 +412,6 @@ impl Exchange {
         }
         matched
     }
-
-    /// Appends the queues a message with `routing_key` and no properties
-    /// reaches from this exchange, following exchange-to-exchange bindings
-    /// but not alternate exchanges (which need the virtual host). Kept for
-    /// callers written before [`super::VirtualHost::route`]; use that.
-    pub fn route(self: &Arc<Self>, routing_key: &ShortStr, out: &mut Vec<Arc<Queue>>) {
-        static NO_PROPERTIES: Bytes = Bytes::from_static(&[0, 0]);
-        let mut headers = LazyHeaders::new(&NO_PROPERTIES);
-        let start = out.len();
-        let mut work = Vec::new();
-        let mut seen: Vec<*const Exchange> = vec![Arc::as_ptr(self)];
-        let mut x = self.clone();
-        loop {
-            let before = work.len();
-            x.route_bindings(routing_key, &mut headers, out, &mut work);
-            keep_unseen(&mut work, before, &mut seen);
-            match work.pop() {
-                Some(next) => x = next,
-                None => break,
-            }
-        }
-        dedup_queues(out, start);
-    }
 }
 
 /// Drops from `work[from..]` the exchanges already visited and records the

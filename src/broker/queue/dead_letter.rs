@@ -122,13 +122,7 @@ pub fn publish(vhost: &VirtualHost, queue: &Queue, letters: Vec<DeadLetter>) {
         let routing_key = queue.args.dead_letter_routing_key.as_ref().unwrap_or(&letter.message.routing_key).clone();
         let message = Arc::new(rewrite(&letter.message, &queue.name, letter.reason, dlx, &routing_key));
         targets.clear();
-        if dlx.is_empty() {
-            if let Some(q) = vhost.queues.get(&routing_key) {
-                targets.push(q.clone());
-            }
-        } else if let Ok(x) = vhost.exchange(dlx) {
-            x.route(&routing_key, &mut targets);
-        }
+        vhost.route_republished(dlx, &routing_key, &message.properties, &mut targets);
         for target in targets.drain(..) {
             if !is_cycle(&message, &target.name) {
                 target.publish(message.clone());

@@ -2,16 +2,20 @@
 
 use std::sync::Arc;
 
+use super::on_tx::Routed;
 use super::{Channel, Outcome, Session, Settled};
 use crate::broker::message::{Body, Message};
-use crate::broker::queue::{Consumer, Enqueued};
+use crate::broker::queue::{Consumer, Enqueued, Queue};
 use crate::connection::writer::{Delivery, DeliveryKind, Outbound};
 use crate::error::{AmqpError, AmqpResult};
 use crate::protocol::methods::basic;
 use crate::protocol::{ContentHeader, Method, ReplyCode, ShortStr};
 
 impl Channel {
-    /// A complete message: route it, enqueue it, confirm it.
+    /// A complete message: route it, then enqueue and confirm it, or, in a
+    /// transaction, hold it until `tx.commit`. Routing happens now either
+    /// way, so an unknown exchange is reported at `basic.publish`, as in
+    /// RabbitMQ.
     pub(super) fn publish(
         &mut self,
         s: &mut Session,
@@ -22,38 +26,11 @@ impl Channel {
         if p.immediate {
             return Err(AmqpError::not_implemented("immediate=true").with_ids(60, 40));
         }
-        if let Some(tx) = &mut self.tx {
-            tx.publishes.push((p, header, body));
-            return Ok(());
-        }
-        self.route_and_enqueue(s, p, header, body)
-    }
-
-    /// Routes a message and puts it in its queues; returns it to the
-    /// publisher if mandatory and unroutable; notes its confirm.
-    pub(super) fn route_and_enqueue(
-        &mut self,
-        s: &mut Session,
-        p: basic::Publish,
-        header: ContentHeader,
-        body: Body,
-    ) -> AmqpResult<()> {
         let mut route = std::mem::take(&mut s.route_buf);
         route.clear();
-        if p.exchange.is_empty() {
-            if let Some(q) = s.vhost.queues.get(&p.routing_key) {
-                route.push(q.clone());
-            }
-        } else {
-            let x = s.vhost.exchange(&p.exchange).map_err(|e| e.with_ids(60, 40))?;
-            if x.internal {
-                return Err(AmqpError::access_refused(format!(
-                    "cannot publish to internal exchange '{}' in vhost '{}'",
-                    p.exchange, s.vhost.name
-                ))
-                .with_ids(60, 40));
-            }
-            x.route(&p.routing_key, &mut route);
+        if let Err(e) = s.vhost.route(&p.exchange, &p.routing_key, &header.raw_properties, &mut route) {
+            s.route_buf = route;
+            return Err(e.with_ids(60, 40));
         }
         let message = Arc::new(Message {
             exchange: p.exchange,
@@ -62,7 +39,19 @@ impl Channel {
             body_size: header.body_size,
             body,
         });
-        if route.is_empty() && p.mandatory {
+        if let Some(tx) = &mut self.tx {
+            tx.publishes.push(Routed { message, queues: route.clone(), mandatory: p.mandatory });
+        } else {
+            self.enqueue(s, &message, &route, p.mandatory);
+        }
+        s.route_buf = route;
+        Ok(())
+    }
+
+    /// Puts a routed message in its queues; returns it to the publisher if
+    /// mandatory and unroutable; notes its confirm.
+    pub(super) fn enqueue(&mut self, s: &mut Session, message: &Arc<Message>, queues: &[Arc<Queue>], mandatory: bool) {
+        if queues.is_empty() && mandatory {
             s.outlet.force_reserve_delivery();
             s.outlet.send(Outbound::Deliver(Delivery {
                 channel: self.id,
@@ -76,10 +65,9 @@ impl Channel {
             }));
         }
         let mut refused = false;
-        for q in route.drain(..) {
+        for q in queues {
             refused |= q.publish(message.clone()) == Enqueued::Rejected;
         }
-        s.route_buf = route;
         if let Some(seq) = &mut self.confirm_seq {
             // Every message is in its queues (in memory) by now, so it can be
             // confirmed; the ack itself waits for the end of this batch of
@@ -92,7 +80,6 @@ impl Channel {
                 self.nacked.push(*seq);
             }
         }
-        Ok(())
     }
 
     /// Confirms every publish not yet confirmed, with as few frames as

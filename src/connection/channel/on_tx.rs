@@ -6,16 +6,25 @@
 //! unacknowledged list, as RabbitMQ does. A channel is either
 //! transactional or in confirm mode, never both.
 
+use std::sync::Arc;
+
 use super::{Channel, Outcome, Session, Settled};
-use crate::broker::message::Body;
+use crate::broker::message::Message;
+use crate::broker::queue::Queue;
 use crate::error::{AmqpError, AmqpResult};
-use crate::protocol::methods::{basic, tx};
-use crate::protocol::ContentHeader;
+use crate::protocol::methods::tx;
+
+/// A publish routed when it arrived, waiting for `tx.commit`.
+pub(super) struct Routed {
+    pub message: Arc<Message>,
+    pub queues: Vec<Arc<Queue>>,
+    pub mandatory: bool,
+}
 
 /// What a transaction holds until it is committed.
 #[derive(Default)]
 pub(super) struct Transaction {
-    pub publishes: Vec<(basic::Publish, ContentHeader, Body)>,
+    pub publishes: Vec<Routed>,
     pub settles: Vec<(Settled, Outcome)>,
 }
 
@@ -38,8 +47,8 @@ impl Channel {
 
     pub(super) fn tx_commit(&mut self, s: &mut Session) -> AmqpResult<()> {
         let t = self.transaction()?;
-        for (publish, header, body) in t.publishes {
-            self.route_and_enqueue(s, publish, header, body)?;
+        for p in t.publishes {
+            self.enqueue(s, &p.message, &p.queues, p.mandatory);
         }
         for (settled, outcome) in t.settles {
             self.settle(settled, outcome);
