@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Python interop suite: pika and py-amqp against the real warren binary over loopback.
+# Interop suite: real clients against the real warren binary over loopback — pika, py-amqp,
+# a Celery 5.7 worker, aio-pika, kombu's and py-amqp's own integration tests (from their PyPI
+# sdists) and amqplib (node), all at pinned versions.
 # Usage: bash scripts/interop.sh [extra pytest args, e.g. -k heartbeat -x]
-# Creates <repo>/.venv if missing, installs tests/interop/requirements.txt, builds the
-# release binary, runs pytest. Exits non-zero on any failure.
+# Creates <repo>/.venv if missing, installs tests/interop/requirements.txt, downloads the
+# kombu/amqp sdists into target/interop-sdists/, runs `npm ci` in tests/interop/node, builds
+# the release binary, runs pytest. Exits non-zero on any failure.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -15,6 +18,27 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
 
+# The clients' own integration tests ship only in their sdists (same versions as installed).
+SDISTS="${WARREN_INTEROP_SDISTS:-$REPO/target/interop-sdists}"
+export WARREN_INTEROP_SDISTS="$SDISTS"
+mkdir -p "$SDISTS"
+for dist in amqp kombu; do
+    ver="$("$VENV/bin/python" -c "from importlib.metadata import version; print(version('$dist'))")"
+    if [ ! -d "$SDISTS/$dist-$ver/t/integration" ]; then
+        echo "interop: fetching the $dist $ver sdist"
+        "$VENV/bin/python" -m pip download --quiet --disable-pip-version-check \
+            --no-binary :all: --no-deps --no-build-isolation "$dist==$ver" -d "$SDISTS"
+        tar -xzf "$SDISTS/$dist-$ver.tar.gz" -C "$SDISTS"
+    fi
+done
+
+# amqplib (node): exact versions from tests/interop/node/package-lock.json.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    echo "interop: installing nodejs and npm"
+    apt-get update -qq && apt-get install -y -qq nodejs npm
+fi
+(cd tests/interop/node && npm ci --no-audit --no-fund --loglevel=error)
+
 echo "interop: cargo build --release"
 cargo build --release
 
@@ -25,4 +49,4 @@ if [ -z "${WARREN_BIN:-}" ]; then
 fi
 echo "interop: testing $WARREN_BIN"
 
-exec "$VENV/bin/python" -m pytest tests/interop -v -p no:cacheprovider "$@"
+exec "$VENV/bin/python" -m pytest tests/interop -v -rxX -p no:cacheprovider "$@"

@@ -16,6 +16,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -24,6 +25,17 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_BIN = REPO / "target" / "release" / "warren"
+
+# The broker features issue 3 adds that are not in warren yet. Tests that need one are
+# xfail(strict=True, reason=MISSING[...]): when the feature lands they XPASS, which fails the
+# run, and the marker (then this entry) must be removed. Keep this the one list for the
+# hand-written interop tests (test_client_suites.py has its list for the clients' own suites).
+MISSING = {
+    "dlx": "x-dead-letter-exchange / x-dead-letter-routing-key with the x-death header not implemented",
+    "ttl": "x-message-ttl (queue argument) not implemented: expired messages are still delivered",
+    "expiration": "per-message expiration property not implemented: expired messages are still delivered",
+    "max-length": "x-max-length with x-overflow=reject-publish (nack to the publisher) not implemented",
+}
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -213,3 +225,21 @@ def _watchdog():
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Pass counts of the clients' own suites (test_client_suites.py) and of the Node suite
+    (test_amqplib.py), for the issue's note."""
+    lines = []
+    for modname in ("test_client_suites", "test_amqplib"):
+        mod = sys.modules.get(modname)
+        for suite, r in sorted(getattr(mod, "RESULTS", {}).items()):
+            counts = ", ".join(f"{n} {k}" for k, n in sorted(r["counts"].items()))
+            lines.append(
+                f"{suite} {r['version']} ({r['args']}): {counts} on warren; "
+                f"{r['expected_failures']} listed as known failures (xfail); output: {r['output']}"
+            )
+    if lines:
+        terminalreporter.section("external client suites against warren")
+        for line in lines:
+            terminalreporter.write_line(line)
