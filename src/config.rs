@@ -14,6 +14,10 @@
 //! | `consumer_timeout` | `1800000` | ms a delivery may stay unacknowledged |
 //! | `default_user`, `default_pass` | `guest` | the user created at start |
 //! | `default_vhost` | `/` | the virtual host created at start |
+//! | `default_permissions.configure` / `.write` / `.read` | `.*` | the default user's permissions |
+//! | `loopback_users.NAME` | `guest = true` | whether NAME may only connect from loopback |
+//! | `loopback_users` | | `none`: no user is loopback-only |
+//! | `load_definitions` | | a RabbitMQ definitions JSON: users, vhosts, permissions |
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -37,9 +41,51 @@ pub struct Config {
     /// How long a delivery may stay unacknowledged before its channel is
     /// closed (406); None for no limit. Queues may set `x-consumer-timeout`.
     pub consumer_timeout: Option<Duration>,
-    /// Users and passwords. All users may use all virtual hosts for now.
-    pub users: Vec<(String, String)>,
+    /// Users; the first is the default user (`default_user`).
+    pub users: Vec<UserConfig>,
     pub vhosts: Vec<String>,
+    /// Who may do what where; a user without an entry for a virtual host
+    /// cannot open it.
+    pub permissions: Vec<PermissionConfig>,
+    /// Users that may only connect from a loopback address (`guest`).
+    pub loopback_users: Vec<String>,
+}
+
+/// A user and how its password is stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserConfig {
+    pub name: String,
+    pub password: PasswordConfig,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum PasswordConfig {
+    Plain(String),
+    /// `password_hash` from RabbitMQ definitions (salted SHA-256, base64).
+    Sha256Base64(String),
+}
+
+/// RabbitMQ's permission triple for a user in a virtual host: regexes over
+/// resource names for configure, write and read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PermissionConfig {
+    pub user: String,
+    pub vhost: String,
+    pub configure: String,
+    pub write: String,
+    pub read: String,
+}
+
+impl PermissionConfig {
+    pub fn full(user: &str, vhost: &str) -> Self {
+        PermissionConfig {
+            user: user.into(),
+            vhost: vhost.into(),
+            configure: ".*".into(),
+            write: ".*".into(),
+            read: ".*".into(),
+        }
+    }
 }
 
 impl Default for Config {
@@ -51,8 +97,10 @@ impl Default for Config {
             channel_max: 2047,
             handshake_timeout: Duration::from_millis(10_000),
             consumer_timeout: Some(Duration::from_millis(1_800_000)),
-            users: vec![("guest".into(), "guest".into())],
+            users: vec![UserConfig { name: "guest".into(), password: PasswordConfig::Plain("guest".into()) }],
             vhosts: vec!["/".into()],
+            permissions: vec![PermissionConfig::full("guest", "/")],
+            loopback_users: vec!["guest".into()],
         }
     }
 }
@@ -86,8 +134,6 @@ impl std::error::Error for ConfigError {}
 /// Keys RabbitMQ users commonly set that warren accepts but does not act on
 /// yet: a warning says so instead of calling them unknown.
 const NOT_YET_SUPPORTED: &[&str] = &[
-    "loopback_users",
-    "loopback_users.guest",
     "vm_memory_high_watermark.relative",
     "vm_memory_high_watermark.absolute",
     "disk_free_limit.absolute",
@@ -113,6 +159,7 @@ impl Config {
         let mut default_user: Option<String> = None;
         let mut default_pass: Option<String> = None;
         let mut default_vhost: Option<String> = None;
+        let mut default_permissions = [".*".to_string(), ".*".to_string(), ".*".to_string()];
         for (index, raw) in text.lines().enumerate() {
             let line = index + 1;
             let content = raw.split_once('#').map_or(raw, |(before, _)| before).trim();
@@ -150,20 +197,114 @@ impl Config {
                 "default_user" => default_user = Some(value.to_string()),
                 "default_pass" => default_pass = Some(value.to_string()),
                 "default_vhost" => default_vhost = Some(value.to_string()),
-                k if NOT_YET_SUPPORTED.contains(&k) || k.starts_with("loopback_users.") => warnings
-                    .push(ConfigWarning { line, key: k.to_string(), reason: "not supported by warren yet, ignored:" }),
+                "default_permissions.configure" => default_permissions[0] = value.to_string(),
+                "default_permissions.write" => default_permissions[1] = value.to_string(),
+                "default_permissions.read" => default_permissions[2] = value.to_string(),
+                "loopback_users" if value == "none" => self.loopback_users.clear(),
+                k if k.starts_with("loopback_users.") => {
+                    let user = &k["loopback_users.".len()..];
+                    self.loopback_users.retain(|u| u != user);
+                    match value {
+                        "true" => self.loopback_users.push(user.to_string()),
+                        "false" => {}
+                        _ => return Err(bad("expected true or false")),
+                    }
+                }
+                "load_definitions" => {
+                    self.load_definitions(Path::new(value), line, &mut warnings)
+                        .map_err(|e| ConfigError(format!("line {line}: {e}")))?;
+                }
+                k if NOT_YET_SUPPORTED.contains(&k) => warnings.push(ConfigWarning {
+                    line,
+                    key: k.to_string(),
+                    reason: "not supported by warren yet, ignored:",
+                }),
                 k => warnings.push(ConfigWarning { line, key: k.to_string(), reason: "unknown key, ignored:" }),
             }
         }
+        // The default user is the first; it gets `default_permissions` in the
+        // default virtual host, as RabbitMQ creates them at first start.
+        if self.users.is_empty() || self.vhosts.is_empty() || self.permissions.is_empty() {
+            return Ok(warnings);
+        }
+        let old_default = self.users[0].name.clone();
         if default_user.is_some() || default_pass.is_some() {
-            let user = default_user.unwrap_or_else(|| "guest".into());
+            let name = default_user.unwrap_or_else(|| "guest".into());
             let pass = default_pass.unwrap_or_else(|| "guest".into());
-            self.users = vec![(user, pass)];
+            self.users[0] = UserConfig { name, password: PasswordConfig::Plain(pass) };
         }
         if let Some(vhost) = default_vhost {
-            self.vhosts = vec![vhost];
+            self.vhosts[0] = vhost;
+        }
+        let [configure, write, read] = default_permissions;
+        self.permissions[0] = PermissionConfig {
+            user: self.users[0].name.clone(),
+            vhost: self.vhosts[0].clone(),
+            configure,
+            write,
+            read,
+        };
+        if self.users[0].name != old_default {
+            self.loopback_users.retain(|u| *u != old_default);
         }
         Ok(warnings)
+    }
+
+    /// Reads users, virtual hosts and permissions from a RabbitMQ
+    /// definitions file (`rabbitmqctl export_definitions`). Users may give
+    /// `password` (plain) or RabbitMQ's `password_hash` (SHA-256).
+    fn load_definitions(&mut self, path: &Path, line: usize, warnings: &mut Vec<ConfigWarning>) -> Result<(), String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| format!("{} is not valid JSON: {e}", path.display()))?;
+        let list = |key: &str| json.get(key).and_then(|v| v.as_array()).cloned().unwrap_or_default();
+        let text_of = |v: &serde_json::Value, key: &str| v.get(key).and_then(|x| x.as_str()).map(str::to_string);
+        for v in list("vhosts") {
+            let name = text_of(&v, "name").ok_or("a vhost without a name")?;
+            if !self.vhosts.contains(&name) {
+                self.vhosts.push(name);
+            }
+        }
+        for u in list("users") {
+            let name = text_of(&u, "name").ok_or("a user without a name")?;
+            let password = match (text_of(&u, "password"), text_of(&u, "password_hash")) {
+                (Some(p), _) => PasswordConfig::Plain(p),
+                (None, Some(h)) => {
+                    let algorithm = text_of(&u, "hashing_algorithm").unwrap_or_default();
+                    if !algorithm.is_empty() && algorithm != "rabbit_password_hashing_sha256" {
+                        return Err(format!("user '{name}': hashing_algorithm {algorithm} is not supported"));
+                    }
+                    PasswordConfig::Sha256Base64(h)
+                }
+                (None, None) => return Err(format!("user '{name}' has neither password nor password_hash")),
+            };
+            self.users.retain(|x| x.name != name);
+            self.users.push(UserConfig { name, password });
+        }
+        for p in list("permissions") {
+            let get = |k: &str| text_of(&p, k).ok_or_else(|| format!("a permission without '{k}'"));
+            let entry = PermissionConfig {
+                user: get("user")?,
+                vhost: get("vhost")?,
+                configure: get("configure")?,
+                write: get("write")?,
+                read: get("read")?,
+            };
+            self.permissions.retain(|x| !(x.user == entry.user && x.vhost == entry.vhost));
+            self.permissions.push(entry);
+        }
+        for section in
+            ["queues", "exchanges", "bindings", "policies", "parameters", "global_parameters", "topic_permissions"]
+        {
+            if !list(section).is_empty() {
+                warnings.push(ConfigWarning {
+                    line,
+                    key: format!("load_definitions: {section}"),
+                    reason: "not imported by warren yet, ignored:",
+                });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -191,11 +332,21 @@ mod tests {
         assert_eq!(c.listen, "127.0.0.1:5673".parse().unwrap());
         assert_eq!((c.heartbeat, c.frame_max, c.channel_max), (5, 65536, 16));
         assert_eq!(c.handshake_timeout, Duration::from_secs(2));
-        assert_eq!(c.users, vec![("bob".to_string(), "secret".to_string())]);
+        assert_eq!(c.users, vec![UserConfig { name: "bob".into(), password: PasswordConfig::Plain("secret".into()) }]);
         assert_eq!(c.vhosts, vec!["dev".to_string()]);
+        assert_eq!(c.permissions, vec![PermissionConfig::full("bob", "dev")]);
+        assert!(c.loopback_users.is_empty(), "only guest is loopback-only by default");
         assert_eq!(warnings.len(), 2);
         assert_eq!((warnings[1].line, warnings[1].key.as_str()), (11, "heartbeet"));
         assert!(warnings[1].to_string().contains("line 11"));
+    }
+
+    #[test]
+    fn the_example_file_is_read_without_a_warning() {
+        let mut c = Config::default();
+        let warnings = c.apply(include_str!("../rabbitmq.conf.example")).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(c, Config::default(), "the example documents the defaults");
     }
 
     #[test]

@@ -24,20 +24,26 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::broker::Broker;
-use crate::config::Config;
+use crate::config::{Config, PasswordConfig, PermissionConfig, UserConfig};
 
 /// Options for an embedded broker; the defaults are RabbitMQ's, on
 /// 127.0.0.1 port 0.
+///
+/// Permissions: to keep tests short, every user gets full permissions on
+/// every virtual host, unless [`permissions`](Self::permissions) is given
+/// for that user, which then grants exactly what it lists.
 #[derive(Debug, Clone)]
 pub struct EmbeddedBuilder {
     config: Config,
+    /// Users whose permissions were set explicitly.
+    restricted: Vec<String>,
 }
 
 impl Default for EmbeddedBuilder {
     fn default() -> Self {
         let mut config = Config::default();
         config.listen.set_port(0);
-        EmbeddedBuilder { config }
+        EmbeddedBuilder { config, restricted: Vec::new() }
     }
 }
 
@@ -71,7 +77,32 @@ impl EmbeddedBuilder {
 
     /// Adds a user (guest/guest exists unless the config is replaced).
     pub fn user(mut self, name: &str, password: &str) -> Self {
-        self.config.users.push((name.into(), password.into()));
+        self.config.users.retain(|u| u.name != name);
+        self.config.users.push(UserConfig { name: name.into(), password: PasswordConfig::Plain(password.into()) });
+        self
+    }
+
+    /// Sets `user`'s permissions in `vhost` (regexes, as in RabbitMQ). A user
+    /// given any permissions here has only those.
+    pub fn permissions(mut self, user: &str, vhost: &str, configure: &str, write: &str, read: &str) -> Self {
+        if !self.restricted.iter().any(|u| u == user) {
+            self.restricted.push(user.into());
+            self.config.permissions.retain(|p| p.user != user);
+        }
+        self.config.permissions.retain(|p| !(p.user == user && p.vhost == vhost));
+        self.config.permissions.push(PermissionConfig {
+            user: user.into(),
+            vhost: vhost.into(),
+            configure: configure.into(),
+            write: write.into(),
+            read: read.into(),
+        });
+        self
+    }
+
+    /// Users that may connect only from loopback (RabbitMQ's default: guest).
+    pub fn loopback_users(mut self, users: &[&str]) -> Self {
+        self.config.loopback_users = users.iter().map(|u| u.to_string()).collect();
         self
     }
 
@@ -87,10 +118,20 @@ impl EmbeddedBuilder {
         self
     }
 
-    pub async fn start(self) -> io::Result<EmbeddedBroker> {
+    pub async fn start(mut self) -> io::Result<EmbeddedBroker> {
+        for user in &self.config.users {
+            if self.restricted.contains(&user.name) {
+                continue;
+            }
+            for vhost in &self.config.vhosts {
+                if !self.config.permissions.iter().any(|p| p.user == user.name && p.vhost == *vhost) {
+                    self.config.permissions.push(PermissionConfig::full(&user.name, vhost));
+                }
+            }
+        }
+        let broker = Broker::new(self.config.clone()).map_err(io::Error::other)?;
         let listener = TcpListener::bind(self.config.listen).await?;
         let addr = listener.local_addr()?;
-        let broker = Broker::new(self.config);
         let (shutdown, stop) = watch::channel(false);
         let task = tokio::spawn(crate::server::serve(listener, broker.clone(), stop));
         Ok(EmbeddedBroker { addr, broker, shutdown, task: Some(task) })

@@ -91,7 +91,13 @@ fn main() -> ExitCode {
             config.channel_max,
             config.handshake_timeout.as_millis()
         );
-        let broker = Broker::new(config);
+        let broker = match Broker::new(config) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("warren: {e}");
+                return ExitCode::from(2);
+            }
+        };
         let (shutdown, stop) = watch::channel(false);
         let server = tokio::spawn(warren::server::serve(listener, broker, stop));
         if tokio::signal::ctrl_c().await.is_ok() {

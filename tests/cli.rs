@@ -60,7 +60,9 @@ impl Drop for TempConf {
 }
 
 fn config_file(text: &str) -> TempConf {
-    let name = format!("rabbitmq-{}-{:?}.conf", std::process::id(), std::thread::current().id());
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = format!("rabbitmq-{}-{n}.conf", std::process::id());
     let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
     std::fs::File::create(&path).unwrap().write_all(text.as_bytes()).unwrap();
     TempConf(path)
@@ -121,4 +123,30 @@ fn sigint_stops_the_broker_cleanly() {
     wait_for(&rx, "stopped");
     let exit = child.wait().unwrap();
     assert!(exit.success(), "{exit:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn load_definitions_brings_users_with_rabbitmq_password_hashes_vhosts_and_permissions() {
+    // RabbitMQ's documented example: password "test12", salted SHA-256.
+    let definitions = config_file(
+        r#"{"users": [{"name": "hashed", "password_hash": "kI3GCqW5JLMJa4iX1lo7X4D6XbYqlLgxIs30+P6tENUV2POR",
+                     "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": ""}],
+            "vhosts": [{"name": "dev"}],
+            "permissions": [{"user": "hashed", "vhost": "dev", "configure": ".*", "write": ".*", "read": ".*"}],
+            "queues": [{"name": "q", "vhost": "dev"}]}"#,
+    );
+    let conf = config_file(&format!("load_definitions = {}\n", definitions.path()));
+    let (mut child, rx) = start(&["--config", conf.path(), "--port", "0"]);
+    let warning = wait_for(&rx, "load_definitions: queues");
+    assert!(warning.contains("not imported"), "{warning}");
+    let line = wait_for(&rx, "started TCP listener on ");
+    let addr = line.rsplit(' ').next().unwrap().to_string();
+    let url = format!("amqp://hashed:test12@{addr}/dev");
+    let conn =
+        lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await.expect("login with the hash");
+    conn.create_channel().await.unwrap();
+    let refused = lapin::Connection::connect(&format!("amqp://hashed:wrong@{addr}/dev"), Default::default()).await;
+    assert!(refused.is_err());
+    child.kill().unwrap();
+    child.wait().unwrap();
 }

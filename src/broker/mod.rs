@@ -4,6 +4,7 @@
 //! [`Broker`] is a cheap handle (`Arc`) given to every connection. Nothing
 //! here is global: each embedded broker has its own.
 
+pub mod access;
 pub mod exchange;
 pub mod headers;
 pub mod message;
@@ -12,7 +13,6 @@ pub mod topic;
 pub mod vhost;
 
 use std::collections::hash_map::RandomState;
-use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -22,14 +22,15 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::protocol::ShortStr;
+use access::AccessControl;
 pub use vhost::VirtualHost;
 
 pub struct Broker {
     pub config: Config,
     /// Live counts, watchable (tests await them; the management API will read them).
     pub gauges: Gauges,
-    /// Username to password.
-    users: HashMap<String, String>,
+    /// Users, passwords and permissions.
+    pub access: AccessControl,
     pub vhosts: DashMap<ShortStr, Arc<VirtualHost>>,
     next_connection_id: AtomicU64,
     /// Keys for server-generated names; random per broker.
@@ -38,25 +39,24 @@ pub struct Broker {
 }
 
 impl Broker {
-    pub fn new(config: Config) -> Arc<Broker> {
+    /// A broker for `config`; fails on settings that cannot work (an
+    /// invalid permission regex, permissions for an unknown user).
+    pub fn new(config: Config) -> Result<Arc<Broker>, String> {
+        let access = AccessControl::from_config(&config)?;
         let vhosts = DashMap::new();
         for name in &config.vhosts {
             let name = ShortStr::from(name.as_str());
             vhosts.insert(name.clone(), VirtualHost::new(name));
         }
-        Arc::new(Broker {
-            users: config.users.iter().cloned().collect(),
+        Ok(Arc::new(Broker {
+            access,
             config,
             vhosts,
             next_connection_id: AtomicU64::new(1),
             name_seed: RandomState::new(),
             name_counter: AtomicU64::new(0),
             gauges: Gauges::default(),
-        })
-    }
-
-    pub fn check_password(&self, user: &str, password: &str) -> bool {
-        self.users.get(user).is_some_and(|p| p == password)
+        }))
     }
 
     pub fn vhost(&self, name: &ShortStr) -> Option<Arc<VirtualHost>> {
@@ -126,7 +126,7 @@ mod tests {
 
     #[test]
     fn generated_names_look_like_rabbitmqs() {
-        let b = Broker::new(Config::default());
+        let b = Broker::new(Config::default()).unwrap();
         let a = b.generate_name("amq.gen");
         let c = b.generate_name("amq.gen");
         assert_ne!(a, c);

@@ -42,6 +42,7 @@ use self::channel::{Channel, ClientCapabilities, Session};
 use self::handshake::{format_duration, payload_snippet, AuthError, Limits};
 use self::heartbeat::{MissedHeartbeats, MonitorControl};
 use self::writer::{Outbound, Outlet};
+use crate::broker::access::LoginError;
 use crate::broker::{Broker, GaugeGuard};
 use crate::error::AmqpError;
 use crate::protocol::constants::FRAME_OVERHEAD;
@@ -123,6 +124,8 @@ impl Drop for WriterTask {
 
 struct Connection {
     id: u64,
+    /// The client's address (loopback-only users are checked against it).
+    peer: std::net::SocketAddr,
     /// `client:port -> server:port`, RabbitMQ's connection name.
     name: String,
     broker: Arc<Broker>,
@@ -172,6 +175,7 @@ pub async fn serve(socket: TcpStream, broker: Arc<Broker>, shutdown: watch::Rece
             Limits { channel_max: config.channel_max, frame_max: config.frame_max, heartbeat: config.heartbeat };
         let mut connection = Connection {
             id,
+            peer,
             name,
             broker: broker.clone(),
             outlet,
@@ -475,9 +479,13 @@ impl Connection {
             }
             Err(AuthError::Malformed(why)) => return Err(Stop::Silent(why)),
         };
-        if !self.broker.check_password(&credentials.username, &credentials.password) {
+        if let Err(e) = self.broker.access.authenticate(&credentials.username, &credentials.password, self.peer.ip()) {
+            let why = match e {
+                LoginError::InvalidCredentials => "invalid credentials",
+                LoginError::LoopbackOnly => "User can only log in via localhost",
+            };
             error!(
-                "Error on AMQP connection {}, state: starting): {} login refused: user '{}' - invalid credentials",
+                "Error on AMQP connection {}, state: starting): {} login refused: user '{}' - {why}",
                 self.log_name(),
                 self.mechanism,
                 credentials.username
@@ -544,13 +552,13 @@ impl Connection {
                 AmqpError::not_allowed(format!("vhost {} not found", m.virtual_host)).with_ids(10, 40),
             ));
         };
-        info!(
-            "connection {}: user '{}' authenticated and granted access to vhost '{}'",
-            self.name,
-            self.user.as_deref().unwrap_or(""),
-            vhost.name
-        );
-        self.session = Some(Session::new(self.id, self.broker.clone(), vhost, self.outlet.clone(), self.capabilities));
+        let user = self.user.clone().unwrap_or_default();
+        if let Err(e) = self.broker.access.check_vhost(&user, &vhost.name.to_string()) {
+            return Err(Stop::Error(e.with_ids(10, 40)));
+        }
+        info!("connection {}: user '{user}' authenticated and granted access to vhost '{}'", self.name, vhost.name);
+        let session = Session::new(self.id, self.broker.clone(), vhost, self.outlet.clone(), self.capabilities, user);
+        self.session = Some(session);
         self.send_method(0, &conn::OpenOk { reserved_1: ShortStr::default() }.into());
         self.state = State::Running;
         Ok(())

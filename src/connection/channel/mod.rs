@@ -29,6 +29,7 @@ use tokio::time::Instant;
 
 use bytes::BytesMut;
 
+use crate::broker::access::Access;
 use crate::broker::message::{Body, QueuedMessage};
 use crate::broker::queue::{ChannelKey, Consumer, DeliveryTarget, Queue, Refusal};
 use crate::broker::{Broker, VirtualHost};
@@ -68,6 +69,8 @@ impl ClientCapabilities {
 /// What channels need from their connection once it is open.
 pub struct Session {
     pub connection_id: u64,
+    /// The authenticated user, whose permissions every operation checks.
+    pub user: String,
     pub broker: Arc<Broker>,
     pub vhost: Arc<VirtualHost>,
     pub outlet: Arc<Outlet>,
@@ -90,9 +93,11 @@ impl Session {
         vhost: Arc<VirtualHost>,
         outlet: Arc<Outlet>,
         capabilities: ClientCapabilities,
+        user: String,
     ) -> Self {
         Session {
             connection_id,
+            user,
             broker,
             vhost,
             outlet,
@@ -102,6 +107,12 @@ impl Session {
             pending_confirms: Vec::new(),
             deadlines: Arc::new(DeliveryDeadlines::default()),
         }
+    }
+
+    /// 403 unless the user may do `access` to the named queue or exchange.
+    pub fn check(&self, access: Access, kind: &str, name: &ShortStr) -> AmqpResult<()> {
+        let vhost = self.vhost.name.as_str_lossy();
+        self.broker.access.check(&self.user, &vhost, access, kind, name)
     }
 
     pub fn send_method(&self, channel: u16, method: &Method) {
@@ -307,6 +318,8 @@ pub struct Channel {
     last_queue: Option<ShortStr>,
     /// After `tx.select`: the publishes and acks waiting for `tx.commit`.
     tx: Option<on_tx::Transaction>,
+    /// The exchange this channel last had write permission for.
+    write_permitted: Option<ShortStr>,
 }
 
 impl Channel {
@@ -330,6 +343,7 @@ impl Channel {
             confirmed: 0,
             nacked: Vec::new(),
             tx: None,
+            write_permitted: None,
             last_queue: None,
         }
     }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use super::on_tx::Routed;
 use super::{Channel, Outcome, Session, Settled};
+use crate::broker::access::Access;
 use crate::broker::message::{Body, Message};
 use crate::broker::queue::{Consumer, Enqueued, Queue};
 use crate::connection::writer::{Delivery, DeliveryKind, Outbound};
@@ -25,6 +26,12 @@ impl Channel {
     ) -> AmqpResult<()> {
         if p.immediate {
             return Err(AmqpError::not_implemented("immediate=true").with_ids(60, 40));
+        }
+        // A channel usually publishes to one exchange: remember the last one
+        // permitted rather than match the write permission every time.
+        if self.write_permitted.as_ref() != Some(&p.exchange) {
+            s.check(Access::Write, "exchange", &p.exchange).map_err(|e| e.with_ids(60, 40))?;
+            self.write_permitted = Some(p.exchange.clone());
         }
         let mut route = std::mem::take(&mut s.route_buf);
         route.clear();
@@ -105,7 +112,9 @@ impl Channel {
 
     pub(super) fn consume(&mut self, s: &mut Session, m: basic::Consume) -> AmqpResult<()> {
         self.forget_cancelled();
-        let q = s.vhost.queue(&self.queue_name(&m.queue)?)?;
+        let name = self.queue_name(&m.queue)?;
+        s.check(Access::Read, "queue", &name)?;
+        let q = s.vhost.queue(&name)?;
         q.check_access(s.connection_id)?;
         let tag = if m.consumer_tag.is_empty() { s.broker.generate_name("amq.ctag") } else { m.consumer_tag };
         if self.consumers.contains_key(&tag) {
@@ -132,7 +141,9 @@ impl Channel {
     }
 
     pub(super) fn get(&mut self, s: &mut Session, m: basic::Get) -> AmqpResult<()> {
-        let q = s.vhost.queue(&self.queue_name(&m.queue)?)?;
+        let name = self.queue_name(&m.queue)?;
+        s.check(Access::Read, "queue", &name)?;
+        let q = s.vhost.queue(&name)?;
         q.check_access(s.connection_id)?;
         match q.get(m.no_ack) {
             Some((message, message_count)) => {

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use super::{Channel, Session};
+use crate::broker::access::Access;
 use crate::broker::exchange::{Destination, Exchange};
 use crate::error::{AmqpError, AmqpResult};
 use crate::protocol::methods::{exchange, queue};
@@ -30,6 +31,10 @@ impl Channel {
         queue: &ShortStr,
     ) -> AmqpResult<(Arc<Exchange>, Destination)> {
         not_default(exchange)?;
+        // Permissions before existence, as RabbitMQ: write on the queue
+        // bound, read on the exchange bound from.
+        s.check(Access::Write, "queue", queue)?;
+        s.check(Access::Read, "exchange", exchange)?;
         let x = s.vhost.exchange(exchange)?;
         let q = s.vhost.queue(queue)?;
         q.check_access(s.connection_id)?;
@@ -44,6 +49,8 @@ impl Channel {
     ) -> AmqpResult<(Arc<Exchange>, Destination)> {
         not_default(destination)?;
         not_default(source)?;
+        s.check(Access::Write, "exchange", destination)?;
+        s.check(Access::Read, "exchange", source)?;
         let x = s.vhost.exchange(source)?;
         let d = s.vhost.exchange(destination)?;
         Ok((x, Destination::Exchange(d)))

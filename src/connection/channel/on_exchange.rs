@@ -1,6 +1,7 @@
 //! Class `exchange`: declaring and deleting exchanges.
 
 use super::{Channel, Session};
+use crate::broker::access::Access;
 use crate::broker::exchange::{Exchange, ExchangeKind};
 use crate::error::{AmqpError, AmqpResult};
 use crate::protocol::methods::exchange;
@@ -14,6 +15,7 @@ impl Channel {
         if m.passive {
             s.vhost.exchange(&m.exchange)?;
         } else {
+            s.check(Access::Configure, "exchange", &m.exchange)?;
             // RabbitMQ checks the type before looking at what exists.
             let kind = ExchangeKind::parse(&m.kind)?;
             match s.vhost.exchanges.get(&m.exchange).map(|x| x.clone()) {
@@ -57,6 +59,7 @@ impl Channel {
                 m.exchange, s.vhost.name
             )));
         }
+        s.check(Access::Configure, "exchange", &m.exchange)?;
         // Deleting a missing exchange succeeds, as in RabbitMQ.
         if let Some(x) = s.vhost.exchanges.get(&m.exchange).map(|x| x.clone()) {
             if m.if_unused && x.has_bindings() {

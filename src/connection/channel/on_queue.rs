@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use super::{tell_cancelled, Channel, Session};
+use crate::broker::access::Access;
 use crate::broker::queue::args::QueueArgs;
 use crate::broker::queue::{Queue, QueueOptions};
 use crate::error::{AmqpError, AmqpResult};
@@ -34,6 +35,7 @@ impl Channel {
             } else {
                 m.queue.clone()
             };
+            s.check(Access::Configure, "queue", &name)?;
             let options = QueueOptions {
                 durable: m.durable,
                 exclusive_owner: m.exclusive.then_some(s.connection_id),
@@ -74,6 +76,7 @@ impl Channel {
 
     pub(super) fn queue_delete(&mut self, s: &mut Session, m: queue::Delete) -> AmqpResult<()> {
         let name = self.queue_name(&m.queue)?;
+        s.check(Access::Configure, "queue", &name)?;
         let (message_count, consumers) = match s.vhost.queue(&name) {
             // Deleting a queue that does not exist succeeds, as in RabbitMQ.
             Err(_) => (0, Vec::new()),
@@ -99,7 +102,9 @@ impl Channel {
     }
 
     pub(super) fn queue_purge(&mut self, s: &mut Session, m: queue::Purge) -> AmqpResult<()> {
-        let q = s.vhost.queue(&self.queue_name(&m.queue)?)?;
+        let name = self.queue_name(&m.queue)?;
+        s.check(Access::Read, "queue", &name)?;
+        let q = s.vhost.queue(&name)?;
         q.check_access(s.connection_id)?;
         let message_count = q.purge();
         if !m.no_wait {
