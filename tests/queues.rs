@@ -317,3 +317,20 @@ async fn transactions_hold_publishes_and_acks_until_commit() {
     let err = ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap_err();
     assert!(err.to_string().contains("cannot switch from tx to confirm mode"), "{err}");
 }
+
+#[tokio::test]
+async fn raising_the_prefetch_at_run_time_takes_effect_for_existing_consumers() {
+    let broker = EmbeddedBroker::start().await.unwrap();
+    let (_c, ch) = channel(&broker).await;
+    declare(&ch, "grow", FieldTable::default()).await;
+    for i in 0..3u8 {
+        publish(&ch, "grow", &[i], BasicProperties::default()).await;
+    }
+    ch.basic_qos(1, BasicQosOptions::default()).await.unwrap();
+    let mut c = consume(&ch, "grow", FieldTable::default()).await;
+    assert_eq!(next(&mut c).await.data, [0]);
+    assert_eq!(ready(&broker, "grow"), 2, "prefetch 1 holds the rest back");
+    ch.basic_qos(3, BasicQosOptions::default()).await.unwrap();
+    assert_eq!(next(&mut c).await.data, [1]);
+    assert_eq!(next(&mut c).await.data, [2]);
+}

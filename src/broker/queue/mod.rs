@@ -428,6 +428,18 @@ impl Queue {
         cancelled
     }
 
+    /// Changes a consumer's prefetch (`basic.qos` at run time) and delivers
+    /// what a larger limit now allows.
+    pub fn set_prefetch(self: &Arc<Self>, channel: ChannelKey, tag: &ShortStr, prefetch_count: u32) {
+        let now = Instant::now();
+        self.with_state(|st, dead| {
+            if let Some(c) = st.consumers.iter_mut().find(|c| c.channel == channel && c.tag == *tag) {
+                c.prefetch_count = prefetch_count;
+            }
+            self.dispatch_locked(st, now, dead);
+        });
+    }
+
     /// Removes one consumer (`basic.cancel`).
     pub fn cancel(self: &Arc<Self>, channel: ChannelKey, tag: &ShortStr) -> Cancelled {
         self.remove_consumers(|c| !(c.channel == channel && c.tag == *tag))

@@ -167,7 +167,14 @@ impl Channel {
                 q.dispatch();
             }
         } else {
+            // RabbitMQ applies a per-consumer prefetch to consumers created
+            // afterwards only. warren applies it to the channel's existing
+            // consumers too, so that a client raising its prefetch at run
+            // time (Celery does, for ETA tasks) sees it take effect now.
             self.prefetch_count = m.prefetch_count;
+            for (tag, q) in &self.consumers {
+                q.set_prefetch(self.key(), tag, m.prefetch_count.into());
+            }
         }
         self.reply(s, basic::QosOk {});
         Ok(())
