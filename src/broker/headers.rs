@@ -54,7 +54,7 @@ impl HeadersBinding {
             Some(other) => {
                 return Err(AmqpError::precondition_failed(format!(
                     "Invalid x-match field type {} (value {}); expected longstr",
-                    erlang_type(other),
+                    other.type_name(),
                     erlang_term(other)
                 )))
             }
@@ -112,29 +112,6 @@ fn values_equal(a: &FieldValue, b: &FieldValue) -> bool {
     match (a.as_bytes(), b.as_bytes()) {
         (Some(x), Some(y)) => x == y,
         _ => a == b,
-    }
-}
-
-/// RabbitMQ's name for a field type, as its error texts print it.
-fn erlang_type(v: &FieldValue) -> &'static str {
-    match v {
-        FieldValue::Bool(_) => "bool",
-        FieldValue::I8(_) => "byte",
-        FieldValue::U8(_) => "unsignedbyte",
-        FieldValue::I16(_) => "short",
-        FieldValue::U16(_) => "unsignedshort",
-        FieldValue::I32(_) => "signedint",
-        FieldValue::U32(_) => "unsignedint",
-        FieldValue::I64(_) => "long",
-        FieldValue::F32(_) => "float",
-        FieldValue::F64(_) => "double",
-        FieldValue::Decimal { .. } => "decimal",
-        FieldValue::LongStr(_) => "longstr",
-        FieldValue::Bytes(_) => "binary",
-        FieldValue::Array(_) => "array",
-        FieldValue::Timestamp(_) => "timestamp",
-        FieldValue::Table(_) => "table",
-        FieldValue::Void => "void",
     }
 }
 

@@ -51,7 +51,7 @@ impl QueueArgs {
                     Some(n) if n < min && min == 1 && n == 0 => Err(invalid(key, "{value_zero,0}".into())),
                     Some(n) if n < min => Err(invalid(key, format!("{{value_negative,{n}}}"))),
                     Some(n) => Ok(Some(n)),
-                    None => Err(invalid(key, format!("{{unacceptable_type,{}}}", type_word(v)))),
+                    None => Err(invalid(key, format!("{{unacceptable_type,{}}}", v.type_name()))),
                 },
             }
         };
@@ -61,7 +61,7 @@ impl QueueArgs {
                 Some(FieldValue::LongStr(b)) if b.len() <= ShortStr::MAX_LEN => {
                     Ok(Some(ShortStr::from_bytes(b.clone())))
                 }
-                Some(v) => Err(invalid(key, format!("{{unacceptable_type,{}}}", type_word(v)))),
+                Some(v) => Err(invalid(key, format!("{{unacceptable_type,{}}}", v.type_name()))),
             }
         };
         let ms = |n: i64| Duration::from_millis(n as u64);
@@ -78,7 +78,7 @@ impl QueueArgs {
                     ))
                 }
             },
-            Some(v) => return Err(invalid("x-overflow", format!("{{unacceptable_type,{}}}", type_word(v)))),
+            Some(v) => return Err(invalid("x-overflow", format!("{{unacceptable_type,{}}}", v.type_name()))),
         };
         if let Some(v) = args.get("x-queue-type") {
             if v.as_bytes() != Some(b"classic") {
@@ -92,7 +92,7 @@ impl QueueArgs {
             None => false,
             Some(FieldValue::Bool(b)) => *b,
             Some(v) => {
-                return Err(invalid("x-single-active-consumer", format!("{{unacceptable_type,{}}}", type_word(v))))
+                return Err(invalid("x-single-active-consumer", format!("{{unacceptable_type,{}}}", v.type_name())))
             }
         };
         Ok(QueueArgs {
@@ -108,20 +108,6 @@ impl QueueArgs {
             single_active_consumer,
             consumer_timeout: int("x-consumer-timeout", 0)?.map(ms),
         })
-    }
-}
-
-/// RabbitMQ's word for a field's type in `unacceptable_type` errors.
-fn type_word(v: &FieldValue) -> &'static str {
-    match v {
-        FieldValue::LongStr(_) => "longstr",
-        FieldValue::Bool(_) => "bool",
-        FieldValue::F32(_) => "float",
-        FieldValue::F64(_) => "double",
-        FieldValue::Table(_) => "table",
-        FieldValue::Array(_) => "array",
-        FieldValue::Void => "void",
-        _ => "other",
     }
 }
 

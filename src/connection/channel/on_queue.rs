@@ -152,7 +152,7 @@ fn check_equivalent(q: &Queue, new: &QueueOptions, connection: u64) -> AmqpResul
             let describe = |v: Option<&FieldValue>, alone: bool| match v {
                 None => "none".to_string(),
                 Some(v) if alone => {
-                    format!("the value '{}' of type '{}'", value_text(v), type_name(v))
+                    format!("the value '{}' of type '{}'", value_text(v), v.type_name())
                 }
                 Some(v) => format!("'{}'", value_text(v)),
             };
@@ -175,28 +175,5 @@ fn value_text(v: &FieldValue) -> String {
         FieldValue::LongStr(b) | FieldValue::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
         FieldValue::Bool(b) => b.to_string(),
         other => other.as_i64().map_or_else(|| format!("{other:?}"), |i| i.to_string()),
-    }
-}
-
-/// RabbitMQ's names for field types, as its inequivalence texts print them.
-fn type_name(v: &FieldValue) -> &'static str {
-    match v {
-        FieldValue::Bool(_) => "bool",
-        FieldValue::I8(_) => "byte",
-        FieldValue::U8(_) => "unsignedbyte",
-        FieldValue::I16(_) => "short",
-        FieldValue::U16(_) => "unsignedshort",
-        FieldValue::I32(_) => "signedint",
-        FieldValue::U32(_) => "unsignedint",
-        FieldValue::I64(_) => "long",
-        FieldValue::F32(_) => "float",
-        FieldValue::F64(_) => "double",
-        FieldValue::Decimal { .. } => "decimal",
-        FieldValue::LongStr(_) => "longstr",
-        FieldValue::Bytes(_) => "binary",
-        FieldValue::Array(_) => "array",
-        FieldValue::Timestamp(_) => "timestamp",
-        FieldValue::Table(_) => "table",
-        FieldValue::Void => "void",
     }
 }
