@@ -11,7 +11,9 @@ Proves that, as on RabbitMQ:
   x-dead-letter-routing-key republishes there with RabbitMQ's x-death header;
 - TTL: x-message-ttl and per-message expiration drop expired messages (never delivered);
   expired messages are dead-lettered with reason "expired" (the delay-queue pattern);
-- x-max-length with x-overflow=reject-publish: the publish over the limit is nacked.
+- x-max-length with x-overflow=reject-publish: the publish over the limit is nacked;
+- x-expires deletes an unused queue; a headers exchange routes with x-match all/any;
+- tx: publishes wait for commit, rollback drops them; an ack rolled back is undone.
 
 Set WARREN_INTEROP_EXTERNAL_URL=amqp://guest:guest@127.0.0.1:PORT/%2f to run these against
 another broker instead of a warren started here: all of them pass against RabbitMQ 3.10.8,
@@ -284,5 +286,126 @@ def test_max_length_reject_publish_nacks(url):
                 await ch.default_exchange.publish(aio_pika.Message(b"2"), routing_key=q.name)
             assert isinstance(e.value.frame, aiormq.spec.Basic.Nack)
             assert (await get_eventually(q)).body == b"1"
+
+    run(main())
+
+
+def test_x_expires_deletes_unused_queue(url):
+    """Celery's pidbox reply and rpc:// result queues rely on x-expires."""
+
+    async def main():
+        async with await aio_pika.connect(url) as conn:
+            ch = await conn.channel()
+            name = uniq("expires")
+            await ch.declare_queue(name, arguments={"x-expires": 300})
+            await ch.declare_queue(name, passive=True)  # still there (passive declare is no "use")
+            await asyncio.sleep(0.8)
+            with pytest.raises(aiormq.exceptions.ChannelNotFoundEntity):
+                await ch.declare_queue(name, passive=True)
+
+    run(main())
+
+
+def test_headers_exchange_routing(url):
+    async def main():
+        async with await aio_pika.connect(url) as conn:
+            ch = await conn.channel()
+            ex = await ch.declare_exchange(uniq("hdr"), aio_pika.ExchangeType.HEADERS, auto_delete=True)
+            q_all = await ch.declare_queue(uniq("all"), auto_delete=True)
+            q_any = await ch.declare_queue(uniq("any"), auto_delete=True)
+            await q_all.bind(ex, arguments={"x-match": "all", "format": "pdf", "type": "report"})
+            await q_any.bind(ex, arguments={"x-match": "any", "format": "pdf", "type": "report"})
+            await ex.publish(aio_pika.Message(b"both", headers={"format": "pdf", "type": "report"}), routing_key="")
+            await ex.publish(aio_pika.Message(b"one", headers={"format": "pdf", "type": "log"}), routing_key="")
+            await ex.publish(aio_pika.Message(b"none", headers={"format": "zip"}), routing_key="")
+            assert (await get_eventually(q_all)).body == b"both"
+            assert [(await get_eventually(q_any)).body for _ in range(2)] == [b"both", b"one"]
+            await asyncio.sleep(0.1)
+            assert await q_all.get(fail=False) is None and await q_any.get(fail=False) is None
+
+    run(main())
+
+
+def test_transaction_commit_and_rollback(url):
+    async def main():
+        async with await aio_pika.connect(url) as conn:
+            ch = await conn.channel(publisher_confirms=False)  # tx and confirms exclude each other
+            q = await ch.declare_queue(uniq("tx"))
+            tx = ch.transaction()
+            await tx.select()
+            await ch.default_exchange.publish(aio_pika.Message(b"rolled back"), routing_key=q.name)
+            await tx.rollback()
+            await ch.default_exchange.publish(aio_pika.Message(b"committed"), routing_key=q.name)
+            await asyncio.sleep(0.1)
+            assert await q.get(fail=False) is None  # not before commit
+            await tx.commit()
+            m = await get_eventually(q, no_ack=False)
+            assert m.body == b"committed"
+            # an ack inside a rolled-back transaction is discarded: the message stays unacked and
+            # comes back (redelivered) when its channel closes
+            await m.ack()
+            await tx.rollback()
+            await ch.close()
+            ch2 = await conn.channel(publisher_confirms=False)
+            q2 = await ch2.declare_queue(q.name, passive=True)
+            again = await get_eventually(q2, no_ack=False)
+            assert again.body == b"committed" and again.redelivered is True
+            # and a committed ack removes it
+            tx2 = ch2.transaction()
+            await tx2.select()
+            await again.ack()
+            await tx2.commit()
+            await ch2.close()
+            ch3 = await conn.channel()
+            assert (await ch3.declare_queue(q.name, passive=True)).declaration_result.message_count == 0
+
+    run(main())
+
+
+def test_single_active_consumer(url):
+    async def main():
+        async with await aio_pika.connect(url) as conn:
+            ch = await conn.channel()
+            q = await ch.declare_queue(uniq("sac"), auto_delete=True, arguments={"x-single-active-consumer": True})
+            got = {"a": [], "b": []}
+
+            def consumer(key):
+                async def on_message(msg):
+                    got[key].append(msg.body)
+                    await msg.ack()
+
+                return on_message
+
+            tag_a = await q.consume(consumer("a"))
+            await q.consume(consumer("b"))
+            for i in range(5):
+                await ch.default_exchange.publish(aio_pika.Message(f"{i}".encode()), routing_key=q.name)
+            deadline = time.monotonic() + 5
+            while len(got["a"]) < 5 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert got == {"a": [b"0", b"1", b"2", b"3", b"4"], "b": []}
+            # the active consumer goes: the next one takes over
+            await q.cancel(tag_a)
+            await ch.default_exchange.publish(aio_pika.Message(b"5"), routing_key=q.name)
+            deadline = time.monotonic() + 5
+            while not got["b"] and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert got["b"] == [b"5"]
+
+    run(main())
+
+
+def test_exclusive_queue_of_another_connection_is_locked(url):
+    async def main():
+        async with await aio_pika.connect(url) as owner, await aio_pika.connect(url) as other:
+            q = await (await owner.channel()).declare_queue(uniq("excl"), exclusive=True)
+            ch = await other.channel()
+            with pytest.raises(aiormq.exceptions.ChannelLockedResource) as e:
+                await ch.declare_queue(q.name, passive=True)
+            assert "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue" in str(e.value)
+        # the owner closed: the queue is gone
+        async with await aio_pika.connect(url) as conn:
+            with pytest.raises(aiormq.exceptions.ChannelNotFoundEntity):
+                await (await conn.channel()).declare_queue(q.name, passive=True)
 
     run(main())
