@@ -9,6 +9,9 @@ Environment:
   WARREN_BIN                path of the broker binary (default <repo>/target/release/warren)
   WARREN_START_TIMEOUT      seconds to wait for the port to accept (default 10)
   WARREN_INTEROP_TEST_TIMEOUT  per-test watchdog in seconds (default 60)
+  WARREN_INTEROP_EXTERNAL_URL  test_aio_pika.py only: run against this broker (e.g. a real
+                            RabbitMQ) instead of a warren started per test
+  WARREN_INTEROP_SDISTS     where the kombu/amqp sdists are unpacked (target/interop-sdists)
 """
 
 import os
@@ -26,16 +29,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_BIN = REPO / "target" / "release" / "warren"
 
-# The broker features issue 3 adds that are not in warren yet. Tests that need one are
-# xfail(strict=True, reason=MISSING[...]): when the feature lands they XPASS, which fails the
-# run, and the marker (then this entry) must be removed. Keep this the one list for the
-# hand-written interop tests (test_client_suites.py has its list for the clients' own suites).
-MISSING = {
-    "dlx": "x-dead-letter-exchange / x-dead-letter-routing-key with the x-death header not implemented",
-    "ttl": "x-message-ttl (queue argument) not implemented: expired messages are still delivered",
-    "expiration": "per-message expiration property not implemented: expired messages are still delivered",
-    "max-length": "x-max-length with x-overflow=reject-publish (nack to the publisher) not implemented",
-}
+# Broker features the hand-written interop tests need that are not in warren yet, as
+# name -> reason. A test that needs one is marked xfail(strict=True, reason=MISSING[name]): when
+# the feature lands it XPASSes, which fails the run, and the marker and entry must go. Empty:
+# DLX, TTL, expiration, max-length, x-expires, headers exchanges, tx and SAC have all landed.
+# (test_client_suites.KNOWN_FAILURES is the list for the clients' own suites.)
+MISSING = {}
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
