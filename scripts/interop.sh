@@ -27,7 +27,7 @@ for dist in amqp kombu; do
     if [ ! -d "$SDISTS/$dist-$ver/t/integration" ]; then
         echo "interop: fetching the $dist $ver sdist"
         "$VENV/bin/python" -m pip download --quiet --disable-pip-version-check \
-            --no-binary :all: --no-deps --no-build-isolation "$dist==$ver" -d "$SDISTS"
+            --no-binary :all: --no-deps "$dist==$ver" -d "$SDISTS"
         tar -xzf "$SDISTS/$dist-$ver.tar.gz" -C "$SDISTS"
     fi
 done

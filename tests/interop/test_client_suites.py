@@ -77,7 +77,7 @@ def sdist_dir(suite):
         SDISTS.mkdir(parents=True, exist_ok=True)
         subprocess.run(
             [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
-             "--no-binary", ":all:", "--no-deps", "--no-build-isolation", f"{dist}=={ver}", "-d", str(SDISTS)],
+             "--no-binary", ":all:", "--no-deps", f"{dist}=={ver}", "-d", str(SDISTS)],
             check=True, timeout=300,
         )  # fmt: skip
         with tarfile.open(SDISTS / f"{dist}-{ver}.tar.gz") as tf:
