@@ -184,3 +184,26 @@ async fn deleting_a_consumed_queue_replies_delete_ok_before_basic_cancel() {
         other => panic!("expected the server's basic.cancel, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn qos_ok_precedes_the_deliveries_a_larger_prefetch_releases() {
+    let broker = EmbeddedBroker::start().await.unwrap();
+    let mut client = RawClient::open(broker.addr(), 0).await;
+    client.declare_queue("q").await;
+    let mut frames = BytesMut::new();
+    for _ in 0..2 {
+        publish_frames(&mut frames, "q", false, b"m");
+    }
+    client.send_raw(&frames).await;
+    client.send(1, basic::Qos { prefetch_count: 1, ..Default::default() }).await;
+    assert!(matches!(client.expect_method(WAIT).await.1, Method::BasicQosOk(_)));
+    client.send(1, basic::Consume { queue: "q".into(), ..Default::default() }).await;
+    assert!(matches!(client.expect_method(WAIT).await.1, Method::BasicConsumeOk(_)));
+    assert!(matches!(client.expect_method(WAIT).await.1, Method::BasicDeliver(d) if d.delivery_tag == 1));
+    client.read(WAIT).await; // content header
+    client.read(WAIT).await; // body
+    client.send(1, basic::Qos { prefetch_count: 2, ..Default::default() }).await;
+    let first = client.expect_method(WAIT).await.1;
+    assert!(matches!(first, Method::BasicQosOk(_)), "qos-ok must come first, got {first:?}");
+    assert!(matches!(client.expect_method(WAIT).await.1, Method::BasicDeliver(d) if d.delivery_tag == 2));
+}

@@ -160,6 +160,10 @@ impl Channel {
         if m.prefetch_size != 0 {
             return Err(AmqpError::not_implemented(format!("prefetch_size!=0 ({})", m.prefetch_size)));
         }
+        // qos-ok goes out before any delivery the new limit allows: a client
+        // waiting for qos-ok (py-amqp, under Celery) must not get deliveries
+        // first.
+        self.reply(s, basic::QosOk {});
         if m.global {
             self.shared.lock().global_prefetch = m.prefetch_count.into();
             // A larger limit takes effect now: let the queues deliver.
@@ -176,7 +180,6 @@ impl Channel {
                 q.set_prefetch(self.key(), tag, m.prefetch_count.into());
             }
         }
-        self.reply(s, basic::QosOk {});
         Ok(())
     }
 
@@ -214,11 +217,12 @@ impl Channel {
         if !requeue {
             return Err(AmqpError::not_implemented("requeue=false"));
         }
-        let all = std::mem::take(&mut self.shared.lock().unacked);
-        self.settle(Settled::Many(all.into()), Outcome::Requeue);
+        // recover-ok before the redeliveries it causes, as RabbitMQ orders them.
         if reply {
             self.reply(s, basic::RecoverOk {});
         }
+        let all = std::mem::take(&mut self.shared.lock().unacked);
+        self.settle(Settled::Many(all.into()), Outcome::Requeue);
         Ok(())
     }
 }
