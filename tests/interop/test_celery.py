@@ -297,3 +297,20 @@ def test_long_task_in_solo_worker_and_heartbeats(tmp_path, heartbeat):
         app.close()
         w.stop()
         b.stop()
+
+
+def test_an_eta_task_does_not_stall_the_tasks_behind_it(setup):
+    """An ETA task makes Celery raise its prefetch with basic.qos at run time (on its generic,
+    per-consumer path, since warren is not "RabbitMQ"); the task behind it must then be
+    delivered at once rather than wait for the ETA task's ack."""
+    _, _, app, _ = setup
+    # One task first, so the worker's event loop is running: a task that arrives during the
+    # worker's start-up drain waits for its first timer on any broker.
+    assert app.send_task("interop.add", (0, 0)).get(timeout=10) == 0
+    eta = app.send_task("interop.add", (1, 1), countdown=3)
+    time.sleep(0.3)  # let the worker receive the ETA task and raise its prefetch
+    started = time.monotonic()
+    assert app.send_task("interop.add", (2, 2)).get(timeout=10) == 4
+    took = time.monotonic() - started
+    assert took < 1.0, f"a plain task behind an ETA task took {took:.2f}s"
+    assert eta.get(timeout=10) == 2
