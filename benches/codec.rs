@@ -153,6 +153,7 @@ fn parsed_message(wire: &[u8]) -> Arc<Message> {
         properties: header.raw_properties,
         body_size: header.body_size,
         body: Body::One(body),
+        charge: None,
     })
 }
 

@@ -18,6 +18,8 @@
 //! | `loopback_users.NAME` | `guest = true` | whether NAME may only connect from loopback |
 //! | `loopback_users` | | `none`: no user is loopback-only |
 //! | `load_definitions` | | a RabbitMQ definitions JSON: users, vhosts, permissions |
+//! | `vm_memory_high_watermark.relative` | `0.4` | share of the machine's memory before publishers are blocked |
+//! | `vm_memory_high_watermark.absolute` | | the same as a size: `512MB`, `1GiB` |
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -49,6 +51,48 @@ pub struct Config {
     pub permissions: Vec<PermissionConfig>,
     /// Users that may only connect from a loopback address (`guest`).
     pub loopback_users: Vec<String>,
+    /// Memory the broker may hold before it blocks publishers.
+    pub memory_high_watermark: Watermark,
+}
+
+/// `vm_memory_high_watermark`: a share of the machine's memory or a size.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Watermark {
+    Relative(f64),
+    Absolute(usize),
+}
+
+impl Watermark {
+    /// The limit in bytes (None when the machine's memory cannot be read
+    /// for a relative watermark: then there is no limit).
+    pub fn bytes(self) -> Option<usize> {
+        match self {
+            Watermark::Relative(share) => {
+                crate::broker::alarm::total_memory().map(|total| (total as f64 * share) as usize)
+            }
+            Watermark::Absolute(bytes) => Some(bytes),
+        }
+    }
+}
+
+/// A memory size as RabbitMQ writes it: `1024`, `512MB` (10^6), `512MiB`
+/// (2^20), `2GB`, `2GiB`, `64kB`, `64KiB`, also `M`/`G`/`k` as binary units.
+pub fn parse_size(text: &str) -> Option<usize> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: usize = number.parse().ok()?;
+    let factor: usize = match unit.trim() {
+        "" => 1,
+        "kB" | "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "k" | "K" | "KiB" | "kiB" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(factor)
 }
 
 /// A user and how its password is stored.
@@ -101,6 +145,7 @@ impl Default for Config {
             vhosts: vec!["/".into()],
             permissions: vec![PermissionConfig::full("guest", "/")],
             loopback_users: vec!["guest".into()],
+            memory_high_watermark: Watermark::Relative(0.4),
         }
     }
 }
@@ -134,8 +179,6 @@ impl std::error::Error for ConfigError {}
 /// Keys RabbitMQ users commonly set that warren accepts but does not act on
 /// yet: a warning says so instead of calling them unknown.
 const NOT_YET_SUPPORTED: &[&str] = &[
-    "vm_memory_high_watermark.relative",
-    "vm_memory_high_watermark.absolute",
     "disk_free_limit.absolute",
     "disk_free_limit.relative",
     "log.console",
@@ -209,6 +252,17 @@ impl Config {
                         "false" => {}
                         _ => return Err(bad("expected true or false")),
                     }
+                }
+                "vm_memory_high_watermark.relative" => {
+                    let share: f64 = value.parse().map_err(|_| bad("expected a fraction such as 0.4"))?;
+                    if !(0.0..=1.0).contains(&share) {
+                        return Err(bad("expected a fraction between 0 and 1"));
+                    }
+                    self.memory_high_watermark = Watermark::Relative(share);
+                }
+                "vm_memory_high_watermark.absolute" => {
+                    let bytes = parse_size(value).ok_or_else(|| bad("expected a size such as 512MB or 1GiB"))?;
+                    self.memory_high_watermark = Watermark::Absolute(bytes);
                 }
                 "load_definitions" => {
                     self.load_definitions(Path::new(value), line, &mut warnings)
@@ -347,6 +401,21 @@ mod tests {
         let warnings = c.apply(include_str!("../rabbitmq.conf.example")).unwrap();
         assert!(warnings.is_empty(), "{warnings:?}");
         assert_eq!(c, Config::default(), "the example documents the defaults");
+    }
+
+    #[test]
+    fn watermarks_and_sizes() {
+        assert_eq!(parse_size("512MB"), Some(512_000_000));
+        assert_eq!(parse_size("64MiB"), Some(64 << 20));
+        assert_eq!(parse_size("2GB"), Some(2_000_000_000));
+        assert_eq!(parse_size("1024"), Some(1024));
+        assert_eq!(parse_size("lots"), None);
+        let mut c = Config::default();
+        c.apply("vm_memory_high_watermark.absolute = 64MB").unwrap();
+        assert_eq!(c.memory_high_watermark, Watermark::Absolute(64_000_000));
+        c.apply("vm_memory_high_watermark.relative = 0.6").unwrap();
+        assert_eq!(c.memory_high_watermark, Watermark::Relative(0.6));
+        assert!(c.apply("vm_memory_high_watermark.relative = 2").is_err());
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! Each broker has its own state; any number can run in one process. The
 //! broker runs on the caller's tokio runtime.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,8 +24,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::broker::alarm::Resource;
 use crate::broker::Broker;
 use crate::config::{Config, PasswordConfig, PermissionConfig, UserConfig};
+use crate::connection::flow::ConnectionState;
 
 /// Options for an embedded broker; the defaults are RabbitMQ's, on
 /// 127.0.0.1 port 0.
@@ -72,6 +75,13 @@ impl EmbeddedBuilder {
     /// How long a delivery may stay unacknowledged (`consumer_timeout`).
     pub fn consumer_timeout(mut self, timeout: Duration) -> Self {
         self.config.consumer_timeout = Some(timeout);
+        self
+    }
+
+    /// The memory high watermark in bytes: past it, publishers are blocked
+    /// (`vm_memory_high_watermark.absolute`).
+    pub fn memory_high_watermark(mut self, bytes: usize) -> Self {
+        self.config.memory_high_watermark = crate::config::Watermark::Absolute(bytes);
         self
     }
 
@@ -169,6 +179,53 @@ impl EmbeddedBroker {
     pub fn url_for(&self, user: &str, password: &str, vhost: &str) -> String {
         let vhost = vhost.replace('%', "%25").replace('/', "%2f");
         format!("amqp://{user}:{password}@{}/{vhost}", self.addr)
+    }
+
+    /// Raises a resource alarm by hand, as if memory (or disk) had run low:
+    /// publishing connections get blocked, exactly as under a real alarm.
+    pub fn raise_alarm(&self, resource: Resource) {
+        self.broker.alarms.raise(resource);
+    }
+
+    /// Clears an alarm raised with [`raise_alarm`](Self::raise_alarm).
+    pub fn clear_alarm(&self, resource: Resource) {
+        self.broker.alarms.clear(resource);
+    }
+
+    /// The open connections, by name (`client -> server`), with their
+    /// state (`running`, `blocking`, `blocked`, `flow`…).
+    pub fn connections(&self) -> Vec<(String, ConnectionState)> {
+        self.broker.connections.iter().map(|e| (e.name.clone(), *e.state.borrow())).collect()
+    }
+
+    /// Waits until some connection is in `state` (and returns its name),
+    /// or until `timeout` passes.
+    pub async fn wait_for_connection_state(&self, state: ConnectionState, timeout: Duration) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let watchers: Vec<_> =
+                self.broker.connections.iter().map(|e| (e.name.clone(), e.state.subscribe())).collect();
+            if let Some((name, _)) = watchers.iter().find(|(_, w)| *w.borrow() == state) {
+                return Some(name.clone());
+            }
+            // Wake on any state change, or on a new connection (the gauge).
+            let mut gauge = self.broker.gauges.connections.subscribe();
+            let mut changes: Vec<_> =
+                watchers.into_iter().map(|(_, mut w)| Box::pin(async move { w.changed().await })).collect();
+            let any_change = std::future::poll_fn(|cx| {
+                for change in changes.iter_mut() {
+                    if change.as_mut().poll(cx).is_ready() {
+                        return std::task::Poll::Ready(());
+                    }
+                }
+                std::task::Poll::Pending
+            });
+            tokio::select! {
+                _ = any_change => {}
+                _ = gauge.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => return None,
+            }
+        }
     }
 
     /// The broker's shared state, for inspection in tests.

@@ -11,6 +11,8 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
+use tokio::signal::unix::{signal, SignalKind};
+use warren::broker::alarm::Resource;
 use warren::broker::Broker;
 use warren::Config;
 
@@ -98,6 +100,28 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         };
+        // SIGUSR1 raises a memory alarm by hand and SIGUSR2 clears it: a
+        // way to exercise publisher blocking without filling memory.
+        if let (Ok(mut raise), Ok(mut clear)) =
+            (signal(SignalKind::user_defined1()), signal(SignalKind::user_defined2()))
+        {
+            let alarms = broker.alarms.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        Some(()) = raise.recv() => {
+                            info!("SIGUSR1: raising the memory alarm");
+                            alarms.raise(Resource::Memory);
+                        }
+                        Some(()) = clear.recv() => {
+                            info!("SIGUSR2: clearing the memory alarm");
+                            alarms.clear(Resource::Memory);
+                        }
+                        else => break,
+                    }
+                }
+            });
+        }
         let (shutdown, stop) = watch::channel(false);
         let server = tokio::spawn(warren::server::serve(listener, broker, stop));
         if tokio::signal::ctrl_c().await.is_ok() {

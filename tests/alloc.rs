@@ -197,6 +197,7 @@ fn parsed_message() -> Arc<Message> {
         properties: header.raw_properties,
         body_size: header.body_size,
         body: Body::One(body),
+        charge: None,
     })
 }
 

@@ -1041,6 +1041,7 @@ fn message(properties: &BasicProperties, body: Body) -> Arc<Message> {
         properties: properties.to_bytes(),
         body_size,
         body,
+        charge: None,
     })
 }
 

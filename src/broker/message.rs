@@ -6,6 +6,7 @@ use tokio::time::Instant;
 
 use bytes::Bytes;
 
+use super::alarm::{Charge, MESSAGE_OVERHEAD};
 use crate::protocol::ShortStr;
 
 /// A message body as it arrived: the body frames' payloads, each a slice of
@@ -51,7 +52,7 @@ impl Body {
 
 /// An immutable published message. Queues share it through an `Arc`: a
 /// message routed to three queues exists once.
-#[derive(Debug, PartialEq)]
+#[derive(Debug)]
 pub struct Message {
     pub exchange: ShortStr,
     pub routing_key: ShortStr,
@@ -59,6 +60,20 @@ pub struct Message {
     pub properties: Bytes,
     pub body_size: u64,
     pub body: Body,
+    /// The bytes this message is charged to the broker's memory account,
+    /// given back when the message is dropped (None: not accounted).
+    pub charge: Option<Charge>,
+}
+
+impl Message {
+    /// What the message is charged for memory: body, properties, overhead.
+    pub fn footprint(&self) -> usize {
+        self.body_size as usize
+            + self.properties.len()
+            + self.exchange.len()
+            + self.routing_key.len()
+            + MESSAGE_OVERHEAD
+    }
 }
 
 /// A message's place in one queue.

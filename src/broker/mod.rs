@@ -5,6 +5,7 @@
 //! here is global: each embedded broker has its own.
 
 pub mod access;
+pub mod alarm;
 pub mod exchange;
 pub mod headers;
 pub mod message;
@@ -21,8 +22,10 @@ use dashmap::DashMap;
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::connection::flow::ConnectionState;
 use crate::protocol::ShortStr;
 use access::AccessControl;
+use alarm::Alarms;
 pub use vhost::VirtualHost;
 
 pub struct Broker {
@@ -31,6 +34,10 @@ pub struct Broker {
     pub gauges: Gauges,
     /// Users, passwords and permissions.
     pub access: AccessControl,
+    /// Memory accounting and resource alarms (flow control).
+    pub alarms: Arc<Alarms>,
+    /// The open connections, by id: their names and states, for inspection.
+    pub connections: DashMap<u64, Arc<ConnectionEntry>>,
     pub vhosts: DashMap<ShortStr, Arc<VirtualHost>>,
     next_connection_id: AtomicU64,
     /// Keys for server-generated names; random per broker.
@@ -43,13 +50,16 @@ impl Broker {
     /// invalid permission regex, permissions for an unknown user).
     pub fn new(config: Config) -> Result<Arc<Broker>, String> {
         let access = AccessControl::from_config(&config)?;
+        let alarms = Alarms::new(config.memory_high_watermark.bytes());
         let vhosts = DashMap::new();
         for name in &config.vhosts {
             let name = ShortStr::from(name.as_str());
-            vhosts.insert(name.clone(), VirtualHost::new(name));
+            vhosts.insert(name.clone(), VirtualHost::new(name, alarms.clone()));
         }
         Ok(Arc::new(Broker {
             access,
+            alarms,
+            connections: DashMap::new(),
             config,
             vhosts,
             next_connection_id: AtomicU64::new(1),
@@ -80,6 +90,13 @@ impl Broker {
         }
         ShortStr::from(format!("{prefix}-{}", base64url(&octets)))
     }
+}
+
+/// What the broker knows of one open connection.
+pub struct ConnectionEntry {
+    /// `client -> server`, RabbitMQ's connection name.
+    pub name: String,
+    pub state: watch::Sender<ConnectionState>,
 }
 
 /// Counts of live things, each a `watch` so a test can await a value

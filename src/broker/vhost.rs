@@ -6,6 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use dashmap::DashMap;
 
+use super::alarm::Alarms;
 use super::exchange::{dedup_queues, keep_unseen, Destination, Exchange, ExchangeKind, LazyHeaders};
 use super::queue::Queue;
 use crate::error::{AmqpError, AmqpResult};
@@ -13,6 +14,8 @@ use crate::protocol::{FieldTable, ShortStr};
 
 pub struct VirtualHost {
     pub name: ShortStr,
+    /// The broker's memory account, charged for every message published here.
+    pub alarms: Arc<Alarms>,
     pub exchanges: DashMap<ShortStr, Arc<Exchange>>,
     pub queues: DashMap<ShortStr, Arc<Queue>>,
 }
@@ -20,8 +23,8 @@ pub struct VirtualHost {
 impl VirtualHost {
     /// A virtual host with the exchanges every RabbitMQ vhost starts with,
     /// all durable: `amq.match` is RabbitMQ's second headers exchange.
-    pub fn new(name: ShortStr) -> Arc<VirtualHost> {
-        let vhost = VirtualHost { name, exchanges: DashMap::new(), queues: DashMap::new() };
+    pub fn new(name: ShortStr, alarms: Arc<Alarms>) -> Arc<VirtualHost> {
+        let vhost = VirtualHost { name, alarms, exchanges: DashMap::new(), queues: DashMap::new() };
         for (name, kind) in [
             ("amq.direct", ExchangeKind::Direct),
             ("amq.fanout", ExchangeKind::Fanout),

@@ -19,6 +19,7 @@
 //! connection owns. Frames for a channel go to its [`channel::Channel`].
 
 pub mod channel;
+pub mod flow;
 pub mod handshake;
 pub mod heartbeat;
 pub mod timeouts;
@@ -39,11 +40,13 @@ use tokio::time::{sleep_until, Instant};
 use tracing::{debug, error, info, warn, Instrument};
 
 use self::channel::{Channel, ClientCapabilities, Session};
+use self::flow::ConnectionState;
 use self::handshake::{format_duration, payload_snippet, AuthError, Limits};
 use self::heartbeat::{MissedHeartbeats, MonitorControl};
-use self::writer::{Outbound, Outlet};
+use self::writer::{Outbound, Outlet, REPLY_BACKLOG_HIGH, REPLY_BACKLOG_LOW};
 use crate::broker::access::LoginError;
-use crate::broker::{Broker, GaugeGuard};
+use crate::broker::alarm::AlarmSet;
+use crate::broker::{Broker, ConnectionEntry, GaugeGuard};
 use crate::error::AmqpError;
 use crate::protocol::constants::FRAME_OVERHEAD;
 use crate::protocol::frame::{
@@ -113,6 +116,29 @@ enum HeartbeatEnd {
     Missed(MissedHeartbeats),
 }
 
+/// A connection's entry in the broker's registry, removed when it ends.
+struct Registered {
+    broker: Arc<Broker>,
+    id: u64,
+    entry: Arc<ConnectionEntry>,
+}
+
+impl Registered {
+    fn new(broker: &Arc<Broker>, id: u64, name: &str) -> Registered {
+        let entry =
+            Arc::new(ConnectionEntry { name: name.to_string(), state: watch::Sender::new(ConnectionState::Starting) });
+        broker.connections.insert(id, entry.clone());
+        Registered { broker: broker.clone(), id, entry }
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.entry.state.send_replace(ConnectionState::Closing);
+        self.broker.connections.remove(&self.id);
+    }
+}
+
 /// Aborts the writer if the connection ends without waiting for it.
 struct WriterTask(JoinHandle<io::Result<()>>);
 
@@ -151,6 +177,14 @@ struct Connection {
     discard_input: bool,
     close_deadline: Option<Instant>,
     shutting_down: bool,
+    /// Resource alarms, watched to block publishers.
+    alarms: watch::Receiver<AlarmSet>,
+    /// The flow-control state once running (see [`flow`]).
+    flow: ConnectionState,
+    /// `connection.blocked` was sent; `connection.unblocked` is owed.
+    blocked_notified: bool,
+    /// This connection's entry in the broker's registry.
+    entry: Arc<ConnectionEntry>,
 }
 
 /// Serves one accepted socket until the connection ends.
@@ -164,6 +198,7 @@ pub async fn serve(socket: TcpStream, broker: Arc<Broker>, shutdown: watch::Rece
     let span = tracing::info_span!("connection", id, %peer);
     async move {
         let _alive = GaugeGuard::new(&broker.gauges.connections);
+        let registered = Registered::new(&broker, id, &name);
         info!("accepting AMQP connection {name}");
         // Frames are batched by the writer already; Nagle would only add latency.
         let _ = socket.set_nodelay(true);
@@ -196,6 +231,10 @@ pub async fn serve(socket: TcpStream, broker: Arc<Broker>, shutdown: watch::Rece
             discard_input: false,
             close_deadline: None,
             shutting_down: false,
+            alarms: broker.alarms.subscribe(),
+            flow: ConnectionState::Starting,
+            blocked_notified: false,
+            entry: registered.entry.clone(),
         };
         connection.run(reader, writer, shutdown).await;
     }
@@ -245,10 +284,12 @@ impl Connection {
         self.send_method(0, &handshake::start_method().into());
 
         let end = 'life: loop {
-            // Handle every complete frame already buffered.
-            while !self.discard_input {
+            self.update_flow();
+            // Handle every complete frame already buffered (unless flow
+            // control has stopped this connection from taking input).
+            while !self.discard_input && !self.flow.paused() {
                 match parse_frame(&mut buf, self.frame_max) {
-                    Ok(Some(frame)) => match self.dispatch(frame) {
+                    Ok(Some(frame)) => match self.dispatch_and_throttle(frame) {
                         Ok(()) => {}
                         Err(Stop::Error(e)) => self.begin_close(e),
                         Err(Stop::Silent(reason)) => break 'life End::Silent(reason),
@@ -279,8 +320,11 @@ impl Connection {
             let deadlines_known = deadlines.is_some();
             let deadlines = deadlines.unwrap_or_default();
             let ack_deadline = if self.state == State::Running { deadlines.earliest() } else { None };
+            let reading = !self.flow.paused();
+            let in_flow = self.flow == ConnectionState::Flow;
+            let outlet = self.outlet.clone();
             tokio::select! {
-                read = reader.read_buf(&mut buf) => match read {
+                read = reader.read_buf(&mut buf), if reading => match read {
                     Ok(0) => break End::PeerClosed(None),
                     Ok(n) => { self.outlet.counters.recv_oct.fetch_add(n as u64, Ordering::Relaxed); }
                     Err(e) => break End::PeerClosed(Some(e)),
@@ -305,6 +349,9 @@ impl Connection {
                     self.check_consumer_timeouts();
                 }
                 _ = deadlines.nearer(), if deadlines_known => {}
+                // An alarm went on or off: the loop's update_flow acts on it.
+                _ = self.alarms.changed() => {}
+                _ = outlet.drained(), if in_flow => {}
                 _ = shutdown.changed(), if !self.shutting_down => {
                     self.shutting_down = true;
                     if self.state != State::Running {
@@ -318,6 +365,62 @@ impl Connection {
             }
         };
         self.finish(end, writer).await;
+    }
+
+    /// Handles a frame, then applies flow control: a content frame on a
+    /// connection in `blocking` state blocks it.
+    fn dispatch_and_throttle(&mut self, frame: Frame) -> Result<(), Stop> {
+        let content = matches!(frame, Frame::Header { .. } | Frame::Body { .. });
+        self.dispatch(frame)?;
+        if content && self.flow == ConnectionState::Blocking {
+            self.set_flow(ConnectionState::Blocked);
+            if self.capabilities.connection_blocked {
+                let reason = ShortStr::from(self.alarms.borrow().reason());
+                self.send_method(0, &conn::Blocked { reason }.into());
+                self.blocked_notified = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-evaluates the flow state from the alarms and the reply backlog
+    /// (see [`flow`]). Only a running connection is throttled.
+    fn update_flow(&mut self) {
+        if self.state != State::Running {
+            return;
+        }
+        let alarm = self.alarms.borrow_and_update().any();
+        let backlog = self.outlet.reply_backlog();
+        let in_flow =
+            backlog > REPLY_BACKLOG_HIGH || (self.flow == ConnectionState::Flow && backlog >= REPLY_BACKLOG_LOW);
+        let next = match self.flow {
+            ConnectionState::Blocked if alarm => ConnectionState::Blocked,
+            _ if in_flow => ConnectionState::Flow,
+            _ if alarm => ConnectionState::Blocking,
+            _ => ConnectionState::Running,
+        };
+        if self.flow == ConnectionState::Blocked && next != ConnectionState::Blocked && self.blocked_notified {
+            self.send_method(0, &conn::Unblocked {}.into());
+            self.blocked_notified = false;
+        }
+        self.set_flow(next);
+    }
+
+    /// Moves to a flow state: pauses the heartbeat monitor while the socket
+    /// is not read, resumes it (with a fresh window) when reading resumes,
+    /// and logs and publishes the change.
+    fn set_flow(&mut self, next: ConnectionState) {
+        if self.flow == next {
+            return;
+        }
+        match (self.flow.paused(), next.paused()) {
+            (false, true) => self.monitor.pause(),
+            (true, false) => self.monitor.resume(),
+            _ => {}
+        }
+        info!("connection {}: state {} -> {next}", self.name, self.flow);
+        self.flow = next;
+        self.entry.state.send_replace(next);
     }
 
     fn send_method(&self, channel: u16, method: &Method) {
@@ -361,6 +464,7 @@ impl Connection {
             }),
         );
         self.state = State::Closing;
+        self.set_flow(ConnectionState::Closing);
         self.close_deadline = Some(Instant::now() + CLOSE_TIMEOUT);
     }
 
@@ -561,6 +665,7 @@ impl Connection {
         self.session = Some(session);
         self.send_method(0, &conn::OpenOk { reserved_1: ShortStr::default() }.into());
         self.state = State::Running;
+        self.set_flow(ConnectionState::Running);
         Ok(())
     }
 

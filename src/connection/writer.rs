@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use crate::broker::message::Message;
 use crate::broker::queue::Queue;
@@ -91,6 +91,31 @@ pub struct Outlet {
     queued_deliveries: AtomicUsize,
     /// Queues that found no credit; the writer wakes them when it drains.
     waiting_queues: Mutex<Vec<Weak<Queue>>>,
+    /// Octets of replies (method frames, `basic.get-ok`, `basic.return`)
+    /// queued and not yet written. A client that does not read them makes
+    /// this grow; past [`REPLY_BACKLOG_HIGH`] the connection stops reading
+    /// it (the "flow" state) until the writer has caught up.
+    reply_backlog: AtomicUsize,
+    /// Wakes the connection when the reply backlog has drained.
+    drained: Notify,
+}
+
+/// The reply backlog past which a connection stops reading its client.
+pub const REPLY_BACKLOG_HIGH: usize = 4 << 20;
+/// The backlog below which it reads again.
+pub const REPLY_BACKLOG_LOW: usize = 1 << 20;
+
+impl Outbound {
+    /// Octets this item adds to the reply backlog.
+    fn reply_weight(&self) -> usize {
+        match self {
+            Outbound::Frames(b) => b.len(),
+            Outbound::Deliver(d) if !matches!(d.kind, DeliveryKind::Deliver { .. }) => {
+                d.message.body_size as usize + d.message.properties.len() + 64
+            }
+            _ => 0,
+        }
+    }
 }
 
 impl Outlet {
@@ -101,13 +126,44 @@ impl Outlet {
             counters: Counters::default(),
             queued_deliveries: AtomicUsize::new(0),
             waiting_queues: Mutex::new(Vec::new()),
+            reply_backlog: AtomicUsize::new(0),
+            drained: Notify::new(),
         };
         (Arc::new(outlet), rx)
     }
 
     /// Queues something for the writer; false once the writer has gone.
     pub fn send(&self, item: Outbound) -> bool {
+        let weight = item.reply_weight();
+        if weight > 0 {
+            self.reply_backlog.fetch_add(weight, Ordering::Relaxed);
+        }
         self.tx.send(item).is_ok()
+    }
+
+    /// Reply octets queued and not yet written.
+    pub fn reply_backlog(&self) -> usize {
+        self.reply_backlog.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once the reply backlog has fallen below the low mark.
+    pub async fn drained(&self) {
+        loop {
+            let notified = self.drained.notified();
+            if self.reply_backlog() < REPLY_BACKLOG_LOW {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn written(&self, reply_octets: usize) {
+        if reply_octets > 0 {
+            let left = self.reply_backlog.fetch_sub(reply_octets, Ordering::Relaxed) - reply_octets;
+            if left < REPLY_BACKLOG_LOW {
+                self.drained.notify_waiters();
+            }
+        }
     }
 
     /// Takes one delivery credit, or registers `queue` to be woken when
@@ -315,8 +371,9 @@ pub async fn run<W: AsyncWrite + Unpin>(
     while !closing {
         let Some(first) = rx.recv().await else { break };
         let mut next = Some(first);
-        let (mut deliveries, mut heartbeats) = (0usize, 0u64);
+        let (mut deliveries, mut heartbeats, mut replies) = (0usize, 0u64, 0usize);
         while let Some(item) = next.take() {
+            replies += item.reply_weight();
             match item {
                 Outbound::Frames(b) => buf.frames(b),
                 Outbound::Heartbeat => {
@@ -342,6 +399,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
         c.send_oct.fetch_add(written - heartbeats * HEARTBEAT_FRAME.len() as u64, Ordering::Relaxed);
         c.heartbeats_sent.fetch_add(heartbeats, Ordering::Relaxed);
         outlet.delivered(deliveries);
+        outlet.written(replies);
     }
     socket.flush().await?;
     socket.shutdown().await
@@ -371,6 +429,7 @@ mod tests {
             properties: Bytes::from_static(&[0, 0]),
             body_size: 20_000,
             body: Body::Many(vec![body.slice(..5), body.slice(5..)]),
+            charge: None,
         });
         let mut buf = FrameBuffer::default();
         let d = Delivery {

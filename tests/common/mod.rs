@@ -95,7 +95,8 @@ impl RawClient {
         assert!(matches!(start, Method::ConnectionStart(_)), "{start:?}");
         let caps = FieldTable::new()
             .with("authentication_failure_close", warren::protocol::FieldValue::Bool(true))
-            .with("consumer_cancel_notify", warren::protocol::FieldValue::Bool(true));
+            .with("consumer_cancel_notify", warren::protocol::FieldValue::Bool(true))
+            .with("connection.blocked", warren::protocol::FieldValue::Bool(true));
         let props = FieldTable::new().with("capabilities", warren::protocol::FieldValue::Table(caps));
         self.send(
             0,

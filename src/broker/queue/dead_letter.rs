@@ -97,6 +97,7 @@ pub fn rewrite(m: &Message, queue: &ShortStr, reason: Reason, exchange: &ShortSt
         properties: props.to_bytes(),
         body_size: m.body_size,
         body: m.body.clone(),
+        charge: None,
     }
 }
 
@@ -120,7 +121,9 @@ pub fn publish(vhost: &VirtualHost, queue: &Queue, letters: Vec<DeadLetter>) {
     let mut targets = Vec::new();
     for letter in letters {
         let routing_key = queue.args.dead_letter_routing_key.as_ref().unwrap_or(&letter.message.routing_key).clone();
-        let message = Arc::new(rewrite(&letter.message, &queue.name, letter.reason, dlx, &routing_key));
+        let mut message = rewrite(&letter.message, &queue.name, letter.reason, dlx, &routing_key);
+        message.charge = Some(vhost.alarms.charge(message.footprint()));
+        let message = Arc::new(message);
         targets.clear();
         vhost.route_republished(dlx, &routing_key, &message.properties, &mut targets);
         for target in targets.drain(..) {
@@ -143,6 +146,7 @@ mod tests {
             properties: props.to_bytes(),
             body_size: 1,
             body: Body::One(Bytes::from_static(b"x")),
+            charge: None,
         }
     }
 

@@ -562,6 +562,7 @@ mod tests {
             properties: Bytes::from_static(&[0, 0]),
             body_size: 1,
             body: Body::One(Bytes::copy_from_slice(&[n])),
+            charge: None,
         })
     }
 

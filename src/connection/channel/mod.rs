@@ -183,6 +183,9 @@ struct Deliveries {
     global_prefetch: u32,
     /// Consumers whose queue was deleted under them, for the channel to forget.
     cancelled: Vec<ShortStr>,
+    /// `channel.flow(active = false)` from the client: no deliveries until
+    /// it sends `active = true` again.
+    paused: bool,
     closed: bool,
 }
 
@@ -238,6 +241,9 @@ impl DeliveryTarget for ChannelShared {
         let mut d = self.lock();
         if d.closed {
             return Err((message, Refusal::Closed));
+        }
+        if d.paused {
+            return Err((message, Refusal::Full));
         }
         if !no_ack && d.global_prefetch != 0 && d.unacked.len() >= d.global_prefetch as usize {
             return Err((message, Refusal::Full));
@@ -452,10 +458,14 @@ impl Channel {
                 Ok(())
             }
             Method::ChannelFlow(m) => {
-                if !m.active {
-                    return Err(AmqpError::not_implemented("active=false"));
+                // The client pauses (or resumes) deliveries to this channel.
+                self.shared.lock().paused = !m.active;
+                self.reply(s, channel::FlowOk { active: m.active });
+                if m.active {
+                    for q in self.consumers.values() {
+                        q.dispatch();
+                    }
                 }
-                self.reply(s, channel::FlowOk { active: true });
                 Ok(())
             }
             Method::ChannelOpen(_) => Err(AmqpError::channel_error("second 'channel.open' seen")),

@@ -39,13 +39,16 @@ impl Channel {
             s.route_buf = route;
             return Err(e.with_ids(60, 40));
         }
-        let message = Arc::new(Message {
+        let mut message = Message {
             exchange: p.exchange,
             routing_key: p.routing_key,
             properties: header.raw_properties,
             body_size: header.body_size,
             body,
-        });
+            charge: None,
+        };
+        message.charge = Some(s.vhost.alarms.charge(message.footprint()));
+        let message = Arc::new(message);
         if let Some(tx) = &mut self.tx {
             tx.publishes.push(Routed { message, queues: route.clone(), mandatory: p.mandatory });
         } else {
