@@ -8,6 +8,7 @@
 //! cargo bench --bench pipeline                                   # embedded warren
 //! AMQP_URL=amqp://guest:guest@127.0.0.1:5672/%2f cargo bench --bench pipeline
 //! MESSAGES=1000000 SIZE=16 PUBLISHERS=2 CONSUMERS=2 PREFETCH=1000 cargo bench --bench pipeline
+//! WATERMARK=4MiB SIZE=4096 cargo bench --bench pipeline      # with flow control engaging
 //! ```
 //!
 //! Under `cargo test` (no `--bench` argument) it runs a small smoke round.
@@ -175,7 +176,14 @@ async fn main() {
     let url = match std::env::var("AMQP_URL") {
         Ok(url) => url,
         Err(_) => {
-            embedded = warren::EmbeddedBroker::start().await.expect("start warren");
+            // WATERMARK (e.g. 4MiB) sets a memory high watermark on the
+            // embedded broker, to measure with flow control engaging.
+            let mut builder = warren::EmbeddedBroker::builder();
+            if let Some(w) = std::env::var("WATERMARK").ok().filter(|w| !w.is_empty()) {
+                builder =
+                    builder.memory_high_watermark(warren::config::parse_size(&w).expect("WATERMARK such as 4MiB"));
+            }
+            embedded = builder.start().await.expect("start warren");
             embedded.url()
         }
     };

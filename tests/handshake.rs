@@ -49,10 +49,13 @@ async fn connection_start_announces_an_honest_server() {
         "consumer_cancel_notify",
         "authentication_failure_close",
         "per_consumer_qos",
+        "connection.blocked",
+        "exchange_exchange_bindings",
+        "consumer_priorities",
     ] {
         assert_eq!(caps.get(cap), Some(&FieldValue::Bool(true)), "{cap}");
     }
-    assert_eq!(caps.get("connection.blocked"), Some(&FieldValue::Bool(false)));
+    assert_eq!(caps.get("direct_reply_to"), Some(&FieldValue::Bool(false)), "not implemented, not advertised");
     assert!(start.server_properties.get("product").is_some());
 }
 

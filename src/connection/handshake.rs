@@ -25,8 +25,8 @@ pub fn start_method() -> connection::Start {
         .with("exchange_exchange_bindings", FieldValue::Bool(true))
         .with("basic.nack", FieldValue::Bool(true))
         .with("consumer_cancel_notify", FieldValue::Bool(true))
-        .with("connection.blocked", FieldValue::Bool(false))
-        .with("consumer_priorities", FieldValue::Bool(false))
+        .with("connection.blocked", FieldValue::Bool(true))
+        .with("consumer_priorities", FieldValue::Bool(true))
         .with("authentication_failure_close", FieldValue::Bool(true))
         .with("per_consumer_qos", FieldValue::Bool(true))
         .with("direct_reply_to", FieldValue::Bool(false));
