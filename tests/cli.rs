@@ -150,3 +150,16 @@ async fn load_definitions_brings_users_with_rabbitmq_password_hashes_vhosts_and_
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[test]
+fn sigusr1_raises_and_sigusr2_clears_a_memory_alarm() {
+    let (mut child, rx) = start(&["--port", "0"]);
+    wait_for(&rx, "started TCP listener");
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-USR1", &pid]).status().unwrap().success());
+    wait_for(&rx, "raising the memory alarm");
+    assert!(Command::new("kill").args(["-USR2", &pid]).status().unwrap().success());
+    wait_for(&rx, "clearing the memory alarm");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
