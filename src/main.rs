@@ -77,6 +77,42 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        let broker = match Broker::new(config.clone()) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("warren: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        // Signal handlers go in before the listener is announced, so that a
+        // signal sent as soon as warren is ready is never the default action.
+        let (Ok(mut interrupt), Ok(mut terminate), Ok(mut raise), Ok(mut clear)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::user_defined1()),
+            signal(SignalKind::user_defined2()),
+        ) else {
+            eprintln!("warren: cannot install signal handlers");
+            return ExitCode::FAILURE;
+        };
+        // SIGUSR1 raises a memory alarm by hand and SIGUSR2 clears it: a
+        // way to exercise publisher blocking without filling memory.
+        let alarms = broker.alarms.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    Some(()) = raise.recv() => {
+                        info!("SIGUSR1: raising the memory alarm");
+                        alarms.raise(Resource::Memory);
+                    }
+                    Some(()) = clear.recv() => {
+                        info!("SIGUSR2: clearing the memory alarm");
+                        alarms.clear(Resource::Memory);
+                    }
+                    else => break,
+                }
+            }
+        });
         let listener = match TcpListener::bind(config.listen).await {
             Ok(l) => l,
             Err(e) => {
@@ -85,7 +121,6 @@ fn main() -> ExitCode {
             }
         };
         let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        info!("started TCP listener on {addr}");
         info!(
             "heartbeat {}s, frame_max {}, channel_max {}, handshake_timeout {}ms",
             config.heartbeat,
@@ -93,39 +128,12 @@ fn main() -> ExitCode {
             config.channel_max,
             config.handshake_timeout.as_millis()
         );
-        let broker = match Broker::new(config) {
-            Ok(b) => b,
-            Err(e) => {
-                eprintln!("warren: {e}");
-                return ExitCode::from(2);
-            }
-        };
-        // SIGUSR1 raises a memory alarm by hand and SIGUSR2 clears it: a
-        // way to exercise publisher blocking without filling memory.
-        if let (Ok(mut raise), Ok(mut clear)) =
-            (signal(SignalKind::user_defined1()), signal(SignalKind::user_defined2()))
-        {
-            let alarms = broker.alarms.clone();
-            tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        Some(()) = raise.recv() => {
-                            info!("SIGUSR1: raising the memory alarm");
-                            alarms.raise(Resource::Memory);
-                        }
-                        Some(()) = clear.recv() => {
-                            info!("SIGUSR2: clearing the memory alarm");
-                            alarms.clear(Resource::Memory);
-                        }
-                        else => break,
-                    }
-                }
-            });
-        }
+        info!("started TCP listener on {addr}");
         let (shutdown, stop) = watch::channel(false);
         let server = tokio::spawn(warren::server::serve(listener, broker, stop));
-        if tokio::signal::ctrl_c().await.is_ok() {
-            info!("received SIGINT, shutting down");
+        tokio::select! {
+            _ = interrupt.recv() => info!("received SIGINT, shutting down"),
+            _ = terminate.recv() => info!("received SIGTERM, shutting down"),
         }
         shutdown.send_replace(true);
         let _ = server.await;

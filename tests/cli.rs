@@ -76,10 +76,10 @@ fn reads_rabbitmq_conf_warns_about_unknown_keys_and_flags_override_it() {
     let warning = wait_for(&rx, "heartbeet");
     assert!(warning.contains("line 5"), "{warning}");
     assert!(warning.contains("WARN"), "{warning}");
-    let listening = wait_for(&rx, "started TCP listener on 127.0.0.1:");
-    assert!(!listening.ends_with(":1"), "--port overrides the file: {listening}");
     let tuning = wait_for(&rx, "heartbeat 9s");
     assert!(tuning.contains("channel_max 16"), "{tuning}");
+    let listening = wait_for(&rx, "started TCP listener on 127.0.0.1:");
+    assert!(!listening.ends_with(":1"), "--port overrides the file: {listening}");
     child.kill().unwrap();
     child.wait().unwrap();
 }
