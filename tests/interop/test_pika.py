@@ -359,3 +359,38 @@ def test_queue_purge_and_delete(broker, qname):
         assert conn.channel().is_open
     finally:
         conn.close()
+
+
+def test_blocked_publisher_is_not_dropped_for_missed_heartbeats(broker, qname):
+    """Flow control with pika (heartbeat=1): a memory alarm (raised by SIGUSR1 to the binary)
+    blocks the publisher at its next publish; pika gets Connection.Blocked; the broker stops
+    reading it and pauses its heartbeat monitor, so 4 s (4T) of blocking is not "missed
+    heartbeats"; after SIGUSR2 pika gets Connection.Unblocked and the message arrives once."""
+    import os
+    import signal
+
+    conn = connect(broker, heartbeat=1)
+    events = []
+    conn.add_on_connection_blocked_callback(lambda c, m: events.append(("blocked", m.method.reason)))
+    conn.add_on_connection_unblocked_callback(lambda c, m: events.append(("unblocked", None)))
+    ch = conn.channel()
+    ch.queue_declare(qname)
+    os.kill(broker.proc.pid, signal.SIGUSR1)
+    broker.wait_for_log(r"raising the memory alarm")
+    ch.basic_publish("", qname, b"during the alarm")
+    deadline = time.monotonic() + 5
+    while not events and time.monotonic() < deadline:
+        conn.process_data_events(time_limit=0.1)
+    assert events == [("blocked", "low on memory")]
+    conn.sleep(4.0)  # blocked for 4T; pika keeps its I/O going, the broker does not read it
+    assert conn.is_open
+    assert not broker.log_lines(ANY_MISSED)
+    os.kill(broker.proc.pid, signal.SIGUSR2)
+    deadline = time.monotonic() + 5
+    while len(events) < 2 and time.monotonic() < deadline:
+        conn.process_data_events(time_limit=0.1)
+    assert events[-1] == ("unblocked", None)
+    method, _, body = get_eventually(ch, qname)
+    assert body == b"during the alarm" and not method.redelivered
+    assert ch.basic_get(qname, auto_ack=True) == (None, None, None)
+    conn.close()
