@@ -186,17 +186,18 @@ mod tests {
     #[test]
     fn the_watermark_raises_and_clears_with_hysteresis() {
         let alarms = Alarms::new(Some(1000));
-        let a = alarms.charge(600);
+        let a = alarms.charge(900);
         assert!(!alarms.current().memory);
-        let b = alarms.charge(400);
-        assert!(alarms.current().memory);
+        let b = alarms.charge(100);
+        assert!(alarms.current().memory, "1000 held: at the watermark");
         assert_eq!(alarms.current().reason(), "low on memory");
-        drop(b); // 600 held: above 90 % of 1000
+        let c = alarms.charge(50);
+        drop(b); // 950 held: below the watermark but above 90 % of it
         assert!(alarms.current().memory);
-        let c = alarms.charge(300);
-        drop(a); // 300 held
+        drop(c); // 900 held: not below 90 %
+        assert!(alarms.current().memory);
+        drop(a); // 0 held
         assert!(!alarms.current().memory);
-        drop(c);
         assert_eq!(alarms.held(), 0);
     }
 
