@@ -139,8 +139,8 @@ async fn a_client_that_dies_while_blocked_is_found_and_its_unacked_messages_requ
 
 #[tokio::test]
 async fn a_client_that_never_reads_its_replies_is_put_in_flow_with_bounded_memory() {
-    let broker = EmbeddedBroker::start().await.unwrap();
-    let mut client = RawClient::open(broker.addr(), 0).await;
+    let broker = EmbeddedBroker::builder().heartbeat(1).start().await.unwrap();
+    let mut client = RawClient::open(broker.addr(), 1).await;
     // Mandatory publishes to nowhere: each comes back as basic.return with
     // its body, which this client never reads.
     let body = vec![7u8; 16 * 1024];
@@ -161,7 +161,12 @@ async fn a_client_that_never_reads_its_replies_is_put_in_flow_with_bounded_memor
     expect_state(&broker, ConnectionState::Flow).await;
     let writer_stalled = writer.await.unwrap();
     let held = broker.broker().alarms.held();
+    eprintln!("in flow: {} KiB of returns held", held >> 10);
     assert!(held < 32 << 20, "returns held in memory: {held} bytes");
+    // In flow the broker does not read the client, so its heartbeats cannot
+    // count: the monitor is paused and 3T later the connection is still there.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(broker.connections().first().map(|(_, s)| *s), Some(ConnectionState::Flow));
     drop(writer_stalled);
 }
 
