@@ -34,7 +34,23 @@ struct Args {
     heartbeat: Option<u16>,
 }
 
+/// One malloc arena for the whole process. glibc gives each thread its own
+/// arena, and memory freed in one cannot serve another; messages are
+/// allocated by the publisher's thread and freed by the consumer's, so with
+/// several arenas the broker's resident memory could reach about twice what
+/// its memory high watermark allows. One arena keeps it at the watermark,
+/// with no measurable cost in throughput on this workload.
+fn use_one_malloc_arena() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only adjusts allocator tuning; called before any
+    // thread is started.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
 fn main() -> ExitCode {
+    use_one_malloc_arena();
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)

@@ -84,6 +84,9 @@ impl State {
     }
 }
 
+/// The size of a connection's read buffer allocations.
+const READ_BUFFER: usize = 64 * 1024;
+
 /// How long to wait for `close-ok` after sending `connection.close`, and
 /// for the writer to flush at the end.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -249,7 +252,7 @@ impl Connection {
         mut writer: WriterTask,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let mut buf = BytesMut::with_capacity(64 * 1024);
+        let mut buf = BytesMut::with_capacity(READ_BUFFER);
         let handshake_deadline = self.started + self.broker.config.handshake_timeout;
 
         // The protocol header comes first, within the handshake timeout.
@@ -311,7 +314,11 @@ impl Connection {
             }
             self.flush_confirms();
             if buf.capacity() - buf.len() < 4096 {
-                buf.reserve(64 * 1024);
+                // Read buffers are shared by the messages parsed out of them
+                // and freed when the last one goes. Asking for the same total
+                // size each time lets the allocator reuse freed buffers
+                // instead of fragmenting the heap with ever-different sizes.
+                buf.reserve(READ_BUFFER.saturating_sub(buf.len()).max(4096));
             }
             let handshaking = self.state < State::Running;
             let closing = self.close_deadline;
