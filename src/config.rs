@@ -53,6 +53,9 @@ pub struct Config {
     pub loopback_users: Vec<String>,
     /// Memory the broker may hold before it blocks publishers.
     pub memory_high_watermark: Watermark,
+    /// Log every frame in and out of every connection, readably
+    /// (`<- basic.publish exchange="" routing_key="q"`, `-> heartbeat`).
+    pub trace_frames: bool,
 }
 
 /// `vm_memory_high_watermark`: a share of the machine's memory or a size.
@@ -146,6 +149,7 @@ impl Default for Config {
             permissions: vec![PermissionConfig::full("guest", "/")],
             loopback_users: vec!["guest".into()],
             memory_high_watermark: Watermark::Relative(0.4),
+            trace_frames: false,
         }
     }
 }

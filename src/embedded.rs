@@ -72,6 +72,13 @@ impl EmbeddedBuilder {
         self
     }
 
+    /// Logs every frame in and out (through `tracing`, target
+    /// `warren::frames`), as `--trace-frames` does for the binary.
+    pub fn trace_frames(mut self, on: bool) -> Self {
+        self.config.trace_frames = on;
+        self
+    }
+
     /// How long a delivery may stay unacknowledged (`consumer_timeout`).
     pub fn consumer_timeout(mut self, timeout: Duration) -> Self {
         self.config.consumer_timeout = Some(timeout);

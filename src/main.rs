@@ -32,6 +32,26 @@ struct Args {
     /// Heartbeat in seconds proposed to clients (overrides `heartbeat`).
     #[arg(long)]
     heartbeat: Option<u16>,
+    /// Log every frame in and out of every connection, readably: watch the
+    /// protocol and the heartbeats happen.
+    #[arg(long)]
+    trace_frames: bool,
+    /// Also write the ready line (JSON, see below) to this file once the
+    /// broker accepts connections.
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+}
+
+/// What the broker prints on stdout, one JSON line, once it accepts
+/// connections: where it is, for test suites that start it on `--port 0`.
+fn ready_line(addr: SocketAddr) -> String {
+    serde_json::json!({
+        "ready": true,
+        "amqp": addr.to_string(),
+        "amqp_port": addr.port(),
+        "pid": std::process::id(),
+    })
+    .to_string()
 }
 
 /// One malloc arena for the whole process. glibc gives each thread its own
@@ -84,6 +104,8 @@ fn main() -> ExitCode {
     if let Some(h) = args.heartbeat {
         config.heartbeat = h;
     }
+    config.trace_frames |= args.trace_frames;
+    let ready_file = args.ready_file.clone();
 
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -136,7 +158,11 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let Ok(local) = listener.local_addr() else {
+            eprintln!("warren: cannot read the listener's address");
+            return ExitCode::FAILURE;
+        };
+        let addr = local.to_string();
         info!(
             "heartbeat {}s, frame_max {}, channel_max {}, handshake_timeout {}ms",
             config.heartbeat,
@@ -145,6 +171,17 @@ fn main() -> ExitCode {
             config.handshake_timeout.as_millis()
         );
         info!("started TCP listener on {addr}");
+        let ready = ready_line(local);
+        if let Some(path) = &ready_file {
+            // Written whole under a temporary name, then renamed: a reader
+            // never sees half a line.
+            let tmp = path.with_extension("tmp");
+            if let Err(e) = std::fs::write(&tmp, format!("{ready}\n")).and_then(|()| std::fs::rename(&tmp, path)) {
+                eprintln!("warren: cannot write the ready file {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        }
+        println!("{ready}");
         let (shutdown, stop) = watch::channel(false);
         let server = tokio::spawn(warren::server::serve(listener, broker, stop));
         tokio::select! {

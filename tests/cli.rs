@@ -1,6 +1,8 @@
 //! The standalone binary: configuration file, flags, readable errors, and a
 //! clean stop on SIGINT.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -162,4 +164,51 @@ fn sigusr1_raises_and_sigusr2_clears_a_memory_alarm() {
     wait_for(&rx, "clearing the memory alarm");
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn trace_frames_shows_the_protocol_and_the_heartbeats() {
+    let (mut child, rx) = start(&["--port", "0", "--trace-frames", "--heartbeat", "1"]);
+    let line = wait_for(&rx, "started TCP listener on ");
+    let addr: std::net::SocketAddr = line.rsplit(' ').next().unwrap().parse().unwrap();
+    let mut client = common::RawClient::open(addr, 1).await;
+    client.declare_queue("q").await;
+    let mut frames = bytes::BytesMut::new();
+    common::publish_frames(&mut frames, "q", false, b"hello");
+    client.send_raw(&frames).await;
+    let start_ok = wait_for(&rx, r#"<- [0] connection.start-ok client_properties="#);
+    assert!(start_ok.contains(r#"mechanism="PLAIN" response=<hidden>"#), "credentials never logged: {start_ok}");
+    let tune_ok = wait_for(&rx, "<- [0] connection.tune-ok");
+    assert!(tune_ok.contains("heartbeat=1"), "{tune_ok}");
+    wait_for(&rx, r#"<- [1] queue.declare queue="q""#);
+    wait_for(&rx, r#"<- [1] basic.publish exchange="" routing_key="q" mandatory=false immediate=false"#);
+    wait_for(&rx, "<- [1] content body 5 octets");
+    wait_for(&rx, "-> heartbeat");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn port_zero_announces_the_address_on_stdout_and_in_the_ready_file() {
+    let ready_file =
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("ready-{}.json", std::process::id()));
+    let _ = std::fs::remove_file(&ready_file);
+    let mut child = Command::new(WARREN)
+        .args(["--port", "0", "--ready-file", ready_file.to_str().unwrap()])
+        .env_remove("RABBITMQ_CONFIG_FILE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let line = BufReader::new(child.stdout.take().unwrap()).lines().next().expect("a ready line").unwrap();
+    let ready: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+    assert_eq!(ready["ready"], true);
+    assert_eq!(ready["pid"], child.id());
+    let addr: std::net::SocketAddr = ready["amqp"].as_str().unwrap().parse().unwrap();
+    assert_eq!(u64::from(addr.port()), ready["amqp_port"].as_u64().unwrap());
+    assert_eq!(std::fs::read_to_string(&ready_file).unwrap().trim(), line);
+    common::RawClient::open(addr, 0).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = std::fs::remove_file(ready_file);
 }

@@ -49,9 +49,7 @@ use crate::broker::alarm::AlarmSet;
 use crate::broker::{Broker, ConnectionEntry, GaugeGuard};
 use crate::error::AmqpError;
 use crate::protocol::constants::FRAME_OVERHEAD;
-use crate::protocol::frame::{
-    check_protocol_header, parse_frame, write_method, FrameError, ProtocolHeader, PROTOCOL_HEADER,
-};
+use crate::protocol::frame::{check_protocol_header, parse_frame, FrameError, ProtocolHeader, PROTOCOL_HEADER};
 use crate::protocol::methods::{connection as conn, MethodError};
 use crate::protocol::{FieldTable, Frame, Method, ReplyCode, ShortStr};
 
@@ -117,6 +115,20 @@ enum End {
 enum HeartbeatEnd {
     SenderStopped,
     Missed(MissedHeartbeats),
+}
+
+/// Logs a frame received, for `--trace-frames`.
+fn trace_inbound(frame: &Frame) {
+    match frame {
+        Frame::Method { channel, method } => info!(target: "warren::frames", "<- [{channel}] {}", method.trace()),
+        Frame::Header { channel, header } => {
+            info!(target: "warren::frames", "<- [{channel}] content header body_size={}", header.body_size)
+        }
+        Frame::Body { channel, body } => {
+            info!(target: "warren::frames", "<- [{channel}] content body {} octets", body.len())
+        }
+        Frame::Heartbeat { .. } => info!(target: "warren::frames", "<- heartbeat"),
+    }
 }
 
 /// A connection's entry in the broker's registry, removed when it ends.
@@ -206,7 +218,7 @@ pub async fn serve(socket: TcpStream, broker: Arc<Broker>, shutdown: watch::Rece
         // Frames are batched by the writer already; Nagle would only add latency.
         let _ = socket.set_nodelay(true);
         let (reader, write_half) = socket.into_split();
-        let (outlet, rx) = Outlet::new();
+        let (outlet, rx) = Outlet::new(broker.config.trace_frames);
         let writer = WriterTask(tokio::spawn(writer::run(write_half, rx, outlet.clone())));
         let config = &broker.config;
         let server_limits =
@@ -377,6 +389,9 @@ impl Connection {
     /// Handles a frame, then applies flow control: a content frame on a
     /// connection in `blocking` state blocks it.
     fn dispatch_and_throttle(&mut self, frame: Frame) -> Result<(), Stop> {
+        if self.outlet.trace {
+            trace_inbound(&frame);
+        }
         let content = matches!(frame, Frame::Header { .. } | Frame::Body { .. });
         self.dispatch(frame)?;
         if content && self.flow == ConnectionState::Blocking {
@@ -431,9 +446,7 @@ impl Connection {
     }
 
     fn send_method(&self, channel: u16, method: &Method) {
-        let mut buf = BytesMut::with_capacity(256);
-        write_method(&mut buf, channel, method);
-        self.outlet.send(Outbound::Frames(buf.freeze()));
+        self.outlet.send_method(channel, method);
     }
 
     /// `'<0.ID.0> (client -> server'`: RabbitMQ's way of naming a connection

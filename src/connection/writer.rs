@@ -24,8 +24,9 @@ use tokio::sync::{mpsc, Notify};
 use crate::broker::message::Message;
 use crate::broker::queue::Queue;
 use crate::protocol::constants::{CLASS_BASIC, FRAME_END, FRAME_OVERHEAD};
+use crate::protocol::frame::write_method;
 use crate::protocol::frame::{write_body_frame_header, write_content_header, HEARTBEAT_FRAME};
-use crate::protocol::methods::{basic, write_method_frame};
+use crate::protocol::methods::{basic, write_method_frame, Method};
 use crate::protocol::ShortStr;
 
 /// Most deliveries a connection may have queued for its writer but not yet
@@ -98,6 +99,8 @@ pub struct Outlet {
     reply_backlog: AtomicUsize,
     /// Wakes the connection when the reply backlog has drained.
     drained: Notify,
+    /// Log every frame sent, for learning and debugging (`--trace-frames`).
+    pub trace: bool,
 }
 
 /// The reply backlog past which a connection stops reading its client.
@@ -119,10 +122,12 @@ impl Outbound {
 }
 
 impl Outlet {
-    pub fn new() -> (Arc<Outlet>, mpsc::UnboundedReceiver<Outbound>) {
+    /// `trace` logs every frame sent (`--trace-frames`).
+    pub fn new(trace: bool) -> (Arc<Outlet>, mpsc::UnboundedReceiver<Outbound>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let outlet = Outlet {
             tx,
+            trace,
             counters: Counters::default(),
             queued_deliveries: AtomicUsize::new(0),
             waiting_queues: Mutex::new(Vec::new()),
@@ -139,6 +144,16 @@ impl Outlet {
             self.reply_backlog.fetch_add(weight, Ordering::Relaxed);
         }
         self.tx.send(item).is_ok()
+    }
+
+    /// Encodes a method frame and queues it (tracing it when asked to).
+    pub fn send_method(&self, channel: u16, method: &Method) -> bool {
+        if self.trace {
+            tracing::info!(target: "warren::frames", "-> [{channel}] {}", method.trace());
+        }
+        let mut buf = BytesMut::with_capacity(64);
+        write_method(&mut buf, channel, method);
+        self.send(Outbound::Frames(buf.freeze()))
     }
 
     /// Reply octets queued and not yet written.
@@ -355,6 +370,39 @@ impl FrameBuffer {
     }
 }
 
+/// Logs a delivery as the frames it becomes.
+fn trace_delivery(d: &Delivery) {
+    let m = &d.message;
+    let method: Method = match &d.kind {
+        DeliveryKind::Deliver { consumer_tag } => basic::Deliver {
+            consumer_tag: consumer_tag.clone(),
+            delivery_tag: d.delivery_tag,
+            redelivered: d.redelivered,
+            exchange: m.exchange.clone(),
+            routing_key: m.routing_key.clone(),
+        }
+        .into(),
+        DeliveryKind::GetOk { message_count } => basic::GetOk {
+            delivery_tag: d.delivery_tag,
+            redelivered: d.redelivered,
+            exchange: m.exchange.clone(),
+            routing_key: m.routing_key.clone(),
+            message_count: *message_count,
+        }
+        .into(),
+        DeliveryKind::Return { reply_code, reply_text } => basic::Return {
+            reply_code: *reply_code,
+            reply_text: reply_text.clone(),
+            exchange: m.exchange.clone(),
+            routing_key: m.routing_key.clone(),
+        }
+        .into(),
+    };
+    tracing::info!(target: "warren::frames", "-> [{}] {}", d.channel, method.trace());
+    tracing::info!(target: "warren::frames", "-> [{}] content header body_size={}", d.channel, m.body_size);
+    tracing::info!(target: "warren::frames", "-> [{}] content body {} octets", d.channel, m.body_size);
+}
+
 /// Stop gathering more into one write past this many octets.
 const BATCH_LIMIT: usize = 256 * 1024;
 
@@ -377,10 +425,16 @@ pub async fn run<W: AsyncWrite + Unpin>(
             match item {
                 Outbound::Frames(b) => buf.frames(b),
                 Outbound::Heartbeat => {
+                    if outlet.trace {
+                        tracing::info!(target: "warren::frames", "-> heartbeat");
+                    }
                     buf.heartbeat();
                     heartbeats += 1;
                 }
                 Outbound::Deliver(d) => {
+                    if outlet.trace {
+                        trace_delivery(&d);
+                    }
                     buf.delivery(&d, frame_max);
                     deliveries += 1;
                 }

@@ -292,6 +292,52 @@ impl<'a> Encoder<'a> {
     }
 }
 
+/// How a field value reads in a frame trace: numbers and flags as they
+/// are, short strings quoted, long strings quoted when printable, tables
+/// compact.
+pub trait Traced {
+    fn trace(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result;
+}
+
+macro_rules! traced_by_display {
+    ($($t:ty),*) => {$(
+        impl Traced for $t {
+            fn trace(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{self}")
+            }
+        }
+    )*};
+}
+traced_by_display!(u8, u16, u32, u64, bool);
+
+impl Traced for ShortStr {
+    fn trace(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self:?}")
+    }
+}
+
+impl Traced for Bytes {
+    fn trace(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match std::str::from_utf8(self) {
+            Ok(text) if text.chars().all(|c| !c.is_control()) => write!(f, "{text:?}"),
+            _ => write!(f, "<{} octets>", self.len()),
+        }
+    }
+}
+
+impl Traced for FieldTable {
+    fn trace(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("{")?;
+        for (i, (k, v)) in self.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{k}: {v:?}")?;
+        }
+        f.write_str("}")
+    }
+}
+
 /// A type that is one AMQP field: lets the method definitions in
 /// [`super::methods`] be plain lists of typed fields.
 pub trait Field: Sized {

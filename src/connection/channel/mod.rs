@@ -27,8 +27,6 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use bytes::BytesMut;
-
 use crate::broker::access::Access;
 use crate::broker::message::{Body, QueuedMessage};
 use crate::broker::queue::{ChannelKey, Consumer, DeliveryTarget, Queue, Refusal};
@@ -37,7 +35,7 @@ use crate::connection::timeouts::DeliveryDeadlines;
 use crate::connection::writer::{Delivery, DeliveryKind, Outbound, Outlet};
 use crate::error::{AmqpError, AmqpResult};
 use crate::protocol::constants::CLASS_BASIC;
-use crate::protocol::frame::{write_method, Frame};
+use crate::protocol::frame::Frame;
 use crate::protocol::methods::{basic, channel, confirm, Method};
 use crate::protocol::{ContentHeader, FieldTable, FieldValue, ShortStr};
 
@@ -116,9 +114,7 @@ impl Session {
     }
 
     pub fn send_method(&self, channel: u16, method: &Method) {
-        let mut buf = BytesMut::with_capacity(64);
-        write_method(&mut buf, channel, method);
-        self.outlet.send(Outbound::Frames(buf.freeze()));
+        self.outlet.send_method(channel, method);
     }
 
     /// Deletes a queue: unbinds it, tells its consumers' channels.
@@ -263,10 +259,8 @@ impl DeliveryTarget for ChannelShared {
         }
         d.cancelled.push(consumer_tag.clone());
         if self.cancel_notify {
-            let mut buf = BytesMut::with_capacity(64);
             let cancel = Method::BasicCancel(basic::Cancel { consumer_tag: consumer_tag.clone(), no_wait: true });
-            write_method(&mut buf, self.key.channel, &cancel);
-            self.outlet.send(Outbound::Frames(buf.freeze()));
+            self.outlet.send_method(self.key.channel, &cancel);
         }
     }
 }

@@ -39,6 +39,24 @@ macro_rules! method {
                 })
             }
 
+            /// The method as a frame trace shows it: its name and its
+            /// arguments (reserved fields left out).
+            pub fn trace(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str($text)?;
+                $(
+                    match stringify!($field) {
+                        name if name.starts_with("reserved") => {}
+                        // Credentials never go to a log.
+                        name @ ("response" | "new_secret") => write!(f, " {name}=<hidden>")?,
+                        name => {
+                            write!(f, " {name}=")?;
+                            $crate::protocol::codec::Traced::trace(&self.$field, f)?;
+                        }
+                    }
+                )*
+                Ok(())
+            }
+
             /// Writes class id, method id and the arguments: a method frame's payload.
             #[allow(unused_variables, unused_mut)]
             pub fn encode(&self, buf: &mut bytes::BytesMut) {
@@ -125,6 +143,20 @@ macro_rules! methods {
                 match self {
                     $( Method::$variant(_) => <$ty>::NAME, )*
                 }
+            }
+
+            /// The method as a frame trace shows it, e.g.
+            /// `basic.publish exchange="" routing_key="q" mandatory=false immediate=false`.
+            pub fn trace(&self) -> impl std::fmt::Display + '_ {
+                struct Trace<'a>(&'a Method);
+                impl std::fmt::Display for Trace<'_> {
+                    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        match self.0 {
+                            $( Method::$variant(m) => m.trace(f), )*
+                        }
+                    }
+                }
+                Trace(self)
             }
 
             /// Looks a name up by ids, for error texts about unknown frames.
