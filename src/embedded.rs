@@ -26,7 +26,9 @@ use tokio::task::JoinHandle;
 
 use crate::broker::alarm::Resource;
 use crate::broker::Broker;
+use crate::broker::ConnectionEntry;
 use crate::config::{Config, PasswordConfig, PermissionConfig, UserConfig};
+use crate::connection::faults::Command as FaultCommand;
 use crate::connection::flow::ConnectionState;
 
 /// Options for an embedded broker; the defaults are RabbitMQ's, on
@@ -205,6 +207,57 @@ impl EmbeddedBroker {
         self.broker.connections.iter().map(|e| (e.name.clone(), *e.state.borrow())).collect()
     }
 
+    /// Every open connection, as handles for inspection and fault injection.
+    pub fn all_connections(&self) -> Vec<ConnectionHandle> {
+        self.broker.connections.iter().map(|e| ConnectionHandle { entry: e.value().clone() }).collect()
+    }
+
+    /// The open connection with this name, RabbitMQ style
+    /// (`127.0.0.1:50000 -> 127.0.0.1:5672`), or with this client-provided
+    /// `connection_name`.
+    pub fn connection(&self, name: &str) -> Option<ConnectionHandle> {
+        self.find_connection(|c| c.name() == name || c.client_name() == Some(name))
+    }
+
+    /// The first open connection that `predicate` accepts.
+    pub fn find_connection(&self, predicate: impl Fn(&ConnectionHandle) -> bool) -> Option<ConnectionHandle> {
+        self.all_connections().into_iter().find(|c| predicate(c))
+    }
+
+    /// Waits (up to `timeout`) for a connection that `predicate` accepts to
+    /// be open and running.
+    pub async fn wait_for_connection(
+        &self,
+        predicate: impl Fn(&ConnectionHandle) -> bool,
+        timeout: Duration,
+    ) -> Option<ConnectionHandle> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut gauge = self.broker.gauges.connections.subscribe();
+        loop {
+            let running = self.find_connection(|c| c.state() != ConnectionState::Starting && predicate(c));
+            if running.is_some() {
+                return running;
+            }
+            // A new connection, or a state change of one being set up.
+            let starting: Vec<_> = self.all_connections().into_iter().map(|c| c.entry.state.subscribe()).collect();
+            let mut changes: Vec<_> =
+                starting.into_iter().map(|mut w| Box::pin(async move { w.changed().await })).collect();
+            let any_change = std::future::poll_fn(|cx| {
+                for change in changes.iter_mut() {
+                    if change.as_mut().poll(cx).is_ready() {
+                        return std::task::Poll::Ready(());
+                    }
+                }
+                std::task::Poll::Pending
+            });
+            tokio::select! {
+                _ = any_change => {}
+                _ = gauge.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => return None,
+            }
+        }
+    }
+
     /// Waits until some connection is in `state` (and returns its name),
     /// or until `timeout` passes.
     pub async fn wait_for_connection_state(&self, state: ConnectionState, timeout: Duration) -> Option<String> {
@@ -253,5 +306,68 @@ impl EmbeddedBroker {
 impl Drop for EmbeddedBroker {
     fn drop(&mut self) {
         self.shutdown.send_replace(true);
+    }
+}
+
+/// One open connection of an embedded broker: what it is and the faults
+/// that can be injected into it (see `connection::faults`).
+#[derive(Clone)]
+pub struct ConnectionHandle {
+    entry: Arc<ConnectionEntry>,
+}
+
+impl ConnectionHandle {
+    /// `client -> server`, RabbitMQ's name for the connection.
+    pub fn name(&self) -> &str {
+        &self.entry.name
+    }
+
+    /// The client's `connection_name` property, if it gave one.
+    pub fn client_name(&self) -> Option<&str> {
+        self.entry.client_name.get().map(String::as_str)
+    }
+
+    pub fn state(&self) -> ConnectionState {
+        *self.entry.state.borrow()
+    }
+
+    /// The broker stops sending heartbeats to this client: the client has to
+    /// find out the broker is gone.
+    pub fn withhold_heartbeats(&self, on: bool) {
+        self.entry.faults.set_withhold_heartbeats(on);
+    }
+
+    /// The client's heartbeats and traffic no longer count as a sign of
+    /// life: the broker drops it 2T..3T later, as after missed heartbeats.
+    pub fn ignore_client(&self, on: bool) {
+        self.entry.faults.set_ignore_client(on);
+    }
+
+    /// Nothing is read from or written to the client while the TCP
+    /// connection stays open.
+    pub fn black_hole(&self, on: bool) {
+        self.entry.faults.set_black_hole(on);
+    }
+
+    /// Blocks this connection as a resource alarm would (`connection.blocked`
+    /// at its next publish), or releases it.
+    pub fn block(&self, on: bool) {
+        self.entry.faults.set_blocked(on);
+    }
+
+    /// Holds every delivery to this connection back for `latency`.
+    pub fn delivery_latency(&self, latency: Duration) {
+        self.entry.faults.set_delivery_latency(latency);
+    }
+
+    /// Resets the TCP connection, without a word.
+    pub fn kill(&self) {
+        let _ = self.entry.commands.send(FaultCommand::Kill);
+    }
+
+    /// Closes the connection with `connection.close` 320 CONNECTION_FORCED
+    /// and `text`, as `rabbitmqctl close_connection` does.
+    pub fn force_close(&self, text: &str) {
+        let _ = self.entry.commands.send(FaultCommand::ForceClose(text.to_string()));
     }
 }

@@ -26,4 +26,4 @@ pub mod protocol;
 pub mod server;
 
 pub use config::Config;
-pub use embedded::{EmbeddedBroker, EmbeddedBuilder};
+pub use embedded::{ConnectionHandle, EmbeddedBroker, EmbeddedBuilder};

@@ -22,6 +22,7 @@ use dashmap::DashMap;
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::connection::faults::{Command as FaultCommand, Faults};
 use crate::connection::flow::ConnectionState;
 use crate::protocol::ShortStr;
 use access::AccessControl;
@@ -96,7 +97,14 @@ impl Broker {
 pub struct ConnectionEntry {
     /// `client -> server`, RabbitMQ's connection name.
     pub name: String,
+    /// The client's own name for the connection (`connection_name` in its
+    /// client properties), once the handshake has told it.
+    pub client_name: std::sync::OnceLock<String>,
     pub state: watch::Sender<ConnectionState>,
+    /// Fault switches the test toolkit flips (see `connection::faults`).
+    pub faults: Arc<Faults>,
+    /// One-shot faults (kill, forced close) for the connection task.
+    pub commands: tokio::sync::mpsc::UnboundedSender<FaultCommand>,
 }
 
 /// Counts of live things, each a `watch` so a test can await a value

@@ -19,6 +19,7 @@
 //! connection owns. Frames for a channel go to its [`channel::Channel`].
 
 pub mod channel;
+pub mod faults;
 pub mod flow;
 pub mod handshake;
 pub mod heartbeat;
@@ -32,14 +33,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::AsyncReadExt;
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{sleep_until, Instant};
 use tracing::{debug, error, info, warn, Instrument};
 
 use self::channel::{Channel, ClientCapabilities, Session};
+use self::faults::{Command as FaultCommand, Faults};
 use self::flow::ConnectionState;
 use self::handshake::{format_duration, payload_snippet, AuthError, Limits};
 use self::heartbeat::{MissedHeartbeats, MonitorControl};
@@ -51,7 +54,7 @@ use crate::error::AmqpError;
 use crate::protocol::constants::FRAME_OVERHEAD;
 use crate::protocol::frame::{check_protocol_header, parse_frame, FrameError, ProtocolHeader, PROTOCOL_HEADER};
 use crate::protocol::methods::{connection as conn, MethodError};
-use crate::protocol::{FieldTable, Frame, Method, ReplyCode, ShortStr};
+use crate::protocol::{FieldTable, FieldValue, Frame, Method, ReplyCode, ShortStr};
 
 /// Where a connection is in its life (spec 2.2.4, RabbitMQ's reader states).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -103,6 +106,8 @@ enum Stop {
 /// How the connection ended, for the last log line.
 enum End {
     Closed,
+    /// Reset by the fault injection.
+    Killed,
     PeerClosed(Option<io::Error>),
     MissedHeartbeats(MissedHeartbeats),
     HandshakeTimeout(&'static str),
@@ -136,14 +141,22 @@ struct Registered {
     broker: Arc<Broker>,
     id: u64,
     entry: Arc<ConnectionEntry>,
+    /// Where the toolkit's one-shot faults arrive.
+    commands: mpsc::UnboundedReceiver<FaultCommand>,
 }
 
 impl Registered {
     fn new(broker: &Arc<Broker>, id: u64, name: &str) -> Registered {
-        let entry =
-            Arc::new(ConnectionEntry { name: name.to_string(), state: watch::Sender::new(ConnectionState::Starting) });
+        let (tx, commands) = mpsc::unbounded_channel();
+        let entry = Arc::new(ConnectionEntry {
+            name: name.to_string(),
+            client_name: std::sync::OnceLock::new(),
+            state: watch::Sender::new(ConnectionState::Starting),
+            faults: Arc::new(Faults::default()),
+            commands: tx,
+        });
         broker.connections.insert(id, entry.clone());
-        Registered { broker: broker.clone(), id, entry }
+        Registered { broker: broker.clone(), id, entry, commands }
     }
 }
 
@@ -200,6 +213,8 @@ struct Connection {
     blocked_notified: bool,
     /// This connection's entry in the broker's registry.
     entry: Arc<ConnectionEntry>,
+    /// The black-hole fault is on (reading stopped, monitor paused).
+    black_holed: bool,
 }
 
 /// Serves one accepted socket until the connection ends.
@@ -213,13 +228,14 @@ pub async fn serve(socket: TcpStream, broker: Arc<Broker>, shutdown: watch::Rece
     let span = tracing::info_span!("connection", id, %peer);
     async move {
         let _alive = GaugeGuard::new(&broker.gauges.connections);
-        let registered = Registered::new(&broker, id, &name);
+        let mut registered = Registered::new(&broker, id, &name);
         info!("accepting AMQP connection {name}");
         // Frames are batched by the writer already; Nagle would only add latency.
         let _ = socket.set_nodelay(true);
         let (reader, write_half) = socket.into_split();
         let (outlet, rx) = Outlet::new(broker.config.trace_frames);
-        let writer = WriterTask(tokio::spawn(writer::run(write_half, rx, outlet.clone())));
+        let faults = registered.entry.faults.clone();
+        let writer = WriterTask(tokio::spawn(writer::run(write_half, rx, outlet.clone(), faults)));
         let config = &broker.config;
         let server_limits =
             Limits { channel_max: config.channel_max, frame_max: config.frame_max, heartbeat: config.heartbeat };
@@ -250,19 +266,21 @@ pub async fn serve(socket: TcpStream, broker: Arc<Broker>, shutdown: watch::Rece
             flow: ConnectionState::Starting,
             blocked_notified: false,
             entry: registered.entry.clone(),
+            black_holed: false,
         };
-        connection.run(reader, writer, shutdown).await;
+        connection.run(reader, writer, shutdown, &mut registered.commands).await;
     }
     .instrument(span)
     .await
 }
 
 impl Connection {
-    async fn run<R: AsyncRead + Unpin>(
+    async fn run(
         &mut self,
-        mut reader: R,
+        mut reader: OwnedReadHalf,
         mut writer: WriterTask,
         mut shutdown: watch::Receiver<bool>,
+        commands: &mut mpsc::UnboundedReceiver<FaultCommand>,
     ) {
         let mut buf = BytesMut::with_capacity(READ_BUFFER);
         let handshake_deadline = self.started + self.broker.config.handshake_timeout;
@@ -287,7 +305,7 @@ impl Connection {
             tokio::select! {
                 read = reader.read_buf(&mut buf) => match read {
                     Ok(0) => break Some(End::PeerClosed(None)),
-                    Ok(n) => { self.outlet.counters.recv_oct.fetch_add(n as u64, Ordering::Relaxed); }
+                    Ok(n) => self.received(n),
                     Err(e) => break Some(End::PeerClosed(Some(e))),
                 },
                 _ = sleep_until(handshake_deadline) => break Some(End::HandshakeTimeout("handshake")),
@@ -298,11 +316,15 @@ impl Connection {
         }
         self.send_method(0, &handshake::start_method().into());
 
+        let faults = self.entry.faults.clone();
         let end = 'life: loop {
+            // Taken before update_flow looks at the switches, so that a
+            // change made in between is not missed.
+            let faults_changed = faults.changed();
             self.update_flow();
             // Handle every complete frame already buffered (unless flow
             // control has stopped this connection from taking input).
-            while !self.discard_input && !self.flow.paused() {
+            while !self.discard_input && !self.flow.paused() && !self.entry.faults.black_hole() {
                 match parse_frame(&mut buf, self.frame_max) {
                     Ok(Some(frame)) => match self.dispatch_and_throttle(frame) {
                         Ok(()) => {}
@@ -339,13 +361,13 @@ impl Connection {
             let deadlines_known = deadlines.is_some();
             let deadlines = deadlines.unwrap_or_default();
             let ack_deadline = if self.state == State::Running { deadlines.earliest() } else { None };
-            let reading = !self.flow.paused();
+            let reading = !self.flow.paused() && !faults.black_hole();
             let in_flow = self.flow == ConnectionState::Flow;
             let outlet = self.outlet.clone();
             tokio::select! {
                 read = reader.read_buf(&mut buf), if reading => match read {
                     Ok(0) => break End::PeerClosed(None),
-                    Ok(n) => { self.outlet.counters.recv_oct.fetch_add(n as u64, Ordering::Relaxed); }
+                    Ok(n) => self.received(n),
                     Err(e) => break End::PeerClosed(Some(e)),
                 },
                 Some(ended) = self.heartbeat_tasks.join_next(), if heartbeats_running => {
@@ -371,6 +393,23 @@ impl Connection {
                 // An alarm went on or off: the loop's update_flow acts on it.
                 _ = self.alarms.changed() => {}
                 _ = outlet.drained(), if in_flow => {}
+                // A fault switch changed: the loop's update_flow acts on it.
+                _ = faults_changed => {}
+                Some(command) = commands.recv() => match command {
+                    FaultCommand::Kill => {
+                        // A reset: no FIN from the writer, linger 0 on close.
+                        self.entry.faults.set_killed();
+                        // Linger 0 never blocks (the deprecation is about
+                        // positive values): the close sends a reset at once.
+                        #[allow(deprecated)]
+                        let _ = reader.as_ref().set_linger(Some(Duration::ZERO));
+                        let _ = tokio::time::timeout(CLOSE_TIMEOUT, &mut writer.0).await;
+                        break End::Killed;
+                    }
+                    FaultCommand::ForceClose(text) => {
+                        self.begin_close(AmqpError::new(ReplyCode::ConnectionForced, text));
+                    }
+                },
                 _ = shutdown.changed(), if !self.shutting_down => {
                     self.shutting_down = true;
                     if self.state != State::Running {
@@ -384,6 +423,14 @@ impl Connection {
             }
         };
         self.finish(end, writer).await;
+    }
+
+    /// Counts octets read from the client, unless the fault injection says
+    /// to ignore the client (then the monitor sees silence).
+    fn received(&self, n: usize) {
+        if !self.entry.faults.ignore_client() {
+            self.outlet.counters.recv_oct.fetch_add(n as u64, Ordering::Relaxed);
+        }
     }
 
     /// Handles a frame, then applies flow control: a content frame on a
@@ -408,10 +455,21 @@ impl Connection {
     /// Re-evaluates the flow state from the alarms and the reply backlog
     /// (see [`flow`]). Only a running connection is throttled.
     fn update_flow(&mut self) {
+        // A black hole (fault injection) reads nothing; the silence is for
+        // the client to notice, so the monitor waits it out.
+        let black_hole = self.entry.faults.black_hole();
+        if black_hole != self.black_holed {
+            self.black_holed = black_hole;
+            if black_hole {
+                self.monitor.pause();
+            } else if !self.flow.paused() {
+                self.monitor.resume();
+            }
+        }
         if self.state != State::Running {
             return;
         }
-        let alarm = self.alarms.borrow_and_update().any();
+        let alarm = self.alarms.borrow_and_update().any() || self.entry.faults.blocked();
         let backlog = self.outlet.reply_backlog();
         let in_flow =
             backlog > REPLY_BACKLOG_HIGH || (self.flow == ConnectionState::Flow && backlog >= REPLY_BACKLOG_LOW);
@@ -583,6 +641,11 @@ impl Connection {
     }
 
     fn start_ok(&mut self, m: conn::StartOk) -> Result<(), Stop> {
+        if let Some(name) = m.client_properties.get("connection_name").and_then(FieldValue::as_bytes) {
+            let name = String::from_utf8_lossy(name).into_owned();
+            info!("connection {} has a client-provided name: {name}", self.name);
+            let _ = self.entry.client_name.set(name);
+        }
         self.capabilities = ClientCapabilities::from_client_properties(&m.client_properties);
         self.client_properties = m.client_properties;
         self.mechanism = m.mechanism.to_string();
@@ -653,11 +716,14 @@ impl Connection {
         }
         let gauge = &self.broker.gauges.heartbeat_tasks;
         let outlet = self.outlet.clone();
+        let faults = self.entry.faults.clone();
         let alive = GaugeGuard::new(gauge);
         self.heartbeat_tasks.spawn(async move {
             let _alive = alive;
             let sent = || outlet.counters.send_oct.load(Ordering::Relaxed);
-            heartbeat::run_sender(heartbeat::sender_period(t), sent, || outlet.send(Outbound::Heartbeat)).await;
+            // Withheld heartbeats (fault injection) are simply not sent.
+            let send = || faults.withhold_heartbeats() || outlet.send(Outbound::Heartbeat);
+            heartbeat::run_sender(heartbeat::sender_period(t), sent, send).await;
             HeartbeatEnd::SenderStopped
         });
         let outlet = self.outlet.clone();
@@ -870,6 +936,13 @@ impl Connection {
                 true
             }
             End::Shutdown => true,
+            End::Killed => {
+                warn!(
+                    "closing AMQP connection {}{who}, duration: '{duration}'): killed (TCP reset) by fault injection",
+                    self.log_name()
+                );
+                false
+            }
         };
         // The heartbeat tasks end here, before anything else can happen.
         self.heartbeat_tasks.abort_all();

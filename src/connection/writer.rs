@@ -19,10 +19,12 @@ use std::sync::{Arc, Mutex, Weak};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{mpsc, Notify};
 
 use crate::broker::message::Message;
 use crate::broker::queue::Queue;
+use crate::connection::faults::Faults;
 use crate::protocol::constants::{CLASS_BASIC, FRAME_END, FRAME_OVERHEAD};
 use crate::protocol::frame::write_method;
 use crate::protocol::frame::{write_body_frame_header, write_content_header, HEARTBEAT_FRAME};
@@ -408,16 +410,29 @@ const BATCH_LIMIT: usize = 256 * 1024;
 
 /// The writer task: drains `rx` into batches and writes them until `Close`,
 /// until every sender is gone, or until the socket fails.
-pub async fn run<W: AsyncWrite + Unpin>(
-    mut socket: W,
+pub async fn run(
+    mut socket: OwnedWriteHalf,
     mut rx: mpsc::UnboundedReceiver<Outbound>,
     outlet: Arc<Outlet>,
+    faults: Arc<Faults>,
 ) -> io::Result<()> {
     let mut buf = FrameBuffer::default();
     let mut frame_max = crate::protocol::constants::FRAME_MIN_SIZE;
     let mut closing = false;
     while !closing {
-        let Some(first) = rx.recv().await else { break };
+        let changed = faults.changed();
+        if faults.killed() {
+            // Let go without a FIN: the connection's close becomes a reset.
+            socket.forget();
+            return Ok(());
+        }
+        let first = tokio::select! {
+            item = rx.recv() => match item {
+                Some(item) => item,
+                None => break,
+            },
+            _ = changed => continue,
+        };
         let mut next = Some(first);
         let (mut deliveries, mut heartbeats, mut replies) = (0usize, 0u64, 0usize);
         while let Some(item) = next.take() {
@@ -447,6 +462,17 @@ pub async fn run<W: AsyncWrite + Unpin>(
             if buf.len() < BATCH_LIMIT {
                 next = rx.try_recv().ok();
             }
+        }
+        // Fault injection: a black hole writes nothing until released; a
+        // delivery latency holds deliveries back.
+        faults.while_black_hole().await;
+        let latency = faults.delivery_latency();
+        if deliveries > 0 && !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        if faults.killed() {
+            socket.forget();
+            return Ok(());
         }
         let written = buf.write_to(&mut socket).await? as u64;
         let c = &outlet.counters;

@@ -1,0 +1,121 @@
+//! Fault injection, per connection, at run time: the test toolkit's way of
+//! making heartbeat loss, blocking and disconnects happen on demand.
+//!
+//! Each connection has a [`Faults`] switchboard, shared with the broker's
+//! registry so a test (through the embedded handle) can flip it while the
+//! connection runs, and a command channel for the one-shot faults:
+//!
+//! - **withhold heartbeats**: the sender sends none, so the client must
+//!   notice a dead broker;
+//! - **ignore the client**: its bytes stop counting as liveness, so the
+//!   receiver monitor drops it exactly as after missed heartbeats (same log
+//!   line);
+//! - **black hole**: nothing is read or written while the TCP connection
+//!   stays open (the monitor is paused too: the silence is for the client
+//!   to detect);
+//! - **delivery latency**: deliveries wait this long before being written;
+//! - **block**: the connection is blocked as if a resource alarm were on;
+//! - **kill** (a TCP reset) and **force close** (`connection.close` 320 with
+//!   a text, what `rabbitmqctl close_connection` does): commands.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::futures::Notified;
+use tokio::sync::Notify;
+
+#[derive(Default)]
+pub struct Faults {
+    withhold_heartbeats: AtomicBool,
+    ignore_client: AtomicBool,
+    black_hole: AtomicBool,
+    blocked: AtomicBool,
+    delivery_latency_ms: AtomicU64,
+    /// Set when the connection is being killed: the writer lets go of the
+    /// socket without a FIN, so that its close is a reset.
+    killed: AtomicBool,
+    /// Wakes the connection and its writer when a switch changes.
+    changed: Notify,
+}
+
+/// One-shot faults, carried out by the connection task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Close the socket with a TCP reset, without a word.
+    Kill,
+    /// `connection.close` 320 CONNECTION_FORCED with this text.
+    ForceClose(String),
+}
+
+impl Faults {
+    fn set(&self, flag: &AtomicBool, on: bool) {
+        flag.store(on, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    pub fn set_withhold_heartbeats(&self, on: bool) {
+        self.set(&self.withhold_heartbeats, on);
+    }
+
+    pub fn set_ignore_client(&self, on: bool) {
+        self.set(&self.ignore_client, on);
+    }
+
+    pub fn set_black_hole(&self, on: bool) {
+        self.set(&self.black_hole, on);
+    }
+
+    pub fn set_blocked(&self, on: bool) {
+        self.set(&self.blocked, on);
+    }
+
+    pub fn set_delivery_latency(&self, latency: Duration) {
+        self.delivery_latency_ms.store(latency.as_millis() as u64, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    pub fn set_killed(&self) {
+        self.set(&self.killed, true);
+    }
+
+    pub fn killed(&self) -> bool {
+        self.killed.load(Ordering::SeqCst)
+    }
+
+    pub fn withhold_heartbeats(&self) -> bool {
+        self.withhold_heartbeats.load(Ordering::SeqCst)
+    }
+
+    pub fn ignore_client(&self) -> bool {
+        self.ignore_client.load(Ordering::SeqCst)
+    }
+
+    pub fn black_hole(&self) -> bool {
+        self.black_hole.load(Ordering::SeqCst)
+    }
+
+    pub fn blocked(&self) -> bool {
+        self.blocked.load(Ordering::SeqCst)
+    }
+
+    pub fn delivery_latency(&self) -> Duration {
+        Duration::from_millis(self.delivery_latency_ms.load(Ordering::SeqCst))
+    }
+
+    /// Resolves at the next change of any switch. Take it *before* looking
+    /// at the switches: a change made in between still wakes it.
+    pub fn changed(&self) -> Notified<'_> {
+        self.changed.notified()
+    }
+
+    /// Waits while the connection is a black hole.
+    pub async fn while_black_hole(&self) {
+        loop {
+            let changed = self.changed.notified();
+            if !self.black_hole() {
+                return;
+            }
+            changed.await;
+        }
+    }
+}
