@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::broker::alarm::Resource;
+use crate::broker::events::Event;
 use crate::broker::Broker;
 use crate::broker::ConnectionEntry;
 use crate::config::{Config, PasswordConfig, PermissionConfig, UserConfig};
@@ -207,6 +208,12 @@ impl EmbeddedBroker {
         self.broker.connections.iter().map(|e| (e.name.clone(), *e.state.borrow())).collect()
     }
 
+    /// Starts listening to what happens in the broker (see [`Event`]).
+    /// Subscribe before doing what should cause the event you wait for.
+    pub fn events(&self) -> EventStream {
+        EventStream { rx: self.broker.events.subscribe() }
+    }
+
     /// Every open connection, as handles for inspection and fault injection.
     pub fn all_connections(&self) -> Vec<ConnectionHandle> {
         self.broker.connections.iter().map(|e| ConnectionHandle { entry: e.value().clone() }).collect()
@@ -369,5 +376,59 @@ impl ConnectionHandle {
     /// and `text`, as `rabbitmqctl close_connection` does.
     pub fn force_close(&self, text: &str) {
         let _ = self.entry.commands.send(FaultCommand::ForceClose(text.to_string()));
+    }
+}
+
+/// Traffic counters of one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionStats {
+    /// Octets read from the client.
+    pub bytes_in: u64,
+    /// Octets written to the client, heartbeats included.
+    pub bytes_out: u64,
+    pub heartbeats_sent: u64,
+}
+
+impl ConnectionHandle {
+    pub fn stats(&self) -> ConnectionStats {
+        let c = &self.entry.outlet.counters;
+        let heartbeats_sent = c.heartbeats_sent.load(std::sync::atomic::Ordering::Relaxed);
+        ConnectionStats {
+            bytes_in: c.recv_oct.load(std::sync::atomic::Ordering::Relaxed),
+            bytes_out: c.send_oct.load(std::sync::atomic::Ordering::Relaxed) + 8 * heartbeats_sent,
+            heartbeats_sent,
+        }
+    }
+}
+
+/// Events as they happen, from [`EmbeddedBroker::events`].
+pub struct EventStream {
+    rx: tokio::sync::broadcast::Receiver<Event>,
+}
+
+impl EventStream {
+    /// The next event, or None after `timeout`.
+    pub async fn next(&mut self, timeout: Duration) -> Option<Event> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Ok(event)) => return Some(event),
+                // Fell behind: the oldest events are gone; go on with the rest.
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => continue,
+                Ok(Err(_)) | Err(_) => return None,
+            }
+        }
+    }
+
+    /// The next event that `matches`, skipping others; None after `timeout`.
+    pub async fn wait_for(&mut self, matches: impl Fn(&Event) -> bool, timeout: Duration) -> Option<Event> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let event = self.next(left).await?;
+            if matches(&event) {
+                return Some(event);
+            }
+        }
     }
 }

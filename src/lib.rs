@@ -25,5 +25,6 @@ pub mod error;
 pub mod protocol;
 pub mod server;
 
+pub use broker::events::Event;
 pub use config::Config;
-pub use embedded::{ConnectionHandle, EmbeddedBroker, EmbeddedBuilder};
+pub use embedded::{ConnectionHandle, ConnectionStats, EmbeddedBroker, EmbeddedBuilder, EventStream};

@@ -6,6 +6,7 @@
 
 pub mod access;
 pub mod alarm;
+pub mod events;
 pub mod exchange;
 pub mod headers;
 pub mod message;
@@ -37,6 +38,8 @@ pub struct Broker {
     pub access: AccessControl,
     /// Memory accounting and resource alarms (flow control).
     pub alarms: Arc<Alarms>,
+    /// What happens, for tests to await (see [`events`]).
+    pub events: Arc<events::Events>,
     /// The open connections, by id: their names and states, for inspection.
     pub connections: DashMap<u64, Arc<ConnectionEntry>>,
     pub vhosts: DashMap<ShortStr, Arc<VirtualHost>>,
@@ -52,15 +55,17 @@ impl Broker {
     pub fn new(config: Config) -> Result<Arc<Broker>, String> {
         let access = AccessControl::from_config(&config)?;
         let alarms = Alarms::new(config.memory_high_watermark.bytes());
+        let events = Arc::new(events::Events::default());
         let vhosts = DashMap::new();
         for name in &config.vhosts {
             let name = ShortStr::from(name.as_str());
-            vhosts.insert(name.clone(), VirtualHost::new(name, alarms.clone()));
+            vhosts.insert(name.clone(), VirtualHost::new(name, alarms.clone(), events.clone()));
         }
         Ok(Arc::new(Broker {
             access,
             alarms,
             connections: DashMap::new(),
+            events,
             config,
             vhosts,
             next_connection_id: AtomicU64::new(1),
@@ -105,6 +110,8 @@ pub struct ConnectionEntry {
     pub faults: Arc<Faults>,
     /// One-shot faults (kill, forced close) for the connection task.
     pub commands: tokio::sync::mpsc::UnboundedSender<FaultCommand>,
+    /// The connection's outbound side, whose counters tell its traffic.
+    pub outlet: Arc<crate::connection::writer::Outlet>,
 }
 
 /// Counts of live things, each a `watch` so a test can await a value

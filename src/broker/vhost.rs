@@ -7,6 +7,7 @@ use bytes::Bytes;
 use dashmap::DashMap;
 
 use super::alarm::Alarms;
+use super::events::Events;
 use super::exchange::{dedup_queues, keep_unseen, Destination, Exchange, ExchangeKind, LazyHeaders};
 use super::queue::Queue;
 use crate::error::{AmqpError, AmqpResult};
@@ -16,6 +17,8 @@ pub struct VirtualHost {
     pub name: ShortStr,
     /// The broker's memory account, charged for every message published here.
     pub alarms: Arc<Alarms>,
+    /// The broker's event stream (queues report expiry, requeues, deaths).
+    pub events: Arc<Events>,
     pub exchanges: DashMap<ShortStr, Arc<Exchange>>,
     pub queues: DashMap<ShortStr, Arc<Queue>>,
 }
@@ -23,8 +26,8 @@ pub struct VirtualHost {
 impl VirtualHost {
     /// A virtual host with the exchanges every RabbitMQ vhost starts with,
     /// all durable: `amq.match` is RabbitMQ's second headers exchange.
-    pub fn new(name: ShortStr, alarms: Arc<Alarms>) -> Arc<VirtualHost> {
-        let vhost = VirtualHost { name, alarms, exchanges: DashMap::new(), queues: DashMap::new() };
+    pub fn new(name: ShortStr, alarms: Arc<Alarms>, events: Arc<Events>) -> Arc<VirtualHost> {
+        let vhost = VirtualHost { name, alarms, events, exchanges: DashMap::new(), queues: DashMap::new() };
         for (name, kind) in [
             ("amq.direct", ExchangeKind::Direct),
             ("amq.fanout", ExchangeKind::Fanout),

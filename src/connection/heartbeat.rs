@@ -112,8 +112,9 @@ impl MonitorControl {
 /// Why the monitor gave up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MissedHeartbeats {
-    /// Time since the monitor last saw the counter move (or since it
-    /// started or resumed): between 2T and 3T after the last octet.
+    /// Time since the tick that last saw the counter move (or since the
+    /// monitor started or resumed): two silent ticks, 2T. The last octet
+    /// itself came up to T earlier, so 2T..3T before detection.
     pub silence: Duration,
 }
 

@@ -49,6 +49,7 @@ use self::heartbeat::{MissedHeartbeats, MonitorControl};
 use self::writer::{Outbound, Outlet, REPLY_BACKLOG_HIGH, REPLY_BACKLOG_LOW};
 use crate::broker::access::LoginError;
 use crate::broker::alarm::AlarmSet;
+use crate::broker::events::Event;
 use crate::broker::{Broker, ConnectionEntry, GaugeGuard};
 use crate::error::AmqpError;
 use crate::protocol::constants::FRAME_OVERHEAD;
@@ -117,6 +118,23 @@ enum End {
     Shutdown,
 }
 
+impl End {
+    /// Why the connection ended, in a few words, for the event stream.
+    fn reason(&self) -> String {
+        match self {
+            End::Closed => "closed (connection.close handshake)".into(),
+            End::Killed => "killed (TCP reset) by fault injection".into(),
+            End::PeerClosed(_) => "client unexpectedly closed TCP connection".into(),
+            End::MissedHeartbeats(_) => "missed heartbeats from client".into(),
+            End::HandshakeTimeout(what) => format!("handshake timeout ({what})"),
+            End::WriterFailed(e) => format!("write failed: {e}"),
+            End::CloseTimeout => "no connection.close-ok in time".into(),
+            End::Silent(reason) => reason.clone(),
+            End::Shutdown => "broker shutdown".into(),
+        }
+    }
+}
+
 enum HeartbeatEnd {
     SenderStopped,
     Missed(MissedHeartbeats),
@@ -146,7 +164,7 @@ struct Registered {
 }
 
 impl Registered {
-    fn new(broker: &Arc<Broker>, id: u64, name: &str) -> Registered {
+    fn new(broker: &Arc<Broker>, id: u64, name: &str, outlet: Arc<Outlet>) -> Registered {
         let (tx, commands) = mpsc::unbounded_channel();
         let entry = Arc::new(ConnectionEntry {
             name: name.to_string(),
@@ -154,6 +172,7 @@ impl Registered {
             state: watch::Sender::new(ConnectionState::Starting),
             faults: Arc::new(Faults::default()),
             commands: tx,
+            outlet,
         });
         broker.connections.insert(id, entry.clone());
         Registered { broker: broker.clone(), id, entry, commands }
@@ -228,12 +247,12 @@ pub async fn serve(socket: TcpStream, broker: Arc<Broker>, shutdown: watch::Rece
     let span = tracing::info_span!("connection", id, %peer);
     async move {
         let _alive = GaugeGuard::new(&broker.gauges.connections);
-        let mut registered = Registered::new(&broker, id, &name);
+        let (outlet, rx) = Outlet::new(broker.config.trace_frames);
+        let mut registered = Registered::new(&broker, id, &name, outlet.clone());
         info!("accepting AMQP connection {name}");
         // Frames are batched by the writer already; Nagle would only add latency.
         let _ = socket.set_nodelay(true);
         let (reader, write_half) = socket.into_split();
-        let (outlet, rx) = Outlet::new(broker.config.trace_frames);
         let faults = registered.entry.faults.clone();
         let writer = WriterTask(tokio::spawn(writer::run(write_half, rx, outlet.clone(), faults)));
         let config = &broker.config;
@@ -443,6 +462,8 @@ impl Connection {
         self.dispatch(frame)?;
         if content && self.flow == ConnectionState::Blocking {
             self.set_flow(ConnectionState::Blocked);
+            let reason = self.alarms.borrow().reason().to_string();
+            self.broker.events.emit(|| Event::Blocked { connection: self.name.clone(), reason });
             if self.capabilities.connection_blocked {
                 let reason = ShortStr::from(self.alarms.borrow().reason());
                 self.send_method(0, &conn::Blocked { reason }.into());
@@ -479,9 +500,12 @@ impl Connection {
             _ if alarm => ConnectionState::Blocking,
             _ => ConnectionState::Running,
         };
-        if self.flow == ConnectionState::Blocked && next != ConnectionState::Blocked && self.blocked_notified {
-            self.send_method(0, &conn::Unblocked {}.into());
-            self.blocked_notified = false;
+        if self.flow == ConnectionState::Blocked && next != ConnectionState::Blocked {
+            self.broker.events.emit(|| Event::Unblocked { connection: self.name.clone() });
+            if self.blocked_notified {
+                self.send_method(0, &conn::Unblocked {}.into());
+                self.blocked_notified = false;
+            }
         }
         self.set_flow(next);
     }
@@ -591,7 +615,10 @@ impl Connection {
         match frame {
             // A heartbeat's only job is to make bytes arrive, which the
             // reader has already counted.
-            Frame::Heartbeat { channel: 0 } => Ok(()),
+            Frame::Heartbeat { channel: 0 } => {
+                self.broker.events.emit(|| Event::HeartbeatReceived { connection: self.name.clone() });
+                Ok(())
+            }
             Frame::Method { channel: 0, method } => self.handle_method0(method),
             other if self.state < State::Opening => Err(Stop::Silent(format!(
                 "unexpected frame on channel {} in connection state {}",
@@ -717,12 +744,19 @@ impl Connection {
         let gauge = &self.broker.gauges.heartbeat_tasks;
         let outlet = self.outlet.clone();
         let faults = self.entry.faults.clone();
+        let (events, name) = (self.broker.events.clone(), self.name.clone());
         let alive = GaugeGuard::new(gauge);
         self.heartbeat_tasks.spawn(async move {
             let _alive = alive;
             let sent = || outlet.counters.send_oct.load(Ordering::Relaxed);
             // Withheld heartbeats (fault injection) are simply not sent.
-            let send = || faults.withhold_heartbeats() || outlet.send(Outbound::Heartbeat);
+            let send = || {
+                if faults.withhold_heartbeats() {
+                    return true;
+                }
+                events.emit(|| Event::HeartbeatSent { connection: name.clone() });
+                outlet.send(Outbound::Heartbeat)
+            };
             heartbeat::run_sender(heartbeat::sender_period(t), sent, send).await;
             HeartbeatEnd::SenderStopped
         });
@@ -747,7 +781,22 @@ impl Connection {
             return Err(Stop::Error(e.with_ids(10, 40)));
         }
         info!("connection {}: user '{user}' authenticated and granted access to vhost '{}'", self.name, vhost.name);
-        let session = Session::new(self.id, self.broker.clone(), vhost, self.outlet.clone(), self.capabilities, user);
+        let session = Session::new(
+            self.id,
+            self.broker.clone(),
+            vhost,
+            self.outlet.clone(),
+            self.capabilities,
+            user,
+            self.name.as_str().into(),
+        );
+        self.broker.events.emit(|| Event::ConnectionOpened {
+            connection: self.name.clone(),
+            client_properties: self.client_properties.clone(),
+            channel_max: self.channel_max,
+            frame_max: self.frame_max,
+            heartbeat: self.heartbeat,
+        });
         self.session = Some(session);
         self.send_method(0, &conn::OpenOk { reserved_1: ShortStr::default() }.into());
         self.state = State::Running;
@@ -839,6 +888,12 @@ impl Connection {
         );
         ch.shutdown(session);
         ch.closing = true;
+        self.broker.events.emit(|| Event::ChannelClosed {
+            connection: self.name.clone(),
+            channel: id,
+            code: e.code.code(),
+            text: e.reply_text().to_string(),
+        });
         session.send_method(
             id,
             &Method::ChannelClose(crate::protocol::methods::channel::Close {
@@ -887,6 +942,12 @@ impl Connection {
             None => String::new(),
         };
         let duration = self.duration();
+        if let End::MissedHeartbeats(m) = &end {
+            let (timeout, silence) = (self.heartbeat, m.silence);
+            self.broker.events.emit(|| Event::HeartbeatTimeout { connection: self.name.clone(), timeout, silence });
+        }
+        let reason = end.reason();
+        self.broker.events.emit(|| Event::ConnectionClosed { connection: self.name.clone(), reason });
         let flush_writer = match &end {
             End::Closed => {
                 info!("closing AMQP connection ({}{who}, duration: '{duration}')", self.name);

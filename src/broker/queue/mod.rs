@@ -34,6 +34,7 @@ use tokio::time::Instant;
 use self::args::{Overflow, QueueArgs};
 use self::dead_letter::{DeadLetter, Reason};
 use self::ready::Ready;
+use super::events::Event;
 use super::message::{Message, QueuedMessage};
 use super::VirtualHost;
 use crate::error::{AmqpError, AmqpResult};
@@ -216,10 +217,34 @@ impl Queue {
         };
         if !dead.is_empty() {
             if let Some(vhost) = self.vhost.upgrade() {
+                self.report_deaths(&vhost, &dead);
                 dead_letter::publish(&vhost, self, dead);
             }
         }
         r
+    }
+
+    /// Tells the event stream what died: expired messages, and what goes to
+    /// a dead-letter exchange, by reason.
+    fn report_deaths(&self, vhost: &VirtualHost, dead: &[DeadLetter]) {
+        let count = |reason: Reason| dead.iter().filter(|d| d.reason == reason).count();
+        let queue = || self.name.to_string();
+        let expired = count(Reason::Expired);
+        if expired > 0 {
+            vhost.events.emit(|| Event::Expired { queue: queue(), count: expired });
+        }
+        if self.args.dead_letter_exchange.is_some() {
+            for reason in [Reason::Rejected, Reason::Expired, Reason::MaxLen] {
+                let n = count(reason);
+                if n > 0 {
+                    vhost.events.emit(|| Event::DeadLettered {
+                        queue: queue(),
+                        reason: reason.as_str().into(),
+                        count: n,
+                    });
+                }
+            }
+        }
     }
 
     /// `queue 'q' in vhost '/'`, as RabbitMQ's texts name a queue.
@@ -489,9 +514,13 @@ impl Queue {
             if st.deleted {
                 return;
             }
+            let count = messages.len();
             for mut m in messages {
                 m.redelivered = true;
                 st.ready.insert_in_order(m);
+            }
+            if let Some(vhost) = self.vhost.upgrade() {
+                vhost.events.emit(|| Event::Requeued { queue: self.name.to_string(), count });
             }
             self.dispatch_locked(st, now, dead);
         });

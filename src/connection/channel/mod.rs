@@ -28,6 +28,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::broker::access::Access;
+use crate::broker::events::{Event, Events};
 use crate::broker::message::{Body, QueuedMessage};
 use crate::broker::queue::{ChannelKey, Consumer, DeliveryTarget, Queue, Refusal};
 use crate::broker::{Broker, VirtualHost};
@@ -67,6 +68,8 @@ impl ClientCapabilities {
 /// What channels need from their connection once it is open.
 pub struct Session {
     pub connection_id: u64,
+    /// `client -> server`, for events.
+    pub connection_name: Arc<str>,
     /// The authenticated user, whose permissions every operation checks.
     pub user: String,
     pub broker: Arc<Broker>,
@@ -92,9 +95,11 @@ impl Session {
         outlet: Arc<Outlet>,
         capabilities: ClientCapabilities,
         user: String,
+        connection_name: Arc<str>,
     ) -> Self {
         Session {
             connection_id,
+            connection_name,
             user,
             broker,
             vhost,
@@ -165,6 +170,9 @@ pub struct ChannelShared {
     cancel_notify: bool,
     /// The broker's `consumer_timeout`, used unless the queue sets its own.
     consumer_timeout: Option<Duration>,
+    /// The event stream, and this channel's connection's name in it.
+    events: Arc<Events>,
+    connection_name: Arc<str>,
     deadlines: Arc<DeliveryDeadlines>,
     deliveries: Mutex<Deliveries>,
 }
@@ -202,6 +210,13 @@ impl ChannelShared {
         no_ack: bool,
     ) {
         d.last_tag += 1;
+        self.events.emit(|| Event::Delivered {
+            connection: self.connection_name.to_string(),
+            channel: self.key.channel,
+            queue: queue.name.to_string(),
+            delivery_tag: d.last_tag,
+            redelivered: m.redelivered,
+        });
         let delivery = Delivery {
             channel: self.key.channel,
             kind,
@@ -332,6 +347,8 @@ impl Channel {
                 outlet: s.outlet.clone(),
                 cancel_notify: s.capabilities.consumer_cancel_notify,
                 consumer_timeout: s.broker.config.consumer_timeout,
+                events: s.broker.events.clone(),
+                connection_name: s.connection_name.clone(),
                 deadlines: s.deadlines.clone(),
                 deliveries: Mutex::new(Deliveries::default()),
             }),

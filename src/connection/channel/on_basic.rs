@@ -5,6 +5,7 @@ use std::sync::Arc;
 use super::on_tx::Routed;
 use super::{Channel, Outcome, Session, Settled};
 use crate::broker::access::Access;
+use crate::broker::events::Event;
 use crate::broker::message::{Body, Message};
 use crate::broker::queue::{Consumer, Enqueued, Queue};
 use crate::connection::writer::{Delivery, DeliveryKind, Outbound};
@@ -74,6 +75,12 @@ impl Channel {
                 message: message.clone(),
             }));
         }
+        s.broker.events.emit(|| Event::Published {
+            connection: s.connection_name.to_string(),
+            exchange: message.exchange.to_string(),
+            routing_key: message.routing_key.to_string(),
+            queues: queues.len(),
+        });
         let mut refused = false;
         for q in queues {
             refused |= q.publish(message.clone()) == Enqueued::Rejected;
@@ -189,6 +196,11 @@ impl Channel {
     /// `basic.ack` (`requeue` None), `basic.nack` and `basic.reject`.
     pub(super) fn ack(&mut self, delivery_tag: u64, multiple: bool, requeue: Option<bool>) -> AmqpResult<()> {
         let settled = self.take_unacked(delivery_tag, multiple)?;
+        let (connection, channel) = (self.shared.connection_name.to_string(), self.id);
+        self.shared.events.emit(|| match requeue {
+            None => Event::Acked { connection, channel, delivery_tag, multiple },
+            Some(requeue) => Event::Nacked { connection, channel, delivery_tag, multiple, requeue },
+        });
         let outcome = match requeue {
             None => Outcome::Ack,
             Some(true) => Outcome::Requeue,
