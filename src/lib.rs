@@ -13,10 +13,13 @@
 //!   exchanges, queues, messages.
 //! - [`server`]: the listener: accepts sockets, starts connections, shuts
 //!   down cleanly.
-//! - [`embedded`]: start an isolated broker inside a test in one call.
+//! - [`embedded`]: start an isolated broker inside a test in one call; the
+//!   test toolkit (fault injection, events, inspection) lives on its handle.
+//! - [`blocking`]: the same for test suites that are not async.
 //! - [`config`]: settings and the `rabbitmq.conf` format.
 //! - [`error`]: errors that carry the AMQP reply code they become.
 
+pub mod blocking;
 pub mod broker;
 pub mod config;
 pub mod connection;
