@@ -371,6 +371,21 @@ impl Exchange {
     }
 
     /// Whether the exchange is the source of any binding (`if-unused`).
+    /// The bindings from this exchange, for inspection: destination kind
+    /// (`queue` or `exchange`), destination name, routing key, arguments.
+    pub fn bindings(&self) -> Vec<(&'static str, ShortStr, ShortStr, FieldTable)> {
+        let b = self.bindings.read().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::with_capacity(b.count);
+        for ((destination, key), tables) in &b.all {
+            let (kind, name) = match destination {
+                Destination::Queue(q) => ("queue", q.name.clone()),
+                Destination::Exchange(x) => ("exchange", x.name.clone()),
+            };
+            out.extend(tables.iter().map(|t| (kind, name.clone(), key.clone(), t.clone())));
+        }
+        out
+    }
+
     pub fn has_bindings(&self) -> bool {
         self.read().count > 0
     }

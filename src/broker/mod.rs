@@ -9,6 +9,7 @@ pub mod alarm;
 pub mod events;
 pub mod exchange;
 pub mod headers;
+pub mod inspect;
 pub mod message;
 pub mod queue;
 pub mod topic;
@@ -112,6 +113,8 @@ pub struct ConnectionEntry {
     pub commands: tokio::sync::mpsc::UnboundedSender<FaultCommand>,
     /// The connection's outbound side, whose counters tell its traffic.
     pub outlet: Arc<crate::connection::writer::Outlet>,
+    /// What the handshake settled, from `connection.open` on.
+    pub details: std::sync::OnceLock<inspect::ConnectionDetails>,
 }
 
 /// Counts of live things, each a `watch` so a test can await a value

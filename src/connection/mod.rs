@@ -50,6 +50,7 @@ use self::writer::{Outbound, Outlet, REPLY_BACKLOG_HIGH, REPLY_BACKLOG_LOW};
 use crate::broker::access::LoginError;
 use crate::broker::alarm::AlarmSet;
 use crate::broker::events::Event;
+use crate::broker::inspect::ConnectionDetails;
 use crate::broker::{Broker, ConnectionEntry, GaugeGuard};
 use crate::error::AmqpError;
 use crate::protocol::constants::FRAME_OVERHEAD;
@@ -173,6 +174,7 @@ impl Registered {
             faults: Arc::new(Faults::default()),
             commands: tx,
             outlet,
+            details: std::sync::OnceLock::new(),
         });
         broker.connections.insert(id, entry.clone());
         Registered { broker: broker.clone(), id, entry, commands }
@@ -790,6 +792,14 @@ impl Connection {
             user,
             self.name.as_str().into(),
         );
+        let _ = self.entry.details.set(ConnectionDetails {
+            user: self.user.clone().unwrap_or_default(),
+            vhost: m.virtual_host.to_string(),
+            client_properties: self.client_properties.clone(),
+            channel_max: self.channel_max,
+            frame_max: self.frame_max,
+            heartbeat: self.heartbeat,
+        });
         self.broker.events.emit(|| Event::ConnectionOpened {
             connection: self.name.clone(),
             client_properties: self.client_properties.clone(),

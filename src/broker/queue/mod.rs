@@ -104,6 +104,18 @@ impl Consumer {
     }
 }
 
+/// A consumer as inspection shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerInfo {
+    pub tag: ShortStr,
+    pub channel: ChannelKey,
+    pub prefetch_count: u32,
+    pub unacked: u32,
+    pub ack_required: bool,
+    pub exclusive: bool,
+    pub priority: i64,
+}
+
 /// The properties fixed at `queue.declare`, compared on redeclaration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueueOptions {
@@ -545,6 +557,29 @@ impl Queue {
 
     pub fn is_deleted(&self) -> bool {
         self.lock().deleted
+    }
+
+    /// Up to `n` ready messages, in delivery order, left in the queue.
+    pub fn peek(&self, n: usize) -> Vec<QueuedMessage> {
+        self.lock().ready.iter().take(n).cloned().collect()
+    }
+
+    /// The consumers, for inspection: tag, channel, prefetch, unacked,
+    /// whether they acknowledge, their priority.
+    pub fn consumers(&self) -> Vec<ConsumerInfo> {
+        self.lock()
+            .consumers
+            .iter()
+            .map(|c| ConsumerInfo {
+                tag: c.tag.clone(),
+                channel: c.channel,
+                prefetch_count: c.prefetch_count,
+                unacked: c.unacked,
+                ack_required: !c.no_ack,
+                exclusive: c.exclusive,
+                priority: c.priority,
+            })
+            .collect()
     }
 
     /// The consumer timeout for deliveries from this queue, if any.

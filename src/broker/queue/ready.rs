@@ -100,6 +100,11 @@ impl Ready {
         self.levels.iter().filter_map(|l| l.front()?.expires_at).min()
     }
 
+    /// The ready messages in the order they would be delivered.
+    pub fn iter(&self) -> impl Iterator<Item = &QueuedMessage> {
+        self.levels.iter().rev().flat_map(|l| l.iter())
+    }
+
     pub fn clear(&mut self) -> usize {
         let n = self.len;
         for l in &mut self.levels {

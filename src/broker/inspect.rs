@@ -1,0 +1,168 @@
+//! Inspection: what the broker holds, as plain data for tests (and for the
+//! management-style HTTP API): connections, queues with their consumers,
+//! exchanges with their bindings, and a look at a queue's messages that
+//! does not consume them.
+
+use bytes::Bytes;
+
+use super::queue::ConsumerInfo;
+use super::Broker;
+use crate::connection::flow::ConnectionState;
+use crate::protocol::{BasicProperties, FieldTable, ShortStr};
+
+/// What the handshake settled for a connection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnectionDetails {
+    pub user: String,
+    pub vhost: String,
+    pub client_properties: FieldTable,
+    pub channel_max: u16,
+    pub frame_max: u32,
+    pub heartbeat: u16,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnectionInfo {
+    pub name: String,
+    pub client_name: Option<String>,
+    pub state: ConnectionState,
+    /// None until `connection.open`.
+    pub details: Option<ConnectionDetails>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub heartbeats_sent: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueInfo {
+    pub vhost: String,
+    pub name: String,
+    pub durable: bool,
+    pub exclusive: bool,
+    pub auto_delete: bool,
+    pub arguments: FieldTable,
+    pub messages_ready: usize,
+    pub messages_unacknowledged: usize,
+    pub consumers: Vec<ConsumerInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BindingInfo {
+    /// `queue` or `exchange`.
+    pub destination_type: &'static str,
+    pub destination: String,
+    pub routing_key: String,
+    pub arguments: FieldTable,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExchangeInfo {
+    pub vhost: String,
+    pub name: String,
+    pub kind: &'static str,
+    pub durable: bool,
+    pub auto_delete: bool,
+    pub internal: bool,
+    pub arguments: FieldTable,
+    pub bindings: Vec<BindingInfo>,
+}
+
+/// A message still in its queue, as [`Broker::peek`] shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeekedMessage {
+    pub exchange: String,
+    pub routing_key: String,
+    pub redelivered: bool,
+    pub properties: BasicProperties,
+    pub body: Bytes,
+}
+
+impl Broker {
+    pub fn connection_infos(&self) -> Vec<ConnectionInfo> {
+        self.connections
+            .iter()
+            .map(|e| {
+                let c = &e.outlet.counters;
+                let heartbeats_sent = c.heartbeats_sent.load(std::sync::atomic::Ordering::Relaxed);
+                ConnectionInfo {
+                    name: e.name.clone(),
+                    client_name: e.client_name.get().cloned(),
+                    state: *e.state.borrow(),
+                    details: e.details.get().cloned(),
+                    bytes_in: c.recv_oct.load(std::sync::atomic::Ordering::Relaxed),
+                    bytes_out: c.send_oct.load(std::sync::atomic::Ordering::Relaxed) + 8 * heartbeats_sent,
+                    heartbeats_sent,
+                }
+            })
+            .collect()
+    }
+
+    pub fn queue_infos(&self) -> Vec<QueueInfo> {
+        let mut out = Vec::new();
+        for vhost in self.vhosts.iter() {
+            for q in vhost.queues.iter() {
+                let (ready, _) = q.counts();
+                out.push(QueueInfo {
+                    vhost: vhost.name.to_string(),
+                    name: q.name.to_string(),
+                    durable: q.options.durable,
+                    exclusive: q.options.exclusive_owner.is_some(),
+                    auto_delete: q.options.auto_delete,
+                    arguments: q.options.arguments.clone(),
+                    messages_ready: ready as usize,
+                    messages_unacknowledged: q.unacked_count(),
+                    consumers: q.consumers(),
+                });
+            }
+        }
+        out.sort_by(|a, b| (&a.vhost, &a.name).cmp(&(&b.vhost, &b.name)));
+        out
+    }
+
+    pub fn exchange_infos(&self) -> Vec<ExchangeInfo> {
+        let mut out = Vec::new();
+        for vhost in self.vhosts.iter() {
+            for x in vhost.exchanges.iter() {
+                out.push(ExchangeInfo {
+                    vhost: vhost.name.to_string(),
+                    name: x.name.to_string(),
+                    kind: x.kind.name(),
+                    durable: x.durable,
+                    auto_delete: x.auto_delete,
+                    internal: x.internal,
+                    arguments: x.arguments.clone(),
+                    bindings: x
+                        .bindings()
+                        .into_iter()
+                        .map(|(kind, destination, key, arguments)| BindingInfo {
+                            destination_type: kind,
+                            destination: destination.to_string(),
+                            routing_key: key.to_string(),
+                            arguments,
+                        })
+                        .collect(),
+                });
+            }
+        }
+        out.sort_by(|a, b| (&a.vhost, &a.name).cmp(&(&b.vhost, &b.name)));
+        out
+    }
+
+    /// Up to `n` messages of a queue, in delivery order, left where they are.
+    pub fn peek(&self, vhost: &str, queue: &str, n: usize) -> Option<Vec<PeekedMessage>> {
+        let vhost = self.vhost(&ShortStr::from(vhost))?;
+        let q = vhost.queue(&ShortStr::from(queue)).ok()?;
+        Some(
+            q.peek(n)
+                .into_iter()
+                .map(|m| PeekedMessage {
+                    exchange: m.message.exchange.to_string(),
+                    routing_key: m.message.routing_key.to_string(),
+                    redelivered: m.redelivered,
+                    properties: BasicProperties::decode(&m.message.properties).unwrap_or_default(),
+                    body: m.message.body.to_bytes(),
+                })
+                .collect(),
+        )
+    }
+}
