@@ -43,13 +43,15 @@ pub struct EmbeddedBuilder {
     config: Config,
     /// Users whose permissions were set explicitly.
     restricted: Vec<String>,
+    /// Serve the HTTP control API too.
+    http: bool,
 }
 
 impl Default for EmbeddedBuilder {
     fn default() -> Self {
         let mut config = Config::default();
         config.listen.set_port(0);
-        EmbeddedBuilder { config, restricted: Vec::new() }
+        EmbeddedBuilder { config, restricted: Vec::new(), http: false }
     }
 }
 
@@ -72,6 +74,13 @@ impl EmbeddedBuilder {
 
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.config.handshake_timeout = timeout;
+        self
+    }
+
+    /// Also serves the HTTP control API on a free loopback port
+    /// ([`EmbeddedBroker::http_addr`]).
+    pub fn http(mut self, on: bool) -> Self {
+        self.http = on;
         self
     }
 
@@ -153,14 +162,23 @@ impl EmbeddedBuilder {
         let listener = TcpListener::bind(self.config.listen).await?;
         let addr = listener.local_addr()?;
         let (shutdown, stop) = watch::channel(false);
+        let http_addr = if self.http {
+            let http = TcpListener::bind(SocketAddr::new(addr.ip(), 0)).await?;
+            let http_addr = http.local_addr()?;
+            tokio::spawn(crate::http::serve(http, broker.clone(), stop.clone()));
+            Some(http_addr)
+        } else {
+            None
+        };
         let task = tokio::spawn(crate::server::serve(listener, broker.clone(), stop));
-        Ok(EmbeddedBroker { addr, broker, shutdown, task: Some(task) })
+        Ok(EmbeddedBroker { addr, http_addr, broker, shutdown, task: Some(task) })
     }
 }
 
 /// A running embedded broker. Dropping it shuts it down.
 pub struct EmbeddedBroker {
     addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
     broker: Arc<Broker>,
     shutdown: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
@@ -178,6 +196,11 @@ impl EmbeddedBroker {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where the HTTP control API listens, if the builder asked for it.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// `amqp://guest:guest@127.0.0.1:PORT/%2f`: the vhost spelled `%2f`,

@@ -16,6 +16,8 @@
 //! - [`embedded`]: start an isolated broker inside a test in one call; the
 //!   test toolkit (fault injection, events, inspection) lives on its handle.
 //! - [`blocking`]: the same for test suites that are not async.
+//! - [`http`]: the HTTP control API (management-API subset, fault
+//!   injection, events) for test suites in any language.
 //! - [`config`]: settings and the `rabbitmq.conf` format.
 //! - [`error`]: errors that carry the AMQP reply code they become.
 
@@ -25,6 +27,7 @@ pub mod config;
 pub mod connection;
 pub mod embedded;
 pub mod error;
+pub mod http;
 pub mod protocol;
 pub mod server;
 

@@ -40,15 +40,21 @@ struct Args {
     /// broker accepts connections.
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    /// Serve the HTTP control API on this port (0 picks a free one), on the
+    /// same address as AMQP: management-API subset, fault injection, events.
+    #[arg(long)]
+    http_port: Option<u16>,
 }
 
 /// What the broker prints on stdout, one JSON line, once it accepts
 /// connections: where it is, for test suites that start it on `--port 0`.
-fn ready_line(addr: SocketAddr) -> String {
+fn ready_line(addr: SocketAddr, http: Option<SocketAddr>) -> String {
     serde_json::json!({
         "ready": true,
         "amqp": addr.to_string(),
         "amqp_port": addr.port(),
+        "http": http.map(|a| a.to_string()),
+        "http_port": http.map(|a| a.port()),
         "pid": std::process::id(),
     })
     .to_string()
@@ -106,6 +112,7 @@ fn main() -> ExitCode {
     }
     config.trace_frames |= args.trace_frames;
     let ready_file = args.ready_file.clone();
+    let args_http_port = args.http_port;
 
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -171,7 +178,21 @@ fn main() -> ExitCode {
             config.handshake_timeout.as_millis()
         );
         info!("started TCP listener on {addr}");
-        let ready = ready_line(local);
+        let http = match args_http_port {
+            None => None,
+            Some(port) => match TcpListener::bind(SocketAddr::new(local.ip(), port)).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    eprintln!("warren: cannot listen for HTTP on port {port}: {e}");
+                    return ExitCode::FAILURE;
+                }
+            },
+        };
+        let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
+        if let Some(a) = http_addr {
+            info!("started HTTP control API on {a}");
+        }
+        let ready = ready_line(local, http_addr);
         if let Some(path) = &ready_file {
             // Written whole under a temporary name, then renamed: a reader
             // never sees half a line.
@@ -183,6 +204,9 @@ fn main() -> ExitCode {
         }
         println!("{ready}");
         let (shutdown, stop) = watch::channel(false);
+        if let Some(l) = http {
+            tokio::spawn(warren::http::serve(l, broker.clone(), stop.clone()));
+        }
         let server = tokio::spawn(warren::server::serve(listener, broker, stop));
         tokio::select! {
             _ = interrupt.recv() => info!("received SIGINT, shutting down"),
