@@ -14,8 +14,13 @@ Environment:
   WARREN_INTEROP_SDISTS     where the kombu/amqp sdists are unpacked (target/interop-sdists)
 """
 
+import base64
+import json
 import os
 import re
+import urllib.error
+import urllib.parse
+import urllib.request
 import signal
 import socket
 import subprocess
@@ -49,14 +54,69 @@ def _free_port() -> int:
 
 
 class Broker:
-    """A running warren process: address, URL and access to its log."""
+    """A running warren process: address, URL, access to its log, and its HTTP control API
+    (management-API subset, fault injection, events)."""
 
-    def __init__(self, proc, host, port, log_path):
+    def __init__(self, proc, host, port, log_path, http_port=None):
         self.proc = proc
         self.host = host
         self.port = port
         self.log_path = log_path
+        self.http_port = http_port
         self.url = f"amqp://guest:guest@{host}:{port}/%2f"
+        self._events_seen = 0
+
+    # -- HTTP control API -------------------------------------------------
+    def api(self, method, path, body=None, timeout=10.0):
+        """One call to the control API (basic auth guest/guest); returns parsed JSON or None."""
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(
+            f"http://{self.host}:{self.http_port}{path}", data=data, method=method,
+            headers={"Authorization": "Basic " + base64.b64encode(b"guest:guest").decode(),
+                     "Content-Type": "application/json"},
+        )  # fmt: skip
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            raw = resp.read()
+        return json.loads(raw) if raw else None
+
+    def connections(self):
+        return self.api("GET", "/api/connections")
+
+    def connection_named(self, predicate, timeout=5.0):
+        """The first connection (a dict, management-API fields) `predicate` accepts, waiting
+        for it up to `timeout` s."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for c in self.connections():
+                if c.get("state") != "starting" and predicate(c):
+                    return c
+            if time.monotonic() >= deadline:
+                pytest.fail(f"no matching connection within {timeout}s: {self.connections()}")
+            time.sleep(0.05)
+
+    def fault(self, connection_name, **switches):
+        """Inject faults into one connection: withhold_heartbeats, ignore_client, black_hole,
+        block (booleans), delivery_latency_ms, kill=True, force_close="text"."""
+        name = urllib.parse.quote(connection_name, safe="")
+        self.api("POST", f"/api/warren/connections/{name}/faults", switches)
+
+    def close_connection(self, connection_name):
+        """What `rabbitmqctl close_connection` does: connection.close 320."""
+        self.api("DELETE", f"/api/connections/{urllib.parse.quote(connection_name, safe='')}")
+
+    def wait_event(self, type_, timeout=10.0, predicate=lambda e: True):
+        """The next event of `type_` (e.g. "heartbeat.timeout") after those already seen."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = max(0.0, deadline - time.monotonic())
+            got = self.api("GET", f"/api/warren/events?since={self._events_seen}&timeout_ms={int(left * 1000)}",
+                           timeout=left + 5)  # fmt: skip
+            for e in got["events"]:
+                self._events_seen = e["seq"]
+                if e["type"] == type_ and predicate(e):
+                    return e
+            if time.monotonic() >= deadline:
+                pytest.fail(f"no {type_} event within {timeout}s")
 
     # -- log access -------------------------------------------------------
     def log(self) -> str:
@@ -143,6 +203,7 @@ def start_broker(log_dir, *extra_args):
         )
     host = "127.0.0.1"
     port = _free_port()
+    http_port = _free_port()
     log_path = Path(log_dir) / f"warren-{port}.log"
     env = dict(os.environ)
     env["RUST_LOG"] = "info"
@@ -151,14 +212,15 @@ def start_broker(log_dir, *extra_args):
     start_timeout = float(os.environ.get("WARREN_START_TIMEOUT", "10"))
     with open(log_path, "wb") as logf:
         proc = subprocess.Popen(
-            [str(bin_path), "--bind", host, "--port", str(port), *map(str, extra_args)],
+            [str(bin_path), "--bind", host, "--port", str(port), "--http-port", str(http_port),
+             *map(str, extra_args)],  # fmt: skip
             stdin=subprocess.DEVNULL,
             stdout=logf,  # tracing's fmt layer may write to stdout or stderr:
             stderr=subprocess.STDOUT,  # capture both in one file
             env=env,
             start_new_session=True,
         )
-    b = Broker(proc, host, port, log_path)
+    b = Broker(proc, host, port, log_path, http_port)
     try:
         _wait_until_accepting(proc, host, port, time.monotonic() + start_timeout, log_path)
     except BaseException:

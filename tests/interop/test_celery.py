@@ -26,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import uuid
 from pathlib import Path
 
@@ -314,3 +315,32 @@ def test_an_eta_task_does_not_stall_the_tasks_behind_it(setup):
     took = time.monotonic() - started
     assert took < 1.0, f"a plain task behind an ETA task took {took:.2f}s"
     assert eta.get(timeout=10) == 2
+
+
+def test_worker_connections_closed_through_the_control_api_are_reestablished(tmp_path):
+    """The pytest fixture drives warren's control API: every connection of a running worker
+    is closed as `rabbitmqctl close_connection` would (320 CONNECTION_FORCED); the worker
+    logs the loss, reconnects, and keeps running tasks."""
+    b = start_broker(tmp_path)
+    w = Worker(b, tmp_path, "forced")
+    try:
+        w.wait_for_log(" ready.", timeout=30)
+        worker_connections = [c["name"] for c in b.connections()]  # no client has connected yet
+        assert worker_connections
+        app = celery_app.make_app(broker_url(b))
+        try:
+            assert app.send_task("interop.add", (1, 2)).get(timeout=10) == 3
+            for name in worker_connections:
+                try:
+                    b.close_connection(name)
+                except urllib.error.HTTPError as e:  # a short-lived start-up connection, gone
+                    assert e.code == 404
+
+            w.wait_for_log("Connection to broker lost", timeout=15)
+            b.wait_for_log(r"CONNECTION_FORCED|Closed via management plugin|closing AMQP connection", timeout=5)
+            assert app.send_task("interop.add", (2, 3)).get(timeout=20) == 5
+        finally:
+            app.close()
+    finally:
+        w.stop()
+        b.stop()

@@ -394,3 +394,20 @@ def test_blocked_publisher_is_not_dropped_for_missed_heartbeats(broker, qname):
     assert body == b"during the alarm" and not method.redelivered
     assert ch.basic_get(qname, auto_ack=True) == (None, None, None)
     conn.close()
+
+
+def test_silent_loss_through_the_control_api_makes_pika_fail(broker, qname):
+    """Fault injection over HTTP: a black hole (nothing read or written, TCP kept open) on
+    pika's connection; pika's own heartbeat check (T + 5 s silence with T=1) gives up."""
+    conn = connect(broker, heartbeat=1)
+    ch = conn.channel()
+    ch.queue_declare(qname)
+    c = broker.connection_named(lambda c: c["client_properties"].get("product") == "Pika Python Client Library")
+    assert c["timeout"] == 1
+    broker.fault(c["name"], black_hole=True)
+    started = time.monotonic()
+    with pytest.raises(PIKA_CONN_ERRORS):
+        while time.monotonic() - started < 20:
+            conn.process_data_events(time_limit=0.5)
+    took = time.monotonic() - started
+    assert 2 <= took <= 12, f"pika noticed after {took:.1f}s"
