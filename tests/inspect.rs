@@ -48,6 +48,9 @@ async fn the_broker_shows_what_it_holds() {
     let details = c.details.as_ref().unwrap();
     assert_eq!((details.user.as_str(), details.vhost.as_str(), details.heartbeat), ("guest", "/", 7));
     assert!(c.bytes_in > 0 && c.bytes_out > 0);
+    assert!(c.frames_in >= 10 && c.frames_out >= 10, "{c:?}");
+    assert_eq!(c.channels, [1]);
+    assert!(c.idle < std::time::Duration::from_secs(5), "{:?}", c.idle);
 
     let q = b.queue_infos().into_iter().find(|q| q.name == "iq").unwrap();
     assert!(q.durable && !q.exclusive);

@@ -30,7 +30,13 @@ pub struct ConnectionInfo {
     pub details: Option<ConnectionDetails>,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    pub frames_in: u64,
+    pub frames_out: u64,
     pub heartbeats_sent: u64,
+    /// The open channel numbers.
+    pub channels: Vec<u16>,
+    /// How long since the client last sent anything.
+    pub idle: std::time::Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -91,7 +97,13 @@ impl Broker {
                     details: e.details.get().cloned(),
                     bytes_in: c.recv_oct.load(std::sync::atomic::Ordering::Relaxed),
                     bytes_out: c.send_oct.load(std::sync::atomic::Ordering::Relaxed) + 8 * heartbeats_sent,
+                    frames_in: c.frames_in.load(std::sync::atomic::Ordering::Relaxed),
+                    frames_out: c.frames_out.load(std::sync::atomic::Ordering::Relaxed),
                     heartbeats_sent,
+                    channels: e.channels.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect(),
+                    idle: e.accepted.elapsed().saturating_sub(std::time::Duration::from_millis(
+                        c.last_read_ms.load(std::sync::atomic::Ordering::Relaxed),
+                    )),
                 }
             })
             .collect()

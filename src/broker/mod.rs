@@ -115,6 +115,10 @@ pub struct ConnectionEntry {
     pub outlet: Arc<crate::connection::writer::Outlet>,
     /// What the handshake settled, from `connection.open` on.
     pub details: std::sync::OnceLock<inspect::ConnectionDetails>,
+    /// The open channel numbers.
+    pub channels: std::sync::Mutex<std::collections::BTreeSet<u16>>,
+    /// When the socket was accepted (the base of `last_read_ms`).
+    pub accepted: tokio::time::Instant,
 }
 
 /// Counts of live things, each a `watch` so a test can await a value

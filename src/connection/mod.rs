@@ -175,6 +175,8 @@ impl Registered {
             commands: tx,
             outlet,
             details: std::sync::OnceLock::new(),
+            channels: std::sync::Mutex::new(std::collections::BTreeSet::new()),
+            accepted: Instant::now(),
         });
         broker.connections.insert(id, entry.clone());
         Registered { broker: broker.clone(), id, entry, commands }
@@ -449,14 +451,17 @@ impl Connection {
     /// Counts octets read from the client, unless the fault injection says
     /// to ignore the client (then the monitor sees silence).
     fn received(&self, n: usize) {
+        let c = &self.outlet.counters;
+        c.last_read_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
         if !self.entry.faults.ignore_client() {
-            self.outlet.counters.recv_oct.fetch_add(n as u64, Ordering::Relaxed);
+            c.recv_oct.fetch_add(n as u64, Ordering::Relaxed);
         }
     }
 
     /// Handles a frame, then applies flow control: a content frame on a
     /// connection in `blocking` state blocks it.
     fn dispatch_and_throttle(&mut self, frame: Frame) -> Result<(), Stop> {
+        self.outlet.counters.frames_in.fetch_add(1, Ordering::Relaxed);
         if self.outlet.trace {
             trace_inbound(&frame);
         }
@@ -828,6 +833,7 @@ impl Connection {
                         ))));
                     }
                     self.channels.insert(id, Channel::new(id, session));
+                    self.entry.channels.lock().unwrap_or_else(|e| e.into_inner()).insert(id);
                     session.send_method(
                         id,
                         &crate::protocol::methods::channel::OpenOk { reserved_1: Bytes::new() }.into(),
@@ -849,12 +855,15 @@ impl Connection {
                     ch.shutdown(session);
                 }
                 self.channels.remove(&id);
+                self.entry.channels.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
                 session.send_method(id, &crate::protocol::methods::channel::CloseOk {}.into());
                 Ok(())
             }
             Frame::Method { method: Method::ChannelCloseOk(_), .. } => {
                 if ch.closing {
                     self.channels.remove(&id);
+                    self.entry.channels.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                    self.entry.channels.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
                 }
                 Ok(())
             }

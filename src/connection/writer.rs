@@ -45,6 +45,12 @@ pub struct Counters {
     /// does not count as traffic at the sender's next tick.
     pub send_oct: AtomicU64,
     pub heartbeats_sent: AtomicU64,
+    /// Frames read and written, for inspection.
+    pub frames_in: AtomicU64,
+    pub frames_out: AtomicU64,
+    /// When the client last sent anything, in ms since the connection was
+    /// accepted (one clock read per socket read, not per frame).
+    pub last_read_ms: AtomicU64,
 }
 
 /// What the writer is asked to send.
@@ -232,11 +238,13 @@ pub struct FrameBuffer {
     scratch: BytesMut,
     chunks: VecDeque<Bytes>,
     len: usize,
+    /// Frames encoded since the last [`take_frames`](Self::take_frames).
+    frames: u64,
 }
 
 impl Default for FrameBuffer {
     fn default() -> Self {
-        FrameBuffer { scratch: BytesMut::with_capacity(16 * 1024), chunks: VecDeque::new(), len: 0 }
+        FrameBuffer { scratch: BytesMut::with_capacity(16 * 1024), chunks: VecDeque::new(), len: 0, frames: 0 }
     }
 }
 
@@ -264,16 +272,25 @@ impl FrameBuffer {
         self.chunks.push_back(b);
     }
 
+    /// One already-encoded frame.
     pub fn frames(&mut self, frames: Bytes) {
+        self.frames += 1;
         self.push_chunk(frames);
     }
 
     pub fn heartbeat(&mut self) {
+        self.frames += 1;
         self.scratch.put_slice(&HEARTBEAT_FRAME);
     }
 
     pub fn method(&mut self, channel: u16, encode: impl FnOnce(&mut BytesMut)) {
+        self.frames += 1;
         write_method_frame(&mut self.scratch, channel, encode);
+    }
+
+    /// How many frames were encoded since the last call.
+    pub fn take_frames(&mut self) -> u64 {
+        std::mem::take(&mut self.frames)
     }
 
     /// A content header and the body frames, split so that no frame exceeds
@@ -282,6 +299,7 @@ impl FrameBuffer {
         let body_size: usize = body.iter().map(Bytes::len).sum();
         write_content_header(&mut self.scratch, channel, CLASS_BASIC, body_size as u64, raw_properties);
         let max_payload = if frame_max == 0 { usize::MAX } else { frame_max as usize - FRAME_OVERHEAD };
+        self.frames += 1 + body_size.div_ceil(max_payload) as u64;
         let (mut chunk, mut offset) = (0, 0);
         let mut remaining = body_size;
         while remaining > 0 {
@@ -478,6 +496,7 @@ pub async fn run(
         let c = &outlet.counters;
         c.send_oct.fetch_add(written - heartbeats * HEARTBEAT_FRAME.len() as u64, Ordering::Relaxed);
         c.heartbeats_sent.fetch_add(heartbeats, Ordering::Relaxed);
+        c.frames_out.fetch_add(buf.take_frames(), Ordering::Relaxed);
         outlet.delivered(deliveries);
         outlet.written(replies);
     }
