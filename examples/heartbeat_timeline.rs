@@ -50,7 +50,8 @@ async fn main() {
     }
     talker.abort();
 
-    let last_client = rows.iter().filter(|(_, what)| what.starts_with("client")).map(|(t, _)| *t).max().unwrap_or_default();
+    let last_client =
+        rows.iter().filter(|(_, what)| what.starts_with("client")).map(|(t, _)| *t).max().unwrap_or_default();
     let end = rows.last().map(|(t, _)| *t).unwrap_or_default();
     let columns = (end.as_millis() / STEP.as_millis()) as usize + 2;
     let mut server_line = vec!['-'; columns];
@@ -63,7 +64,8 @@ async fn main() {
             _ => server_line[col] = 'X',
         }
     }
-    let ruler: String = (0..columns).map(|c| if c % 10 == 0 { char::from(b'0' + (c / 10) as u8) } else { ' ' }).collect();
+    let ruler: String =
+        (0..columns).map(|c| if c % 10 == 0 { char::from(b'0' + (c / 10) as u8) } else { ' ' }).collect();
     println!("seconds after connection.open, one column per {} ms (T = 1 s):\n", STEP.as_millis());
     println!("           {ruler}");
     println!("warren  -> {}", server_line.iter().collect::<String>());
