@@ -262,28 +262,14 @@ impl EmbeddedBroker {
         timeout: Duration,
     ) -> Option<ConnectionHandle> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut gauge = self.broker.gauges.connections.subscribe();
         loop {
+            let watch = self.watch_connections();
             let running = self.find_connection(|c| c.state() != ConnectionState::Starting && predicate(c));
             if running.is_some() {
                 return running;
             }
-            // A new connection, or a state change of one being set up.
-            let starting: Vec<_> = self.all_connections().into_iter().map(|c| c.entry.state.subscribe()).collect();
-            let mut changes: Vec<_> =
-                starting.into_iter().map(|mut w| Box::pin(async move { w.changed().await })).collect();
-            let any_change = std::future::poll_fn(|cx| {
-                for change in changes.iter_mut() {
-                    if change.as_mut().poll(cx).is_ready() {
-                        return std::task::Poll::Ready(());
-                    }
-                }
-                std::task::Poll::Pending
-            });
-            tokio::select! {
-                _ = any_change => {}
-                _ = gauge.changed() => {}
-                _ = tokio::time::sleep_until(deadline) => return None,
+            if !watch.changed(deadline).await {
+                return None;
             }
         }
     }
@@ -293,28 +279,23 @@ impl EmbeddedBroker {
     pub async fn wait_for_connection_state(&self, state: ConnectionState, timeout: Duration) -> Option<String> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let watchers: Vec<_> =
-                self.broker.connections.iter().map(|e| (e.name.clone(), e.state.subscribe())).collect();
-            if let Some((name, _)) = watchers.iter().find(|(_, w)| *w.borrow() == state) {
-                return Some(name.clone());
+            let watch = self.watch_connections();
+            if let Some(c) = self.find_connection(|c| c.state() == state) {
+                return Some(c.name().to_string());
             }
-            // Wake on any state change, or on a new connection (the gauge).
-            let mut gauge = self.broker.gauges.connections.subscribe();
-            let mut changes: Vec<_> =
-                watchers.into_iter().map(|(_, mut w)| Box::pin(async move { w.changed().await })).collect();
-            let any_change = std::future::poll_fn(|cx| {
-                for change in changes.iter_mut() {
-                    if change.as_mut().poll(cx).is_ready() {
-                        return std::task::Poll::Ready(());
-                    }
-                }
-                std::task::Poll::Pending
-            });
-            tokio::select! {
-                _ = any_change => {}
-                _ = gauge.changed() => {}
-                _ = tokio::time::sleep_until(deadline) => return None,
+            if !watch.changed(deadline).await {
+                return None;
             }
+        }
+    }
+
+    /// Starts watching for any change among the connections: one opening
+    /// or closing, or one changing state. Taken before looking, so that a
+    /// change in between is not missed.
+    fn watch_connections(&self) -> ConnectionsWatch {
+        ConnectionsWatch {
+            count: self.broker.gauges.connections.subscribe(),
+            states: self.broker.connections.iter().map(|e| e.state.subscribe()).collect(),
         }
     }
 
@@ -452,6 +433,33 @@ impl EventStream {
             if matches(&event) {
                 return Some(event);
             }
+        }
+    }
+}
+
+/// Watches the connections for any change (see `watch_connections`).
+struct ConnectionsWatch {
+    count: watch::Receiver<usize>,
+    states: Vec<watch::Receiver<ConnectionState>>,
+}
+
+impl ConnectionsWatch {
+    /// True at the first change, false if `deadline` comes first.
+    async fn changed(mut self, deadline: tokio::time::Instant) -> bool {
+        let mut states: Vec<_> =
+            self.states.drain(..).map(|mut w| Box::pin(async move { w.changed().await })).collect();
+        let any_state = std::future::poll_fn(|cx| {
+            for change in states.iter_mut() {
+                if change.as_mut().poll(cx).is_ready() {
+                    return std::task::Poll::Ready(());
+                }
+            }
+            std::task::Poll::Pending
+        });
+        tokio::select! {
+            _ = any_state => true,
+            _ = self.count.changed() => true,
+            _ = tokio::time::sleep_until(deadline) => false,
         }
     }
 }
