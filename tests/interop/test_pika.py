@@ -398,7 +398,8 @@ def test_blocked_publisher_is_not_dropped_for_missed_heartbeats(broker, qname):
 
 def test_silent_loss_through_the_control_api_makes_pika_fail(broker, qname):
     """Fault injection over HTTP: a black hole (nothing read or written, TCP kept open) on
-    pika's connection; pika's own heartbeat check (T + 5 s silence with T=1) gives up."""
+    pika's connection; pika's own heartbeat check gives up. pika checks every T + 5 s and
+    fails on the second check that saw nothing (about 12 s with T=1)."""
     conn = connect(broker, heartbeat=1)
     ch = conn.channel()
     ch.queue_declare(qname)
@@ -407,7 +408,7 @@ def test_silent_loss_through_the_control_api_makes_pika_fail(broker, qname):
     broker.fault(c["name"], black_hole=True)
     started = time.monotonic()
     with pytest.raises(PIKA_CONN_ERRORS):
-        while time.monotonic() - started < 20:
+        while time.monotonic() - started < 30:
             conn.process_data_events(time_limit=0.5)
     took = time.monotonic() - started
-    assert 2 <= took <= 12, f"pika noticed after {took:.1f}s"
+    assert 5 <= took <= 25, f"pika noticed after {took:.1f}s"
