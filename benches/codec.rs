@@ -12,70 +12,30 @@
 //!
 //! `cargo bench --bench codec`; each benchmark measures for 2 s.
 
-use std::future::Future;
 use std::hint::black_box;
-use std::pin::pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use criterion::{Criterion, Throughput};
 use tokio::io::AsyncWrite;
 
-use warren::broker::message::{Body, Message};
+use warren::broker::message::Message;
 use warren::connection::writer::{Delivery, DeliveryKind, FrameBuffer};
-use warren::protocol::constants::{CLASS_BASIC, FRAME_END};
-use warren::protocol::frame::{parse_frame, write_body_frame_header, write_content_header, write_method};
-use warren::protocol::methods::basic;
-use warren::protocol::properties::BasicProperties;
-use warren::protocol::{Frame, Method, ShortStr};
+use warren::protocol::ShortStr;
 
 // ---------------------------------------------------------------------------
 // Counting allocations.
 
 #[path = "../tests/support/counting_alloc.rs"]
 mod counting_alloc;
+#[path = "../tests/support/sample.rs"]
+mod sample;
 use counting_alloc::allocations_in;
+use sample::{parse_publish, parsed_message, publish_wire, write_now, FRAME_MAX};
 
 // ---------------------------------------------------------------------------
 // The message.
-
-const FRAME_MAX: u32 = 131_072;
-
-/// One publish as a client sends it: method, content header with
-/// content-type, delivery-mode, message-id and timestamp, 100-octet body.
-fn publish_wire() -> Vec<u8> {
-    let mut wire = BytesMut::new();
-    let publish = Method::BasicPublish(basic::Publish {
-        reserved_1: 0,
-        exchange: "amq.direct".into(),
-        routing_key: "orders.eu".into(),
-        mandatory: false,
-        immediate: false,
-    });
-    write_method(&mut wire, 1, &publish);
-    let properties = BasicProperties {
-        content_type: Some("application/json".into()),
-        delivery_mode: Some(2),
-        message_id: Some("5f1c9a7e-0b4d-4c1e-9a55-3f2d8e6b7c10".into()),
-        timestamp: Some(1_700_000_000),
-        ..Default::default()
-    }
-    .to_bytes();
-    let body = [b'x'; 100];
-    write_content_header(&mut wire, 1, CLASS_BASIC, body.len() as u64, &properties);
-    write_body_frame_header(&mut wire, 1, body.len());
-    wire.put_slice(&body);
-    wire.put_u8(FRAME_END);
-    wire.to_vec()
-}
-
-/// Parses one publish (three frames) off the front of `buf`.
-fn parse_publish(buf: &mut BytesMut) -> (Frame, Frame, Frame) {
-    let mut next = || parse_frame(buf, FRAME_MAX).expect("valid frame").expect("complete frame");
-    (next(), next(), next())
-}
 
 /// A read buffer holding `n` publishes, already split once (as after the
 /// first frame the connection parsed) so its storage is shared.
@@ -88,37 +48,10 @@ fn read_buffer(wire: &[u8], n: usize) -> BytesMut {
     buf
 }
 
-/// The message as the broker holds it after parsing the publish.
-fn parsed_message(wire: &[u8]) -> Arc<Message> {
-    let mut buf = BytesMut::from(wire);
-    let (method, header, body) = parse_publish(&mut buf);
-    let (
-        Frame::Method { method: Method::BasicPublish(publish), .. },
-        Frame::Header { header, .. },
-        Frame::Body { body, .. },
-    ) = (method, header, body)
-    else {
-        panic!("not a publish");
-    };
-    Arc::new(Message {
-        exchange: publish.exchange,
-        routing_key: publish.routing_key,
-        properties: header.raw_properties,
-        body_size: header.body_size,
-        body: Body::One(body),
-        charge: None,
-    })
-}
-
-/// Delivers with the frame buffer and writes it out. Writing to a sink never
-/// blocks, so one poll finishes `write_to`; no runtime is needed.
+/// Delivers with the frame buffer and writes it out.
 fn encode_delivery<W: AsyncWrite + Unpin>(frames: &mut FrameBuffer, sink: &mut W, d: &Delivery) -> usize {
     frames.delivery(d, FRAME_MAX);
-    let mut cx = Context::from_waker(Waker::noop());
-    match pin!(frames.write_to(sink)).as_mut().poll(&mut cx) {
-        Poll::Ready(r) => r.expect("the sink cannot fail"),
-        Poll::Pending => unreachable!("the sink does not block"),
-    }
+    write_now(frames, sink)
 }
 
 fn delivery(message: &Arc<Message>, consumer_tag: &ShortStr, delivery_tag: u64) -> Delivery {

@@ -10,64 +10,22 @@
 //! disturb the numbers. All measurements are in the one `#[test]` below, one
 //! after the other.
 
-use std::future::Future;
 use std::hint::black_box;
-use std::pin::pin;
-use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 
-use warren::broker::message::{Body, Message};
 use warren::connection::writer::{Delivery, DeliveryKind, FrameBuffer};
-use warren::protocol::constants::{CLASS_BASIC, FRAME_END};
-use warren::protocol::frame::{parse_frame, write_body_frame_header, write_content_header, write_method};
 use warren::protocol::methods::basic;
-use warren::protocol::properties::BasicProperties;
-use warren::protocol::{FieldTable, FieldValue, Frame, Method};
+use warren::protocol::{Frame, Method};
 
 #[path = "support/counting_alloc.rs"]
 mod counting_alloc;
+#[path = "support/sample.rs"]
+mod sample;
 use counting_alloc::allocations_in;
-
-const FRAME_MAX: u32 = 131_072;
+use sample::{parse_publish, parsed_message, publish_wire, write_now, FRAME_MAX};
 const WARM_UP: usize = 100;
 const MESSAGES: usize = 1000;
-
-/// A realistic publish as it arrives: method, content header with a few
-/// properties (a headers table among them) and a 100-octet body.
-fn publish_wire() -> Vec<u8> {
-    let mut wire = BytesMut::new();
-    let publish = Method::BasicPublish(basic::Publish {
-        reserved_1: 0,
-        exchange: "amq.direct".into(),
-        routing_key: "orders.eu".into(),
-        mandatory: false,
-        immediate: false,
-    });
-    write_method(&mut wire, 1, &publish);
-    let properties = BasicProperties {
-        content_type: Some("application/json".into()),
-        delivery_mode: Some(2),
-        message_id: Some("msg-0001".into()),
-        headers: Some(FieldTable::new().with("attempt", FieldValue::I32(1))),
-        timestamp: Some(1_700_000_000),
-        ..Default::default()
-    }
-    .to_bytes();
-    let body = [b'x'; 100];
-    write_content_header(&mut wire, 1, CLASS_BASIC, body.len() as u64, &properties);
-    write_body_frame_header(&mut wire, 1, body.len());
-    wire.put_slice(&body);
-    wire.put_u8(FRAME_END);
-    wire.to_vec()
-}
-
-/// Parses one publish (three frames) off the front of `buf`.
-fn parse_publish(buf: &mut BytesMut) -> (Frame, Frame, Frame) {
-    let mut next = || parse_frame(buf, FRAME_MAX).expect("valid frame").expect("complete frame");
-    (next(), next(), next())
-}
 
 /// Parsing from a read buffer that already holds the messages: allocations
 /// for the first message, and for the `MESSAGES` after the warm-up.
@@ -118,45 +76,12 @@ fn parse_refilled_allocations() -> usize {
     })
 }
 
-/// Runs `FrameBuffer::write_to` into a `Vec`, which never blocks: one poll
-/// finishes it, and no runtime (with allocations of its own) is involved.
-fn write_now(frames: &mut FrameBuffer, out: &mut Vec<u8>) -> usize {
-    let mut cx = Context::from_waker(Waker::noop());
-    match pin!(frames.write_to(out)).as_mut().poll(&mut cx) {
-        Poll::Ready(r) => r.expect("writing to a Vec cannot fail"),
-        Poll::Pending => unreachable!("writing to a Vec does not block"),
-    }
-}
-
-/// The message as the broker holds it: built from a parsed publish, so its
-/// names, properties and body are slices of a read buffer.
-fn parsed_message() -> Arc<Message> {
-    let mut buf = BytesMut::from(&publish_wire()[..]);
-    let (method, header, body) = parse_publish(&mut buf);
-    let (
-        Frame::Method { method: Method::BasicPublish(publish), .. },
-        Frame::Header { header, .. },
-        Frame::Body { body, .. },
-    ) = (method, header, body)
-    else {
-        panic!("not a publish");
-    };
-    Arc::new(Message {
-        exchange: publish.exchange,
-        routing_key: publish.routing_key,
-        properties: header.raw_properties,
-        body_size: header.body_size,
-        body: Body::One(body),
-        charge: None,
-    })
-}
-
 /// Encoding deliveries with `FrameBuffer::delivery` and writing them out
 /// into a reused `Vec`, one message per write as under light load: the
 /// allocations of the first delivery and of the `MESSAGES` after the warm-up,
 /// and the octets written per delivery.
 fn encode_allocations() -> (usize, usize, usize) {
-    let message = parsed_message();
+    let message = parsed_message(&publish_wire());
     let consumer_tag: warren::protocol::ShortStr = "amq.ctag-alloc".into();
     let mut frames = FrameBuffer::default();
     let mut out = Vec::with_capacity(64 * 1024);
