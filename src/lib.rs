@@ -20,6 +20,8 @@
 //!   injection, events) for test suites in any language.
 //! - [`config`]: settings and the `rabbitmq.conf` format.
 //! - [`error`]: errors that carry the AMQP reply code they become.
+//! - [`logging`]: log lines a client cannot forge (client-supplied text is
+//!   escaped).
 
 pub mod blocking;
 pub mod broker;
@@ -28,6 +30,7 @@ pub mod connection;
 pub mod embedded;
 pub mod error;
 pub mod http;
+pub mod logging;
 pub mod protocol;
 pub mod server;
 

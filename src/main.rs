@@ -78,6 +78,7 @@ fn use_one_malloc_arena() {
 fn main() -> ExitCode {
     use_one_malloc_arena();
     tracing_subscriber::fmt()
+        .fmt_fields(warren::logging::escaping_fields())
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())

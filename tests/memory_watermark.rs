@@ -4,14 +4,16 @@
 //! publisher is unblocked, and every message arrives exactly once.
 
 mod common;
+// The binary as a child process (not in `common`, which examples share).
+#[path = "common/binary.rs"]
+mod binary;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use binary::{rss_bytes, Warren};
 use common::{publish_frames, RawClient};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use warren::protocol::frame::parse_frame;
@@ -22,43 +24,10 @@ const WATERMARK: usize = 64 << 20;
 const MESSAGES: u32 = 40_000;
 const BODY: usize = 4096;
 
-/// Resident memory of a process, from /proc.
-fn rss_bytes(pid: u32) -> usize {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kb: usize = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    kb * 1024
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flat_out_publisher_is_blocked_below_twice_the_watermark_and_nothing_is_lost() {
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let conf = dir.join(format!("watermark-{}.conf", std::process::id()));
-    std::fs::File::create(&conf)
-        .unwrap()
-        .write_all(format!("vm_memory_high_watermark.absolute = {}MiB\n", WATERMARK >> 20).as_bytes())
-        .unwrap();
-    let mut child = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_warren"))
-            .args(["--config", conf.to_str().unwrap(), "--port", "0"])
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let pid = child.0.id();
-    let mut lines = BufReader::new(child.0.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("warren exited").unwrap();
-        if let Some(at) = line.find("started TCP listener on ") {
-            break line[at + "started TCP listener on ".len()..].trim().parse().unwrap();
-        }
-    };
-    std::thread::spawn(move || lines.for_each(drop));
+    let warren = Warren::start(&[], &format!("vm_memory_high_watermark.absolute = {}MiB\n", WATERMARK >> 20));
+    let (addr, pid) = (warren.amqp, warren.pid());
 
     // Peak resident memory, sampled while the test runs.
     let peak = Arc::new(AtomicUsize::new(0));
@@ -156,17 +125,6 @@ async fn a_flat_out_publisher_is_blocked_below_twice_the_watermark_and_nothing_i
     assert_eq!(notices.first().map(String::as_str), Some("blocked: low on memory"));
     assert!(notices.contains(&"unblocked".to_string()), "{notices:?}");
     assert!(peak < 2 * WATERMARK, "peak RSS {} MiB", peak >> 20);
-    let _ = std::fs::remove_file(conf);
-}
-
-/// The broker process, killed however the test ends.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// One publisher at full speed, one slow consumer that acks: the broker's

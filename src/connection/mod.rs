@@ -53,6 +53,7 @@ use crate::broker::events::Event;
 use crate::broker::inspect::ConnectionDetails;
 use crate::broker::{Broker, ConnectionEntry, GaugeGuard};
 use crate::error::AmqpError;
+use crate::logging::Escaped;
 use crate::protocol::constants::FRAME_OVERHEAD;
 use crate::protocol::frame::{check_protocol_header, parse_frame, FrameError, ProtocolHeader, PROTOCOL_HEADER};
 use crate::protocol::methods::{connection as conn, MethodError};
@@ -357,8 +358,13 @@ impl Connection {
                     },
                     Ok(None) => break,
                     Err(e) => {
+                        // Only a bad size or frame end loses the frame
+                        // boundaries; after any other frame error the
+                        // client's close-ok can still be read, as in RabbitMQ.
+                        if matches!(e, FrameError::TooLarge { .. } | FrameError::BadFrameEnd { .. }) {
+                            self.discard_input = true;
+                        }
                         let e = self.frame_error(e);
-                        self.discard_input = true;
                         if self.state < State::Opening {
                             break 'life End::Silent(e.to_string());
                         }
@@ -554,14 +560,14 @@ impl Connection {
         }
         let vhost = self.session.as_ref().map(|s| s.vhost.name.to_string()).unwrap_or_default();
         error!(
-            "Error on AMQP connection {}, vhost: '{}', user: '{}', state: {}), channel 0: operation {} caused a connection exception {}: {:?}",
+            "Error on AMQP connection {}, vhost: '{}', user: '{}', state: {}), channel 0: operation {} caused a connection exception {}: \"{}\"",
             self.log_name(),
-            vhost,
-            self.user.as_deref().unwrap_or(""),
+            Escaped(&vhost),
+            Escaped(self.user.as_deref().unwrap_or("")),
             self.state.name(),
             Method::name_of(e.class_id, e.method_id).unwrap_or("none"),
             e.code.name().to_lowercase(),
-            e.message
+            Escaped(&e.message)
         );
         self.send_method(
             0,
@@ -657,6 +663,27 @@ impl Connection {
             }
             (State::Tuning, Method::ConnectionTuneOk(m)) => self.tune_ok(m),
             (State::Opening, Method::ConnectionOpen(m)) => self.open(m),
+            (State::Running, Method::ConnectionUpdateSecret(m)) => {
+                // RabbitMQ hands the new secret to the auth backends whose
+                // credentials can expire (OAuth 2); the internal user
+                // database is not one of them, so for its users the update
+                // always succeeds and changes nothing.
+                let user = self.user.as_deref().unwrap_or("");
+                debug!(
+                    "connection {}: user '{}' asked to update secret, reason: {}",
+                    self.name,
+                    Escaped(user),
+                    Escaped(&m.reason.as_str_lossy())
+                );
+                self.send_method(0, &conn::UpdateSecretOk {}.into());
+                info!(
+                    "connection {}: user '{}' updated secret, reason: {}",
+                    self.name,
+                    Escaped(user),
+                    Escaped(&m.reason.as_str_lossy())
+                );
+                Ok(())
+            }
             (State::Opening | State::Running, Method::ConnectionClose(_)) => {
                 // Like RabbitMQ, give everything back before confirming, so a
                 // client that saw close-ok finds its unacked messages requeued.
@@ -677,7 +704,7 @@ impl Connection {
     fn start_ok(&mut self, m: conn::StartOk) -> Result<(), Stop> {
         if let Some(name) = m.client_properties.get("connection_name").and_then(FieldValue::as_bytes) {
             let name = String::from_utf8_lossy(name).into_owned();
-            info!("connection {} has a client-provided name: {name}", self.name);
+            info!("connection {} has a client-provided name: {}", self.name, Escaped(&name));
             let _ = self.entry.client_name.set(name);
         }
         self.capabilities = ClientCapabilities::from_client_properties(&m.client_properties);
@@ -708,8 +735,8 @@ impl Connection {
             error!(
                 "Error on AMQP connection {}, state: starting): {} login refused: user '{}' - {why}",
                 self.log_name(),
-                self.mechanism,
-                credentials.username
+                Escaped(&self.mechanism),
+                Escaped(&credentials.username)
             );
             if self.capabilities.authentication_failure_close {
                 return Err(Stop::Error(handshake::login_refused(&self.mechanism)));
@@ -787,7 +814,12 @@ impl Connection {
         if let Err(e) = self.broker.access.check_vhost(&user, &vhost.name.to_string()) {
             return Err(Stop::Error(e.with_ids(10, 40)));
         }
-        info!("connection {}: user '{user}' authenticated and granted access to vhost '{}'", self.name, vhost.name);
+        info!(
+            "connection {}: user '{}' authenticated and granted access to vhost '{}'",
+            self.name,
+            Escaped(&user),
+            Escaped(&vhost.name.as_str_lossy())
+        );
         let session = Session::new(
             self.id,
             self.broker.clone(),
@@ -898,12 +930,12 @@ impl Connection {
             "Channel error on connection <0.{}.0> ({}, vhost: '{}', user: '{}'), channel {}: operation {} caused a channel exception {}: {}",
             self.id,
             self.name,
-            session.vhost.name,
-            self.user.as_deref().unwrap_or(""),
+            Escaped(&session.vhost.name.as_str_lossy()),
+            Escaped(self.user.as_deref().unwrap_or("")),
             id,
             Method::name_of(e.class_id, e.method_id).unwrap_or("none"),
             e.code.name().to_lowercase(),
-            e.message
+            Escaped(&e.message)
         );
         ch.shutdown(session);
         ch.closing = true;
@@ -957,7 +989,11 @@ impl Connection {
     /// the socket (by dropping both halves).
     async fn finish(&mut self, end: End, writer: WriterTask) {
         let who = match &self.session {
-            Some(s) => format!(", vhost: '{}', user: '{}'", s.vhost.name, self.user.as_deref().unwrap_or("")),
+            Some(s) => format!(
+                ", vhost: '{}', user: '{}'",
+                Escaped(&s.vhost.name.as_str_lossy()),
+                Escaped(self.user.as_deref().unwrap_or(""))
+            ),
             None => String::new(),
         };
         let duration = self.duration();
@@ -1012,7 +1048,7 @@ impl Connection {
                 false
             }
             End::Silent(reason) => {
-                error!("closing AMQP connection {}, duration: '{duration}'): {reason}", self.log_name());
+                error!("closing AMQP connection {}, duration: '{duration}'): {}", self.log_name(), Escaped(reason));
                 true
             }
             End::Shutdown => true,

@@ -332,7 +332,9 @@ impl Traced for FieldTable {
             if i > 0 {
                 f.write_str(", ")?;
             }
-            write!(f, "{k}: {v:?}")?;
+            // Debug, not Display: a key is client text and must not put a
+            // newline into a log line (see `crate::logging`).
+            write!(f, "{k:?}: {v:?}")?;
         }
         f.write_str("}")
     }

@@ -18,6 +18,23 @@
 //! Tables are parsed only where the broker needs their contents (arguments,
 //! client properties). Message properties keep their raw bytes instead, so a
 //! header table goes from publisher to consumer byte for byte.
+//!
+//! # Nesting is bounded
+//!
+//! A table can hold a table (`F`) or an array (`A`), which can hold another,
+//! and so on: five octets per level, so one frame can nest thousands of
+//! levels deep. Everything that walks a [`FieldValue`] (this parser, the
+//! encoder, `Clone`, `Drop`, the JSON of the HTTP API, the frame trace)
+//! recurses once per level, and a worker thread's stack runs out after a
+//! few thousand levels, which aborts the whole process. Rather than make
+//! every walker iterative, the parser refuses, at the door, any value nested
+//! deeper than [`MAX_DEPTH`] levels: a decode error, which the connection
+//! turns into the reply RabbitMQ gives for a frame it cannot decode. Every
+//! table inside warren therefore has at most that depth, and the recursive
+//! walkers are safe. 128 is serde_json's own limit, so a table read from
+//! JSON (HTTP API, definitions) and one read from AMQP are bounded alike;
+//! real clients nest three or four levels (`x-death` is the deepest common
+//! case).
 
 use bytes::{BufMut, Bytes, BytesMut};
 use nom::bytes::complete::take;
@@ -146,6 +163,10 @@ impl FieldTable {
     }
 }
 
+/// How deep tables and arrays may nest: the top-level table is depth 1, a
+/// table or array inside it depth 2, and so on (see the module docs).
+pub const MAX_DEPTH: usize = 128;
+
 type Res<'a, T> = IResult<&'a [u8], T>;
 
 fn syntax(e: nom::Err<nom::error::Error<&[u8]>>) -> DecodeError {
@@ -162,25 +183,38 @@ pub fn parse_table<'a>(src: &Bytes, input: &'a [u8]) -> Result<(&'a [u8], FieldT
 
 /// Parses the entries of a table whose length prefix is already consumed
 /// (AMQPLAIN responses are sent that way).
-pub fn parse_table_body(src: &Bytes, mut body: &[u8]) -> Result<FieldTable, DecodeError> {
+pub fn parse_table_body(src: &Bytes, body: &[u8]) -> Result<FieldTable, DecodeError> {
+    table_entries(src, body, 1)
+}
+
+/// `depth` is the nesting level of the table being read (1 at the top).
+fn table_entries(src: &Bytes, mut body: &[u8], depth: usize) -> Result<FieldTable, DecodeError> {
     let mut entries = Vec::new();
     while !body.is_empty() {
         let (rest, name) = short_string(body).map_err(syntax)?;
-        let (rest, value) = field_value(src, rest)?;
+        let (rest, value) = field_value(src, rest, depth)?;
         entries.push((ShortStr::from_bytes(slice(src, name)), value));
         body = rest;
     }
     Ok(FieldTable(entries))
 }
 
-fn parse_array(src: &Bytes, mut body: &[u8]) -> Result<Vec<FieldValue>, DecodeError> {
+fn array_values(src: &Bytes, mut body: &[u8], depth: usize) -> Result<Vec<FieldValue>, DecodeError> {
     let mut values = Vec::new();
     while !body.is_empty() {
-        let (rest, value) = field_value(src, body)?;
+        let (rest, value) = field_value(src, body, depth)?;
         values.push(value);
         body = rest;
     }
     Ok(values)
+}
+
+/// The error for a table or array that would sit at `depth`.
+fn too_deep(depth: usize) -> Result<(), DecodeError> {
+    if depth > MAX_DEPTH {
+        return Err(DecodeError::new(format!("field table nested deeper than {MAX_DEPTH} levels")));
+    }
+    Ok(())
 }
 
 fn length_prefixed(i: &[u8]) -> Res<'_, &[u8]> {
@@ -205,7 +239,8 @@ fn slice(src: &Bytes, part: &[u8]) -> Bytes {
     }
 }
 
-fn field_value<'a>(src: &Bytes, i: &'a [u8]) -> Result<(&'a [u8], FieldValue), DecodeError> {
+/// One tagged value of a table or array at nesting level `depth`.
+fn field_value<'a>(src: &Bytes, i: &'a [u8], depth: usize) -> Result<(&'a [u8], FieldValue), DecodeError> {
     let (i, tag) = be_u8(i).map_err(syntax)?;
     let r: Res<'a, FieldValue> = match tag {
         b't' => be_u8(i).map(|(i, v)| (i, FieldValue::Bool(v != 0))),
@@ -224,18 +259,67 @@ fn field_value<'a>(src: &Bytes, i: &'a [u8]) -> Result<(&'a [u8], FieldValue), D
         b'T' => be_u64(i).map(|(i, v)| (i, FieldValue::Timestamp(v))),
         b'V' => Ok((i, FieldValue::Void)),
         b'A' => {
+            too_deep(depth + 1)?;
             let (rest, body) = length_prefixed(i).map_err(syntax)?;
-            return Ok((rest, FieldValue::Array(parse_array(src, body)?)));
+            return Ok((rest, FieldValue::Array(array_values(src, body, depth + 1)?)));
         }
         b'F' => {
+            too_deep(depth + 1)?;
             let (rest, body) = length_prefixed(i).map_err(syntax)?;
-            return Ok((rest, FieldValue::Table(parse_table_body(src, body)?)));
+            return Ok((rest, FieldValue::Table(table_entries(src, body, depth + 1)?)));
         }
         other => {
             return Err(DecodeError::new(format!("unknown field table type '{}'", (other as char).escape_default())))
         }
     };
     r.map_err(syntax)
+}
+
+/// Checks that `input` starts with a well-formed length-prefixed table,
+/// nested no deeper than [`MAX_DEPTH`], without building it; returns what
+/// follows it. For content properties, which the broker passes on as raw
+/// bytes but must not accept broken (see [`super::properties`]).
+pub fn skip_table(input: &[u8]) -> Result<&[u8], DecodeError> {
+    let (rest, body) = length_prefixed(input).map_err(syntax)?;
+    skip_entries(body, 1, true)?;
+    Ok(rest)
+}
+
+/// Walks a table body (`named`: entries have names) or an array body.
+fn skip_entries(mut body: &[u8], depth: usize, named: bool) -> Result<(), DecodeError> {
+    while !body.is_empty() {
+        if named {
+            body = short_string(body).map_err(syntax)?.0;
+        }
+        let (i, tag) = be_u8(body).map_err(syntax)?;
+        let fixed = match tag {
+            b'V' => 0,
+            b't' | b'b' | b'B' => 1,
+            b's' | b'u' => 2,
+            b'I' | b'i' | b'f' => 4,
+            b'D' => 5,
+            b'l' | b'L' | b'd' | b'T' => 8,
+            b'S' | b'x' => {
+                body = length_prefixed(i).map_err(syntax)?.0;
+                continue;
+            }
+            b'A' | b'F' => {
+                too_deep(depth + 1)?;
+                let (rest, inner) = length_prefixed(i).map_err(syntax)?;
+                skip_entries(inner, depth + 1, tag == b'F')?;
+                body = rest;
+                continue;
+            }
+            other => {
+                return Err(DecodeError::new(format!(
+                    "unknown field table type '{}'",
+                    (other as char).escape_default()
+                )))
+            }
+        };
+        body = take::<usize, &[u8], nom::error::Error<&[u8]>>(fixed)(i).map_err(syntax)?.0;
+    }
+    Ok(())
 }
 
 /// Writes a table with its 4-octet length prefix.
@@ -389,6 +473,84 @@ mod tests {
         assert_eq!(table.get("n"), Some(&FieldValue::I64(-1)));
     }
 
+    /// A table (depth 1) whose entry "n" starts a chain of `F` or `A`
+    /// containers, the deepest of them at depth `levels`.
+    fn nested(levels: usize, tag: u8) -> Bytes {
+        let entry = |v: Vec<u8>| [&b"\x01n"[..], &v].concat();
+        let mut value: Option<Vec<u8>> = None;
+        for _ in 2..=levels {
+            let contents = match value.take() {
+                None => Vec::new(),
+                Some(v) if tag == b'F' => entry(v),
+                Some(v) => v,
+            };
+            let mut v = vec![tag];
+            v.extend_from_slice(&(contents.len() as u32).to_be_bytes());
+            v.extend_from_slice(&contents);
+            value = Some(v);
+        }
+        let top = value.map(entry).unwrap_or_default();
+        let mut wire = (top.len() as u32).to_be_bytes().to_vec();
+        wire.extend_from_slice(&top);
+        Bytes::from(wire)
+    }
+
+    fn depth_of(v: &FieldValue) -> usize {
+        match v {
+            FieldValue::Table(t) => 1 + t.iter().map(|(_, v)| depth_of(v)).max().unwrap_or(0),
+            FieldValue::Array(a) => 1 + a.iter().map(depth_of).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    #[test]
+    fn nesting_up_to_the_limit_parses_and_one_more_is_refused() {
+        for tag in [b'F', b'A'] {
+            let ok = nested(MAX_DEPTH, tag);
+            let (_, table) = parse_table(&ok, &ok).unwrap();
+            let depth = 1 + table.iter().map(|(_, v)| depth_of(v)).max().unwrap_or(0);
+            assert_eq!(depth, MAX_DEPTH, "tag {}", tag as char);
+            let deep = nested(MAX_DEPTH + 1, tag);
+            let err = parse_table(&deep, &deep).unwrap_err();
+            assert_eq!(err.what, "field table nested deeper than 128 levels");
+        }
+    }
+
+    #[test]
+    fn thousands_of_levels_are_refused_without_exhausting_the_stack() {
+        // ~4,000 levels in a 24 kB frame crashed the broker before nesting was
+        // bounded. Run on a stack the size of a tokio worker's (2 MiB), so a
+        // regression aborts this test rather than passing.
+        let deep = nested(4_000, b'F');
+        let arrays = nested(4_000, b'A');
+        std::thread::Builder::new()
+            .stack_size(2 * 1024 * 1024)
+            .spawn(move || {
+                assert!(parse_table(&deep, &deep).is_err());
+                assert!(parse_table(&arrays, &arrays).is_err());
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    #[test]
+    fn skipping_accepts_what_parsing_accepts() {
+        let mut buf = BytesMut::new();
+        let table = FieldTable::new()
+            .with("A", FieldValue::Array(vec![FieldValue::I32(1), FieldValue::Table(FieldTable::new())]))
+            .with("S", FieldValue::LongStr(Bytes::from_static(b"s")))
+            .with("D", FieldValue::Decimal { scale: 1, value: 2 })
+            .with("V", FieldValue::Void);
+        encode_table(&mut buf, &table);
+        buf.extend_from_slice(b"after");
+        assert_eq!(skip_table(&buf).unwrap(), b"after");
+        for tag in [b'F', b'A'] {
+            assert!(skip_table(&nested(MAX_DEPTH, tag)).is_ok());
+            assert!(skip_table(&nested(MAX_DEPTH + 1, tag)).is_err());
+        }
+    }
+
     #[test]
     fn bad_tables_are_errors() {
         for wire in [
@@ -399,6 +561,7 @@ mod tests {
         ] {
             let bytes = Bytes::copy_from_slice(wire);
             assert!(parse_table(&bytes, &bytes).is_err(), "{wire:?}");
+            assert!(skip_table(wire).is_err(), "{wire:?}");
         }
     }
 }

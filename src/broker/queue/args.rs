@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::error::{AmqpError, AmqpResult};
+use crate::protocol::properties::MAX_EXPIRY_MS;
 use crate::protocol::{FieldTable, FieldValue, ShortStr};
 
 /// What a full queue does with one more message (`x-overflow`).
@@ -43,15 +44,14 @@ impl QueueArgs {
         let invalid = |key: &str, why: String| {
             AmqpError::precondition_failed(format!("invalid arg '{key}' for {describe}: {why}"))
         };
-        // An integer argument; `min` is the smallest valid value.
-        let int = |key: &str, min: i64| -> AmqpResult<Option<i64>> {
+        // An integer argument, checked as RabbitMQ's `check_int_arg` and the
+        // range check `bound` (which returns RabbitMQ's reason term).
+        let int = |key: &str, bound: fn(i64) -> Result<(), String>| -> AmqpResult<Option<i64>> {
             match args.get(key) {
                 None => Ok(None),
                 Some(v) => match v.as_i64() {
-                    Some(n) if n < min && min == 1 && n == 0 => Err(invalid(key, "{value_zero,0}".into())),
-                    Some(n) if n < min => Err(invalid(key, format!("{{value_negative,{n}}}"))),
-                    Some(n) => Ok(Some(n)),
-                    None => Err(invalid(key, format!("{{unacceptable_type,{}}}", v.type_name()))),
+                    Some(n) => bound(n).map(|()| Some(n)).map_err(|why| invalid(key, why)),
+                    None => Err(invalid(key, format!("\"expected integer, got {}\"", v.type_name()))),
                 },
             }
         };
@@ -71,12 +71,7 @@ impl QueueArgs {
                 b"drop-head" => Overflow::DropHead,
                 b"reject-publish" => Overflow::RejectPublish,
                 b"reject-publish-dlx" => Overflow::RejectPublishDlx,
-                other => {
-                    return Err(invalid(
-                        "x-overflow",
-                        format!("{{unknown_overflow_type,{}}}", String::from_utf8_lossy(other)),
-                    ))
-                }
+                _ => return Err(invalid("x-overflow", "invalid_overflow".into())),
             },
             Some(v) => return Err(invalid("x-overflow", format!("{{unacceptable_type,{}}}", v.type_name()))),
         };
@@ -95,20 +90,57 @@ impl QueueArgs {
                 return Err(invalid("x-single-active-consumer", format!("{{unacceptable_type,{}}}", v.type_name())))
             }
         };
+        let dead_letter_exchange = string("x-dead-letter-exchange")?;
+        let dead_letter_routing_key = string("x-dead-letter-routing-key")?;
+        if dead_letter_routing_key.is_some() && dead_letter_exchange.is_none() {
+            return Err(invalid("x-dead-letter-routing-key", "routing_key_but_no_dlx_defined".into()));
+        }
         Ok(QueueArgs {
-            message_ttl: int("x-message-ttl", 0)?.map(ms),
-            expires: int("x-expires", 1)?.map(ms),
-            max_length: int("x-max-length", 0)?.map(|n| n as usize),
-            max_length_bytes: int("x-max-length-bytes", 0)?.map(|n| n as usize),
+            message_ttl: int("x-message-ttl", expiry)?.map(ms),
+            expires: int("x-expires", expires)?.map(ms),
+            max_length: int("x-max-length", non_negative)?.map(|n| n as usize),
+            max_length_bytes: int("x-max-length-bytes", non_negative)?.map(|n| n as usize),
             overflow,
-            dead_letter_exchange: string("x-dead-letter-exchange")?,
-            dead_letter_routing_key: string("x-dead-letter-routing-key")?,
-            // RabbitMQ caps priorities at 255.
-            max_priority: int("x-max-priority", 0)?.map(|n| n.min(255) as u8),
+            dead_letter_exchange,
+            dead_letter_routing_key,
+            max_priority: int("x-max-priority", priority)?.map(|n| n as u8),
             single_active_consumer,
-            consumer_timeout: int("x-consumer-timeout", 0)?.map(ms),
+            consumer_timeout: int("x-consumer-timeout", non_negative)?.map(ms),
         })
     }
+}
+
+fn non_negative(n: i64) -> Result<(), String> {
+    if n < 0 {
+        return Err(format!("{{value_negative,{n}}}"));
+    }
+    Ok(())
+}
+
+/// `rabbit_misc:check_expiry`: not negative, at most ten years.
+fn expiry(n: i64) -> Result<(), String> {
+    non_negative(n)?;
+    if n > MAX_EXPIRY_MS {
+        return Err(format!("{{value_too_large,{n}}}"));
+    }
+    Ok(())
+}
+
+/// `x-expires`: an expiry, and not zero.
+fn expires(n: i64) -> Result<(), String> {
+    if n == 0 {
+        return Err("{value_zero,0}".into());
+    }
+    expiry(n)
+}
+
+/// `x-max-priority`: RabbitMQ supports up to 255 levels.
+fn priority(n: i64) -> Result<(), String> {
+    non_negative(n)?;
+    if n > 255 {
+        return Err(format!("{{max_value_exceeded,{n}}}"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -150,8 +182,32 @@ mod tests {
         );
         assert_eq!(
             err(FieldTable::new().with("x-max-length", FieldValue::LongStr("ten".into()))),
-            "invalid arg 'x-max-length' for queue 'q' in vhost '/': {unacceptable_type,longstr}"
+            "invalid arg 'x-max-length' for queue 'q' in vhost '/': \"expected integer, got longstr\""
         );
-        assert!(err(FieldTable::new().with("x-overflow", FieldValue::LongStr("explode".into()))).contains("x-overflow"));
+        assert_eq!(
+            err(FieldTable::new().with("x-overflow", FieldValue::LongStr("explode".into()))),
+            "invalid arg 'x-overflow' for queue 'q' in vhost '/': invalid_overflow"
+        );
+        assert_eq!(
+            err(FieldTable::new().with("x-max-priority", FieldValue::I32(256))),
+            "invalid arg 'x-max-priority' for queue 'q' in vhost '/': {max_value_exceeded,256}"
+        );
+        assert_eq!(
+            err(FieldTable::new().with("x-expires", FieldValue::I64(315_360_000_001))),
+            "invalid arg 'x-expires' for queue 'q' in vhost '/': {value_too_large,315360000001}"
+        );
+        assert_eq!(
+            err(FieldTable::new().with("x-message-ttl", FieldValue::I64(315_360_000_001))),
+            "invalid arg 'x-message-ttl' for queue 'q' in vhost '/': {value_too_large,315360000001}"
+        );
+        assert_eq!(
+            err(FieldTable::new().with("x-dead-letter-routing-key", FieldValue::LongStr("k".into()))),
+            "invalid arg 'x-dead-letter-routing-key' for queue 'q' in vhost '/': routing_key_but_no_dlx_defined"
+        );
+        let limits = FieldTable::new()
+            .with("x-max-priority", FieldValue::I32(255))
+            .with("x-expires", FieldValue::I64(315_360_000_000))
+            .with("x-message-ttl", FieldValue::I64(0));
+        assert!(QueueArgs::parse(&limits, Q).is_ok());
     }
 }

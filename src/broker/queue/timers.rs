@@ -52,7 +52,7 @@ impl Queue {
         });
         if expired_queue {
             if let Some(vhost) = self.vhost.upgrade() {
-                tracing::debug!("deleting {} after x-expires", self.describe());
+                tracing::debug!("deleting {} after x-expires", crate::logging::Escaped(&self.describe()));
                 vhost.delete_queue(self);
             }
             return false;

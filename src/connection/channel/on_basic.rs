@@ -34,6 +34,7 @@ impl Channel {
             s.check(Access::Write, "exchange", &p.exchange).map_err(|e| e.with_ids(60, 40))?;
             self.write_permitted = Some(p.exchange.clone());
         }
+        check_properties(&header.raw_properties)?;
         let mut route = std::mem::take(&mut s.route_buf);
         route.clear();
         if let Err(e) = s.vhost.route(&p.exchange, &p.routing_key, &header.raw_properties, &mut route) {
@@ -240,4 +241,22 @@ impl Channel {
         self.settle(Settled::Many(all.into()), Outcome::Requeue);
         Ok(())
     }
+}
+
+/// Refuses a publish whose properties would reach consumers broken (see
+/// [`crate::protocol::properties::check`]). RabbitMQ decodes the properties
+/// of every publish too; one that does not decode crashes its channel
+/// process and the client gets 541 INTERNAL_ERROR, so that is the code
+/// here, with the reason in the text. An `expiration` that is not a TTL
+/// RabbitMQ would accept is its 406 with its text.
+fn check_properties(raw: &bytes::Bytes) -> AmqpResult<()> {
+    use crate::protocol::properties::{check, message_expiration_text, parse_expiration};
+    check(raw)
+        .map_err(|e| AmqpError::internal_error(format!("cannot decode content properties: {e}")).with_ids(60, 40))?;
+    if let Some(text) = message_expiration_text(raw) {
+        if let Err(why) = parse_expiration(text.as_bytes()) {
+            return Err(AmqpError::precondition_failed(format!("invalid expiration '{text}': {why}")).with_ids(60, 40));
+        }
+    }
+    Ok(())
 }

@@ -1,0 +1,374 @@
+//! A hostile client, with raw frames: every input that once crashed, wedged
+//! or blinded the broker (issue 8), each refused with the reply RabbitMQ
+//! would give while every other connection and every queued message stays
+//! intact.
+
+mod common;
+// The binary as a child process (not in `common`, which examples share).
+#[path = "common/binary.rs"]
+mod binary;
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use binary::Warren;
+use common::{publish_frames, RawClient, Read};
+use warren::protocol::frame::{write_body_frame_header, write_content_header, write_method};
+use warren::protocol::methods::{basic, confirm, connection, exchange, queue};
+use warren::protocol::{FieldTable, FieldValue, Frame, Method};
+use warren::{EmbeddedBroker, Event};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+/// A field table whose entry "n" starts `levels` levels of `F` (tables) or
+/// `A` (arrays), each inside the last: five or seven octets a level.
+fn nested_table(levels: usize, tag: u8) -> FieldTable {
+    let mut value = FieldValue::Void;
+    for _ in 0..levels {
+        value = match tag {
+            b'F' => FieldValue::Table(FieldTable::new().with("n", value)),
+            _ => FieldValue::Array(vec![value]),
+        };
+    }
+    FieldTable::new().with("n", value)
+}
+
+/// The wire form of a table nested that deep, built without recursion (the
+/// encoder would recurse 4,000 times).
+fn nested_table_wire(levels: usize, tag: u8) -> Vec<u8> {
+    let mut inner: Vec<u8> = vec![b'V'];
+    for _ in 0..levels {
+        let mut outer = Vec::with_capacity(inner.len() + 8);
+        outer.push(tag);
+        let body_len = inner.len() + if tag == b'F' { 2 } else { 0 };
+        outer.extend_from_slice(&(body_len as u32).to_be_bytes());
+        if tag == b'F' {
+            outer.extend_from_slice(b"\x01n");
+        }
+        outer.extend_from_slice(&inner);
+        inner = outer;
+    }
+    let mut table = (inner.len() as u32 + 2).to_be_bytes().to_vec();
+    table.extend_from_slice(b"\x01n");
+    table.extend_from_slice(&inner);
+    table
+}
+
+/// A queue.declare on channel 1 whose arguments are `table` (wire form).
+fn declare_with_raw_arguments(name: &str, table: &[u8]) -> BytesMut {
+    let mut payload = BytesMut::new();
+    payload.extend_from_slice(&[0, 50, 0, 10, 0, 0]); // queue.declare, reserved short
+    payload.extend_from_slice(&[name.len() as u8]);
+    payload.extend_from_slice(name.as_bytes());
+    payload.extend_from_slice(&[0]); // bits
+    payload.extend_from_slice(table);
+    frame(1, 1, &payload)
+}
+
+fn frame(frame_type: u8, channel: u16, payload: &[u8]) -> BytesMut {
+    let mut f = BytesMut::new();
+    f.extend_from_slice(&[frame_type]);
+    f.extend_from_slice(&channel.to_be_bytes());
+    f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    f.extend_from_slice(payload);
+    f.extend_from_slice(&[0xce]);
+    f
+}
+
+/// Publish + content header with these raw properties + body, on channel 1.
+fn publish_with_properties(exchange: &str, routing_key: &str, properties: &[u8], body: &[u8]) -> BytesMut {
+    let mut buf = BytesMut::new();
+    let m = basic::Publish { exchange: exchange.into(), routing_key: routing_key.into(), ..Default::default() };
+    write_method(&mut buf, 1, &m.into());
+    write_content_header(&mut buf, 1, 60, body.len() as u64, properties);
+    write_body_frame_header(&mut buf, 1, body.len());
+    buf.extend_from_slice(body);
+    buf.extend_from_slice(&[0xce]);
+    buf
+}
+
+/// Raw properties holding only `headers`, given in wire form.
+fn headers_property(table: &[u8]) -> Vec<u8> {
+    let mut p = vec![0x20, 0x00];
+    p.extend_from_slice(table);
+    p
+}
+
+/// The next connection.close or channel.close: (channel, code, text).
+async fn expect_close(client: &mut RawClient) -> (u16, u16, String) {
+    loop {
+        match client.expect_method(WAIT).await {
+            (ch, Method::ConnectionClose(c)) => return (ch, c.reply_code, c.reply_text.to_string()),
+            (ch, Method::ChannelClose(c)) => return (ch, c.reply_code, c.reply_text.to_string()),
+            _ => {}
+        }
+    }
+}
+
+/// A bystander: a queue holding one message, checked at the end of a test
+/// to prove that nothing the hostile client did reached it.
+async fn bystander(addr: std::net::SocketAddr) -> RawClient {
+    let mut c = RawClient::open(addr, 0).await;
+    c.declare_queue("bystander").await;
+    let mut frames = BytesMut::new();
+    publish_frames(&mut frames, "bystander", false, b"still here");
+    c.send_raw(&frames).await;
+    c
+}
+
+async fn bystander_is_intact(c: &mut RawClient) {
+    c.send(1, basic::Get { queue: "bystander".into(), no_ack: true, ..Default::default() }).await;
+    assert!(matches!(c.expect_method(WAIT).await.1, Method::BasicGetOk(_)));
+    assert!(matches!(c.read(WAIT).await, Read::Frame(Frame::Header { .. })));
+    match c.read(WAIT).await {
+        Read::Frame(Frame::Body { body, .. }) => assert_eq!(&body[..], b"still here"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn deeply_nested_arguments_before_connection_open_close_only_that_connection() {
+    let broker = EmbeddedBroker::start().await.unwrap();
+    let mut other = bystander(broker.addr()).await;
+    // 3,700 levels of tables fit in a 24 kB frame; decoding them recursively
+    // overflowed a worker's stack and aborted the process.
+    let mut hostile = RawClient::connect(broker.addr()).await;
+    hostile.handshake_to_tune_ok(2047, 131_072, 0).await;
+    let wire = nested_table_wire(3_700, b'F');
+    assert!(wire.len() < 30_000);
+    hostile.send_raw(&declare_with_raw_arguments("q", &wire)).await;
+    let (channel, code, text) = expect_close(&mut hostile).await;
+    assert_eq!((channel, code), (0, 501), "{text}");
+    assert!(text.contains("field table nested deeper than 128 levels"), "{text}");
+    bystander_is_intact(&mut other).await;
+}
+
+#[tokio::test]
+async fn deeply_nested_arrays_and_tables_are_refused_at_every_door() {
+    let broker = EmbeddedBroker::start().await.unwrap();
+    let mut other = bystander(broker.addr()).await;
+
+    // Arrays in queue arguments, on a running connection.
+    let mut hostile = RawClient::open(broker.addr(), 0).await;
+    hostile.send_raw(&declare_with_raw_arguments("q", &nested_table_wire(4_000, b'A'))).await;
+    let (_, code, text) = expect_close(&mut hostile).await;
+    assert_eq!(code, 501, "{text}");
+
+    // Message headers, which a headers exchange decodes to route.
+    let mut hostile = RawClient::open(broker.addr(), 0).await;
+    hostile.send(1, exchange::Declare { exchange: "h".into(), kind: "headers".into(), ..Default::default() }).await;
+    assert!(matches!(hostile.expect_method(WAIT).await.1, Method::ExchangeDeclareOk(_)));
+    let props = headers_property(&nested_table_wire(3_700, b'F'));
+    hostile.send_raw(&publish_with_properties("h", "", &props, b"x")).await;
+    let (channel, code, text) = expect_close(&mut hostile).await;
+    assert_eq!((channel, code), (0, 541), "{text}");
+    assert!(text.contains("nested deeper than 128 levels"), "{text}");
+
+    // Up to the limit is fine, and goes through byte for byte.
+    let mut fine = RawClient::open(broker.addr(), 0).await;
+    fine.declare_queue("deep").await;
+    let props = headers_property(&nested_table_wire(120, b'A'));
+    fine.send_raw(&publish_with_properties("", "deep", &props, b"deep")).await;
+    fine.send(1, basic::Get { queue: "deep".into(), no_ack: true, ..Default::default() }).await;
+    assert!(matches!(fine.expect_method(WAIT).await.1, Method::BasicGetOk(_)));
+    match fine.read(WAIT).await {
+        Read::Frame(Frame::Header { header, .. }) => assert_eq!(&header.raw_properties[..], &props[..]),
+        other => panic!("{other:?}"),
+    }
+    bystander_is_intact(&mut other).await;
+}
+
+#[tokio::test]
+async fn nested_arguments_at_the_limit_are_accepted_and_one_more_level_refused() {
+    let broker = EmbeddedBroker::start().await.unwrap();
+    let mut client = RawClient::open(broker.addr(), 0).await;
+    // The top-level table is level 1: 127 more levels is the deepest allowed.
+    client
+        .send(1, queue::Declare { queue: "ok".into(), arguments: nested_table(127, b'F'), ..Default::default() })
+        .await;
+    assert!(matches!(client.expect_method(WAIT).await.1, Method::QueueDeclareOk(_)));
+    client
+        .send(1, queue::Declare { queue: "no".into(), arguments: nested_table(128, b'F'), ..Default::default() })
+        .await;
+    assert_eq!(expect_close(&mut client).await.1, 501);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_publish_with_many_hashes_and_a_long_key_does_not_wedge_the_broker() {
+    let broker = EmbeddedBroker::start().await.unwrap();
+    let mut client = RawClient::open(broker.addr(), 0).await;
+    client.send(1, exchange::Declare { exchange: "t".into(), kind: "topic".into(), ..Default::default() }).await;
+    assert!(matches!(client.expect_method(WAIT).await.1, Method::ExchangeDeclareOk(_)));
+    client.declare_queue("hashes").await;
+    // Sixteen `#` then `z`: the naive matcher tries every split of 64 words.
+    let binding = format!("{}z", "#.".repeat(16));
+    client
+        .send(
+            1,
+            queue::Bind {
+                queue: "hashes".into(),
+                exchange: "t".into(),
+                routing_key: binding.as_str().into(),
+                ..Default::default()
+            },
+        )
+        .await;
+    assert!(matches!(client.expect_method(WAIT).await.1, Method::QueueBindOk(_)));
+    client.send(1, confirm::Select { no_wait: false }).await;
+    assert!(matches!(client.expect_method(WAIT).await.1, Method::ConfirmSelectOk(_)));
+    let miss = vec!["w"; 64].join(".");
+    let hit = vec!["w"; 63].join(".") + ".z";
+    for key in [&miss, &hit] {
+        let mut frames = BytesMut::new();
+        write_method(
+            &mut frames,
+            1,
+            &basic::Publish { exchange: "t".into(), routing_key: key.as_str().into(), ..Default::default() }.into(),
+        );
+        write_content_header(&mut frames, 1, 60, 0, &[0, 0]);
+        client.send_raw(&frames).await;
+    }
+    // Both confirmed (a wedged broker never answers), the second routed.
+    let mut confirmed = 0;
+    while confirmed < 2 {
+        match client.expect_method(Duration::from_secs(10)).await.1 {
+            Method::BasicAck(a) => confirmed = a.delivery_tag,
+            other => panic!("{other:?}"),
+        }
+    }
+    client.send(1, queue::Declare { queue: "hashes".into(), passive: true, ..Default::default() }).await;
+    match client.expect_method(WAIT).await.1 {
+        Method::QueueDeclareOk(ok) => assert_eq!(ok.message_count, 1),
+        other => panic!("{other:?}"),
+    }
+    // And a new client still gets its connection.start at once.
+    RawClient::open(broker.addr(), 0).await;
+}
+
+#[tokio::test]
+async fn broken_properties_are_refused_not_delivered() {
+    let broker = EmbeddedBroker::start().await.unwrap();
+    let mut other = bystander(broker.addr()).await;
+    let cases: [(&[u8], &str); 3] = [
+        (b"\x00\x01\x80\x00", "property flags 0x0001 set bits no basic property has"),
+        (b"\x10\x00\x02\x00", "1 octets after the last property"),
+        (b"\x20\x00\x00\x00\x00\x03\x01aZ", "unknown field table type 'Z'"),
+    ];
+    for (props, why) in cases {
+        let mut hostile = RawClient::open(broker.addr(), 0).await;
+        hostile.declare_queue("never").await;
+        hostile.send_raw(&publish_with_properties("", "never", props, b"garbage")).await;
+        let (channel, code, text) = expect_close(&mut hostile).await;
+        assert_eq!((channel, code), (0, 541), "{text}");
+        assert_eq!(text, format!("INTERNAL_ERROR - cannot decode content properties: {why}"));
+    }
+    let mut check = RawClient::open(broker.addr(), 0).await;
+    check.send(1, queue::Declare { queue: "never".into(), passive: true, ..Default::default() }).await;
+    match check.expect_method(WAIT).await.1 {
+        Method::QueueDeclareOk(ok) => assert_eq!(ok.message_count, 0, "a broken message was queued"),
+        other => panic!("{other:?}"),
+    }
+    bystander_is_intact(&mut other).await;
+}
+
+#[tokio::test]
+async fn an_invalid_expiration_is_406_with_rabbitmqs_text() {
+    let broker = EmbeddedBroker::start().await.unwrap();
+    let mut client = RawClient::open(broker.addr(), 0).await;
+    client.declare_queue("ttl").await;
+    for (expiration, reason) in [
+        ("abc", "no_integer"),
+        ("-1", "{value_negative,-1}"),
+        ("315360000001", "{value_too_large,315360000001}"),
+        ("10abc", "{leftover_string,\"abc\"}"),
+    ] {
+        let mut props = vec![0x01, 0x00, expiration.len() as u8];
+        props.extend_from_slice(expiration.as_bytes());
+        client.send_raw(&publish_with_properties("", "ttl", &props, b"x")).await;
+        let (channel, code, text) = expect_close(&mut client).await;
+        assert_eq!((channel, code), (1, 406));
+        assert_eq!(text, format!("PRECONDITION_FAILED - invalid expiration '{expiration}': {reason}"));
+        client.send(1, warren::protocol::methods::channel::CloseOk {}).await;
+        client.send(1, warren::protocol::methods::channel::Open { reserved_1: "".into() }).await;
+        assert!(matches!(client.expect_method(WAIT).await.1, Method::ChannelOpenOk(_)));
+    }
+}
+
+#[tokio::test]
+async fn queue_arguments_beyond_rabbitmqs_limits_are_406() {
+    let broker = EmbeddedBroker::start().await.unwrap();
+    let mut client = RawClient::open(broker.addr(), 0).await;
+    for (key, value, reason) in [
+        ("x-max-priority", FieldValue::I32(256), "{max_value_exceeded,256}"),
+        ("x-expires", FieldValue::I64(315_360_000_001), "{value_too_large,315360000001}"),
+        ("x-message-ttl", FieldValue::I64(315_360_000_001), "{value_too_large,315360000001}"),
+    ] {
+        let arguments = FieldTable::new().with(key, value);
+        client.send(1, queue::Declare { queue: "q".into(), arguments, ..Default::default() }).await;
+        let (channel, code, text) = expect_close(&mut client).await;
+        assert_eq!((channel, code), (1, 406));
+        assert_eq!(text, format!("PRECONDITION_FAILED - invalid arg '{key}' for queue 'q' in vhost '/': {reason}"));
+        client.send(1, warren::protocol::methods::channel::CloseOk {}).await;
+        client.send(1, warren::protocol::methods::channel::Open { reserved_1: "".into() }).await;
+        assert!(matches!(client.expect_method(WAIT).await.1, Method::ChannelOpenOk(_)));
+    }
+}
+
+#[tokio::test]
+async fn after_a_frame_error_the_clients_close_ok_ends_the_connection() {
+    let broker = EmbeddedBroker::start().await.unwrap();
+    let mut events = broker.events();
+    let mut client = RawClient::open(broker.addr(), 0).await;
+    // An unknown frame type: a frame error, but the frame boundaries are intact.
+    client.send_raw(&frame(9, 0, b"junk")).await;
+    let (_, code, _) = expect_close(&mut client).await;
+    assert_eq!(code, 501);
+    client.send(0, connection::CloseOk {}).await;
+    assert!(matches!(client.read(WAIT).await, Read::Closed));
+    let closed = events.wait_for(|e| matches!(e, Event::ConnectionClosed { .. }), WAIT).await.unwrap();
+    let Event::ConnectionClosed { reason, .. } = closed else { unreachable!() };
+    assert_eq!(reason, "closed (connection.close handshake)", "the close-ok was ignored");
+}
+
+#[tokio::test]
+async fn update_secret_is_accepted_for_internal_users() {
+    let broker = EmbeddedBroker::start().await.unwrap();
+    let mut client = RawClient::open(broker.addr(), 0).await;
+    client
+        .send(0, connection::UpdateSecret { new_secret: Bytes::from_static(b"guest"), reason: "token refresh".into() })
+        .await;
+    assert!(matches!(client.expect_method(WAIT).await, (0, Method::ConnectionUpdateSecretOk(_))));
+    // Still a working connection.
+    client.declare_queue("after-update").await;
+}
+
+#[test]
+fn client_text_cannot_forge_log_lines() {
+    let warren = Warren::start(&[], "");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        // A user name with a newline, refused before authentication.
+        let mut c = RawClient::connect(warren.amqp).await;
+        c.send_raw(warren::protocol::PROTOCOL_HEADER).await;
+        c.expect_method(WAIT).await;
+        c.send(
+            0,
+            connection::StartOk {
+                client_properties: FieldTable::new()
+                    .with("connection_name", FieldValue::LongStr("app\nFORGED client name".into())),
+                mechanism: "PLAIN".into(),
+                response: Bytes::from_static(b"\0evil\nFORGED user line\0pw"),
+                locale: "en_US".into(),
+            },
+        )
+        .await;
+        let _ = c.read(WAIT).await;
+    });
+    let (line, before) = warren.wait_for_log("login refused");
+    assert!(line.contains(r"user 'evil\nFORGED user line'"), "{line}");
+    for l in &before {
+        assert!(!l.starts_with("FORGED"), "a forged line: {l}");
+    }
+    let named = before.iter().find(|l| l.contains("client-provided name")).expect("the name was logged");
+    assert!(named.ends_with(r"app\nFORGED client name"), "{named}");
+}
