@@ -20,12 +20,21 @@
 //! | `load_definitions` | | a RabbitMQ definitions JSON: users, vhosts, permissions |
 //! | `vm_memory_high_watermark.relative` | `0.4` | share of the machine's memory before publishers are blocked |
 //! | `vm_memory_high_watermark.absolute` | | the same as a size: `512MB`, `1GiB` |
+//! | `vm_memory_calculation_strategy` | `rss` | what the watermark is compared with: `rss`, `allocated` or `legacy` (messages only) |
+//! | `memory_monitor_interval` | `1000` | ms between samples of the process's memory |
+//! | `default_user_tags.TAG` | `administrator = true` | the default user's tags (management API rights) |
+//! | `connection_max` | `infinity` | most connections; more are refused at `connection.open` (530) |
+//! | `max_message_size` | `134217728` | largest message body, at most 512 MiB (406) |
+//! | `management.tcp.request_timeout` | `5000` | ms to receive a request's headers on the HTTP API |
+//! | `management.tcp.idle_timeout` | `60000` | ms an HTTP connection may stay silent |
+//! | `management.tcp.max_connections` | `1024` | most HTTP connections at once (warren's key; RabbitMQ's is fixed at 1024) |
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
+use crate::broker::alarm::MemoryStrategy;
 use crate::protocol::constants::FRAME_MIN_SIZE;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -53,9 +62,47 @@ pub struct Config {
     pub loopback_users: Vec<String>,
     /// Memory the broker may hold before it blocks publishers.
     pub memory_high_watermark: Watermark,
+    /// What the watermark is compared with, besides the broker's own account
+    /// of its messages (see `broker::alarm`).
+    pub memory_strategy: MemoryStrategy,
+    /// How often the process's memory is sampled.
+    pub memory_monitor_interval: Duration,
+    /// Most connections at once; a connection past it is refused at
+    /// `connection.open`, as RabbitMQ 3.11.12 and later do. None: no limit.
+    pub connection_max: Option<usize>,
+    /// Largest message body accepted (RabbitMQ's `max_message_size`).
+    pub max_message_size: u64,
+    /// Limits of the HTTP API's connections.
+    pub http_limits: HttpLimits,
     /// Log every frame in and out of every connection, readably
     /// (`<- basic.publish exchange="" routing_key="q"`, `-> heartbeat`).
     pub trace_frames: bool,
+}
+
+/// RabbitMQ's cap on `max_message_size`: 512 MiB.
+pub const MAX_MESSAGE_SIZE_CAP: u64 = 512 << 20;
+
+/// Limits that keep HTTP clients from holding sockets the AMQP side needs
+/// (cowboy's defaults, which RabbitMQ's management plugin uses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// From the connection's start (or the end of the previous request) to
+    /// the end of the request's headers.
+    pub request_timeout: Duration,
+    /// How long a connection may stay silent, between or during requests.
+    pub idle_timeout: Duration,
+    /// HTTP connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            request_timeout: Duration::from_millis(5_000),
+            idle_timeout: Duration::from_millis(60_000),
+            max_connections: 1024,
+        }
+    }
 }
 
 /// `vm_memory_high_watermark`: a share of the machine's memory or a size.
@@ -75,6 +122,18 @@ impl Watermark {
             }
             Watermark::Absolute(bytes) => Some(bytes),
         }
+    }
+}
+
+/// User tags as RabbitMQ writes them: a JSON list (3.9 and later) or a
+/// comma-separated string (earlier definitions files).
+pub fn parse_tags(value: Option<&serde_json::Value>) -> Vec<String> {
+    match value {
+        Some(serde_json::Value::Array(list)) => list.iter().filter_map(|t| t.as_str()).map(str::to_string).collect(),
+        Some(serde_json::Value::String(text)) => {
+            text.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_string).collect()
+        }
+        _ => Vec::new(),
     }
 }
 
@@ -103,6 +162,17 @@ pub fn parse_size(text: &str) -> Option<usize> {
 pub struct UserConfig {
     pub name: String,
     pub password: PasswordConfig,
+    /// RabbitMQ's user tags: `administrator`, `monitoring`, `policymaker`,
+    /// `management` give rights on the management API (see `http`).
+    pub tags: Vec<String>,
+}
+
+impl UserConfig {
+    /// A user with a plain password and no tags, as `rabbitmqctl add_user`
+    /// creates one.
+    pub fn plain(name: &str, password: &str) -> Self {
+        UserConfig { name: name.into(), password: PasswordConfig::Plain(password.into()), tags: Vec::new() }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -144,11 +214,16 @@ impl Default for Config {
             channel_max: 2047,
             handshake_timeout: Duration::from_millis(10_000),
             consumer_timeout: Some(Duration::from_millis(1_800_000)),
-            users: vec![UserConfig { name: "guest".into(), password: PasswordConfig::Plain("guest".into()) }],
+            users: vec![UserConfig { tags: vec!["administrator".into()], ..UserConfig::plain("guest", "guest") }],
             vhosts: vec!["/".into()],
             permissions: vec![PermissionConfig::full("guest", "/")],
             loopback_users: vec!["guest".into()],
             memory_high_watermark: Watermark::Relative(0.4),
+            memory_strategy: MemoryStrategy::Rss,
+            memory_monitor_interval: Duration::from_millis(1_000),
+            connection_max: None,
+            max_message_size: 128 << 20,
+            http_limits: HttpLimits::default(),
             trace_frames: false,
         }
     }
@@ -207,6 +282,7 @@ impl Config {
         let mut default_pass: Option<String> = None;
         let mut default_vhost: Option<String> = None;
         let mut default_permissions = [".*".to_string(), ".*".to_string(), ".*".to_string()];
+        let mut default_tags = self.users.first().map(|u| u.tags.clone()).unwrap_or_default();
         for (index, raw) in text.lines().enumerate() {
             let line = index + 1;
             let content = raw.split_once('#').map_or(raw, |(before, _)| before).trim();
@@ -268,6 +344,49 @@ impl Config {
                     let bytes = parse_size(value).ok_or_else(|| bad("expected a size such as 512MB or 1GiB"))?;
                     self.memory_high_watermark = Watermark::Absolute(bytes);
                 }
+                "vm_memory_calculation_strategy" => {
+                    self.memory_strategy =
+                        MemoryStrategy::parse(value).ok_or_else(|| bad("expected rss, allocated or legacy"))?;
+                }
+                "memory_monitor_interval" => {
+                    let ms: u64 = value.parse().map_err(|_| bad("expected milliseconds"))?;
+                    self.memory_monitor_interval = Duration::from_millis(ms.max(10));
+                }
+                k if k.starts_with("default_user_tags.") => {
+                    let tag = k["default_user_tags.".len()..].to_string();
+                    default_tags.retain(|t| *t != tag);
+                    match value {
+                        "true" => default_tags.push(tag),
+                        "false" => {}
+                        _ => return Err(bad("expected true or false")),
+                    }
+                }
+                "connection_max" => {
+                    self.connection_max = match value {
+                        "infinity" => None,
+                        n => Some(n.parse().map_err(|_| bad("expected a number or infinity"))?),
+                    };
+                }
+                "max_message_size" => {
+                    let size = parse_size(value).ok_or_else(|| bad("expected a size in bytes"))? as u64;
+                    if size == 0 || size > MAX_MESSAGE_SIZE_CAP {
+                        return Err(bad("Max message size should be between 0 and 512MB"));
+                    }
+                    self.max_message_size = size;
+                }
+                "management.tcp.request_timeout" | "management.tcp.idle_timeout" => {
+                    let ms: u64 = value.parse().map_err(|_| bad("expected milliseconds"))?;
+                    let limit = if key.ends_with("request_timeout") {
+                        &mut self.http_limits.request_timeout
+                    } else {
+                        &mut self.http_limits.idle_timeout
+                    };
+                    *limit = Duration::from_millis(ms);
+                }
+                "management.tcp.max_connections" => {
+                    self.http_limits.max_connections =
+                        value.parse().ok().filter(|n| *n > 0).ok_or_else(|| bad("expected a positive number"))?;
+                }
                 "load_definitions" => {
                     self.load_definitions(Path::new(value), line, &mut warnings)
                         .map_err(|e| ConfigError(format!("line {line}: {e}")))?;
@@ -289,8 +408,9 @@ impl Config {
         if default_user.is_some() || default_pass.is_some() {
             let name = default_user.unwrap_or_else(|| "guest".into());
             let pass = default_pass.unwrap_or_else(|| "guest".into());
-            self.users[0] = UserConfig { name, password: PasswordConfig::Plain(pass) };
+            self.users[0] = UserConfig::plain(&name, &pass);
         }
+        self.users[0].tags = default_tags;
         if let Some(vhost) = default_vhost {
             self.vhosts[0] = vhost;
         }
@@ -336,8 +456,9 @@ impl Config {
                 }
                 (None, None) => return Err(format!("user '{name}' has neither password nor password_hash")),
             };
+            let tags = parse_tags(u.get("tags"));
             self.users.retain(|x| x.name != name);
-            self.users.push(UserConfig { name, password });
+            self.users.push(UserConfig { name, password, tags });
         }
         for p in list("permissions") {
             let get = |k: &str| text_of(&p, k).ok_or_else(|| format!("a permission without '{k}'"));
@@ -390,7 +511,10 @@ mod tests {
         assert_eq!(c.listen, "127.0.0.1:5673".parse().unwrap());
         assert_eq!((c.heartbeat, c.frame_max, c.channel_max), (5, 65536, 16));
         assert_eq!(c.handshake_timeout, Duration::from_secs(2));
-        assert_eq!(c.users, vec![UserConfig { name: "bob".into(), password: PasswordConfig::Plain("secret".into()) }]);
+        assert_eq!(
+            c.users,
+            vec![UserConfig { tags: vec!["administrator".into()], ..UserConfig::plain("bob", "secret") }]
+        );
         assert_eq!(c.vhosts, vec!["dev".to_string()]);
         assert_eq!(c.permissions, vec![PermissionConfig::full("bob", "dev")]);
         assert!(c.loopback_users.is_empty(), "only guest is loopback-only by default");

@@ -24,11 +24,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::broker::alarm::MemoryStrategy;
 use crate::broker::alarm::Resource;
 use crate::broker::events::Event;
 use crate::broker::Broker;
 use crate::broker::ConnectionEntry;
-use crate::config::{Config, PasswordConfig, PermissionConfig, UserConfig};
+use crate::config::{Config, PermissionConfig, UserConfig};
 use crate::connection::faults::Command as FaultCommand;
 use crate::connection::flow::ConnectionState;
 
@@ -51,6 +52,9 @@ impl Default for EmbeddedBuilder {
     fn default() -> Self {
         let mut config = Config::default();
         config.listen.set_port(0);
+        // Embedded brokers share their process with the test and with each
+        // other: each watches only its own messages (see `broker::alarm`).
+        config.memory_strategy = MemoryStrategy::Legacy;
         EmbeddedBuilder { config, restricted: Vec::new(), http: false }
     }
 }
@@ -84,6 +88,12 @@ impl EmbeddedBuilder {
         self
     }
 
+    /// Timeouts and the connection cap of the HTTP API.
+    pub fn http_limits(mut self, limits: crate::config::HttpLimits) -> Self {
+        self.config.http_limits = limits;
+        self
+    }
+
     /// Logs every frame in and out (through `tracing`, target
     /// `warren::frames`), as `--trace-frames` does for the binary.
     pub fn trace_frames(mut self, on: bool) -> Self {
@@ -104,10 +114,42 @@ impl EmbeddedBuilder {
         self
     }
 
-    /// Adds a user (guest/guest exists unless the config is replaced).
+    /// What the watermark is compared with besides the broker's own
+    /// messages (`vm_memory_calculation_strategy`); embedded brokers default
+    /// to `Legacy`, their own messages only.
+    pub fn memory_strategy(mut self, strategy: MemoryStrategy) -> Self {
+        self.config.memory_strategy = strategy;
+        self
+    }
+
+    /// Most connections at once (`connection_max`); past it, 530 at
+    /// `connection.open`.
+    pub fn connection_max(mut self, max: usize) -> Self {
+        self.config.connection_max = Some(max);
+        self
+    }
+
+    /// Largest message body (`max_message_size`), at most 512 MiB.
+    pub fn max_message_size(mut self, bytes: u64) -> Self {
+        self.config.max_message_size = bytes.min(crate::config::MAX_MESSAGE_SIZE_CAP);
+        self
+    }
+
+    /// Adds a user without tags (guest/guest, an administrator, exists
+    /// unless the config is replaced).
     pub fn user(mut self, name: &str, password: &str) -> Self {
         self.config.users.retain(|u| u.name != name);
-        self.config.users.push(UserConfig { name: name.into(), password: PasswordConfig::Plain(password.into()) });
+        self.config.users.push(UserConfig::plain(name, password));
+        self
+    }
+
+    /// Adds a user with RabbitMQ user tags (`administrator`, `monitoring`,
+    /// `policymaker`, `management`), which decide what it may do on the
+    /// HTTP API.
+    pub fn user_with_tags(mut self, name: &str, password: &str, tags: &[&str]) -> Self {
+        self.config.users.retain(|u| u.name != name);
+        let tags = tags.iter().map(|t| t.to_string()).collect();
+        self.config.users.push(UserConfig { tags, ..UserConfig::plain(name, password) });
         self
     }
 

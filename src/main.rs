@@ -75,8 +75,25 @@ fn use_one_malloc_arena() {
     }
 }
 
+/// Raises the soft limit on open files to the hard limit, as servers do:
+/// the default soft limit (often 1,024) would let a thousand idle clients,
+/// AMQP and HTTP together, lock everyone else out long before the machine
+/// minds. (RabbitMQ's packages raise it in their service files.)
+fn raise_open_file_limit() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: getrlimit and setrlimit only read and write the struct given.
+    unsafe {
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 fn main() -> ExitCode {
     use_one_malloc_arena();
+    raise_open_file_limit();
     tracing_subscriber::fmt()
         .fmt_fields(warren::logging::escaping_fields())
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))

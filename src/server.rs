@@ -19,6 +19,15 @@ use crate::connection;
 /// Accepts connections on `listener` until `shutdown` turns true (or its
 /// sender is dropped), then waits for the connections to close.
 pub async fn serve(listener: TcpListener, broker: Arc<Broker>, shutdown: watch::Receiver<bool>) {
+    // The memory monitor lives as long as the listener (see `broker::alarm`).
+    let config = &broker.config;
+    let monitor = tokio::spawn(crate::broker::alarm::run_monitor(
+        broker.alarms.clone(),
+        config.memory_strategy,
+        config.memory_monitor_interval,
+        shutdown.clone(),
+    ));
+    let _monitor = AbortOnDrop(monitor);
     let mut connections = JoinSet::new();
     let mut stop = shutdown.clone();
     loop {
@@ -43,5 +52,14 @@ pub async fn serve(listener: TcpListener, broker: Arc<Broker>, shutdown: watch::
     let all_closed = async { while connections.join_next().await.is_some() {} };
     if tokio::time::timeout(Duration::from_secs(5), all_closed).await.is_err() {
         connections.abort_all();
+    }
+}
+
+/// Aborts a task when dropped, so it cannot outlive what spawned it.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -19,6 +19,18 @@ const GUEST: &str = "Z3Vlc3Q6Z3Vlc3Q=";
 
 /// One HTTP/1.1 request; returns the status and the body as JSON (Null if none).
 async fn call(addr: SocketAddr, method: &str, path: &str, body: Option<&str>, auth: Option<&str>) -> (u16, Value) {
+    let (status, _, body) = call_with_head(addr, method, path, body, auth).await;
+    (status, body)
+}
+
+/// The same, with the response head too.
+async fn call_with_head(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    auth: Option<&str>,
+) -> (u16, String, Value) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut request = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
     if let Some(a) = auth {
@@ -32,7 +44,21 @@ async fn call(addr: SocketAddr, method: &str, path: &str, body: Option<&str>, au
     let text = String::from_utf8_lossy(&response).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
     let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    (status, head.to_string(), serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+/// `user:password`, base64.
+fn basic(user: &str, password: &str) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let raw = format!("{user}:{password}").into_bytes();
+    let mut out = String::new();
+    for chunk in raw.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            out.push(if i <= chunk.len() { ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char } else { '=' });
+        }
+    }
+    out
 }
 
 async fn get(addr: SocketAddr, path: &str) -> Value {
@@ -138,4 +164,125 @@ async fn faults_alarms_and_events_over_http() {
     assert!(get(http, "/api/overview").await["alarms"]["memory"].as_bool().unwrap());
     assert_eq!(call(http, "DELETE", "/api/warren/alarms/memory", None, Some(GUEST)).await.0, 204);
     assert_eq!(call(http, "PUT", "/api/warren/alarms/cpu", None, Some(GUEST)).await.0, 404);
+}
+
+#[tokio::test]
+async fn who_may_see_and_do_what_follows_rabbitmqs_user_tags() {
+    let broker = EmbeddedBroker::builder()
+        .http(true)
+        .vhost("a")
+        .user_with_tags("admin", "pw", &["administrator"])
+        .user_with_tags("mon", "pw", &["monitoring"])
+        .permissions("mon", "a", "", "", "")
+        .user_with_tags("mgmt", "pw", &["management"])
+        .permissions("mgmt", "a", ".*", ".*", ".*")
+        .user("plain", "pw")
+        .start()
+        .await
+        .unwrap();
+    let http = broker.http_addr().unwrap();
+    let (admin, mon, mgmt, plain) =
+        (basic("admin", "pw"), basic("mon", "pw"), basic("mgmt", "pw"), basic("plain", "pw"));
+
+    // Authentication and the management tag.
+    let (status, head, body) = call_with_head(http, "GET", "/api/overview", None, None).await;
+    assert_eq!((status, body), (401, Value::Null));
+    assert!(head.to_lowercase().contains("www-authenticate: basic realm=\"rabbitmq management\""), "{head}");
+    let (status, body) = call(http, "GET", "/api/overview", None, Some(&basic("admin", "wrong"))).await;
+    assert_eq!((status, body), (401, serde_json::json!({"error": "not_authorized", "reason": "Not_Authorized"})));
+    let (status, body) = call(http, "GET", "/api/overview", None, Some(&plain)).await;
+    assert_eq!((status, body), (401, serde_json::json!({"error": "not_authorised", "reason": "Not management user"})));
+    assert_eq!(call(http, "GET", "/api/overview", None, Some("%%%")).await.0, 400);
+    let (_, me) = call(http, "GET", "/api/whoami", None, Some(&mon)).await;
+    assert_eq!(me, serde_json::json!({"name": "mon", "tags": ["monitoring"]}));
+
+    // A connection and a queue in each virtual host: guest's in "/", mgmt's in "a".
+    let mut guest_client = RawClient::open(broker.addr(), 0).await;
+    guest_client.declare_queue("in-root").await;
+    let mut c = RawClient::connect(broker.addr()).await;
+    c.handshake_to_tune_ok_as("mgmt", "pw", 2047, 131_072, 0).await;
+    c.send(0, warren::protocol::methods::connection::Open { virtual_host: "a".into(), ..Default::default() }).await;
+    assert!(matches!(c.expect_method(WAIT).await.1, Method::ConnectionOpenOk(_)));
+    c.send(1, warren::protocol::methods::channel::Open::default()).await;
+    c.expect_method(WAIT).await;
+    c.declare_queue("in-a").await;
+
+    let names = |v: &Value| -> Vec<String> {
+        let mut n: Vec<String> =
+            v.as_array().unwrap().iter().map(|x| x["name"].as_str().unwrap().to_string()).collect();
+        n.sort();
+        n
+    };
+    let (_, conns) = call(http, "GET", "/api/connections", None, Some(&mgmt)).await;
+    assert_eq!(conns.as_array().unwrap().len(), 1, "a management user sees only its own connections");
+    assert_eq!(conns[0]["user"], "mgmt");
+    let (_, conns) = call(http, "GET", "/api/connections", None, Some(&mon)).await;
+    assert_eq!(conns.as_array().unwrap().len(), 2, "a monitor sees every connection");
+    let guest_conn = conns.as_array().unwrap().iter().find(|c| c["user"] == "guest").unwrap()["name"].clone();
+    let guest_conn = encode(guest_conn.as_str().unwrap());
+
+    assert_eq!(names(&call(http, "GET", "/api/queues", None, Some(&mgmt)).await.1), ["in-a"]);
+    // Monitors see every connection, but queues only where they have
+    // permissions (any entry, even empty patterns), as in RabbitMQ.
+    assert_eq!(names(&call(http, "GET", "/api/queues", None, Some(&mon)).await.1), ["in-a"]);
+    assert_eq!(names(&call(http, "GET", "/api/queues", None, Some(&admin)).await.1), ["in-a", "in-root"]);
+    let refused =
+        serde_json::json!({"error": "not_authorised", "reason": "User not authorised to access virtual host"});
+    assert_eq!(call(http, "GET", "/api/queues/%2F", None, Some(&mgmt)).await, (401, refused.clone()));
+    assert_eq!(call(http, "GET", "/api/queues/%2F/in-root", None, Some(&mgmt)).await, (401, refused));
+    assert_eq!(call(http, "GET", "/api/queues/nope", None, Some(&mgmt)).await.0, 404);
+    assert_eq!(call(http, "GET", "/api/queues/a/in-a", None, Some(&mgmt)).await.0, 200);
+    let exchanges = call(http, "GET", "/api/exchanges", None, Some(&mgmt)).await.1;
+    assert!(exchanges.as_array().unwrap().iter().all(|x| x["vhost"] == "a"));
+
+    let object = serde_json::json!({"error": "not_authorised", "reason": "User not authorised to access object"});
+    let path = format!("/api/connections/{guest_conn}");
+    assert_eq!(call(http, "GET", &path, None, Some(&mgmt)).await, (401, object.clone()));
+    assert_eq!(call(http, "GET", &path, None, Some(&mon)).await.0, 200);
+    assert_eq!(call(http, "DELETE", &path, None, Some(&mgmt)).await, (401, object.clone()));
+    assert_eq!(call(http, "DELETE", &path, None, Some(&mon)).await, (401, object));
+
+    // warren's control endpoints: administrators only; events: monitors.
+    let not_admin = serde_json::json!({"error": "not_authorised", "reason": "Not administrator user"});
+    for who in [&mgmt, &mon] {
+        assert_eq!(call(http, "PUT", "/api/warren/alarms/memory", None, Some(who)).await, (401, not_admin.clone()));
+        let faults = format!("/api/warren/connections/{guest_conn}/faults");
+        assert_eq!(call(http, "POST", &faults, Some(r#"{"kill": true}"#), Some(who)).await, (401, not_admin.clone()));
+    }
+    assert!(!broker.broker().alarms.current().memory, "a refused request changed nothing");
+    assert_eq!(call(http, "GET", "/api/warren/events?since=0", None, Some(&mgmt)).await.0, 401);
+    assert_eq!(call(http, "GET", "/api/warren/events?since=0", None, Some(&mon)).await.0, 200);
+
+    // Closing: one's own connection, or anyone's as administrator.
+    let (_, own) = call(http, "GET", "/api/connections", None, Some(&mgmt)).await;
+    let own = encode(own[0]["name"].as_str().unwrap());
+    assert_eq!(call(http, "DELETE", &format!("/api/connections/{own}"), None, Some(&mgmt)).await.0, 204);
+    assert_eq!(call(http, "DELETE", &path, None, Some(&admin)).await.0, 204);
+    assert!(matches!(guest_client.expect_method(WAIT).await, (0, Method::ConnectionClose(_))));
+}
+
+#[tokio::test]
+async fn idle_and_half_sent_http_requests_let_go_of_their_sockets() {
+    let limits = warren::config::HttpLimits {
+        request_timeout: Duration::from_millis(300),
+        idle_timeout: Duration::from_millis(300),
+        max_connections: 2,
+    };
+    let broker = EmbeddedBroker::builder().http(true).http_limits(limits).start().await.unwrap();
+    let http = broker.http_addr().unwrap();
+    // Two sockets take both places: one says nothing, one half a request.
+    let mut silent = tokio::net::TcpStream::connect(http).await.unwrap();
+    let mut half = tokio::net::TcpStream::connect(http).await.unwrap();
+    half.write_all(b"GET /api/overview HTTP/1.1\r\nHost: localhost\r\n").await.unwrap();
+    // AMQP is unaffected meanwhile.
+    RawClient::open(broker.addr(), 0).await;
+    // A third client waits in the backlog until a place frees: its answer
+    // proves one of the first two was let go.
+    let (status, _) = call(http, "GET", "/api/overview", None, Some(GUEST)).await;
+    assert_eq!(status, 200);
+    let mut byte = [0u8; 1];
+    for stream in [&mut silent, &mut half] {
+        let n = tokio::time::timeout(WAIT, stream.read(&mut byte)).await.expect("closed by the server");
+        assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    }
 }

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use binary::{rss_bytes, Warren};
+use bytes::BytesMut;
 use common::{publish_frames, RawClient};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use warren::protocol::frame::parse_frame;

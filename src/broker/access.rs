@@ -89,6 +89,8 @@ struct User {
     password: Password,
     /// Virtual host name to permission.
     permissions: HashMap<String, Permission>,
+    /// RabbitMQ's user tags (rights on the management API).
+    tags: Vec<String>,
 }
 
 /// Why a login failed (the client only ever hears "refused").
@@ -119,7 +121,7 @@ impl AccessControl {
                     Password::Sha256 { salt: raw[..4].to_vec(), hash: raw[4..].to_vec() }
                 }
             };
-            users.insert(u.name.clone(), User { password, permissions: HashMap::new() });
+            users.insert(u.name.clone(), User { password, permissions: HashMap::new(), tags: u.tags.clone() });
         }
         for p in &config.permissions {
             let user = users.get_mut(&p.user).ok_or_else(|| format!("permissions for unknown user '{}'", p.user))?;
@@ -152,6 +154,17 @@ impl AccessControl {
             return Err(LoginError::LoopbackOnly);
         }
         Ok(())
+    }
+
+    /// The user's tags (empty for an unknown user).
+    pub fn tags(&self, user: &str) -> &[String] {
+        self.users.get(user).map_or(&[], |u| &u.tags)
+    }
+
+    /// Whether the user has any permission entry for the virtual host: what
+    /// lets it open the vhost, and see it in the management API.
+    pub fn has_vhost(&self, user: &str, vhost: &str) -> bool {
+        self.users.get(user).is_some_and(|u| u.permissions.contains_key(vhost))
     }
 
     /// `connection.open`: 530 unless the user has permissions in the vhost.
@@ -223,11 +236,11 @@ mod tests {
 
     fn control() -> AccessControl {
         let mut config = Config::default();
-        config.users.push(UserConfig { name: "bob".into(), password: PasswordConfig::Plain("pw".into()) });
+        config.users.push(UserConfig::plain("bob", "pw"));
         // RabbitMQ's own example: salt 908D C60A, password "test12".
         config.users.push(UserConfig {
-            name: "hashed".into(),
             password: PasswordConfig::Sha256Base64("kI3GCqW5JLMJa4iX1lo7X4D6XbYqlLgxIs30+P6tENUV2POR".into()),
+            ..UserConfig::plain("hashed", "")
         });
         config.permissions.push(PermissionConfig {
             user: "bob".into(),

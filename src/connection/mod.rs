@@ -810,6 +810,16 @@ impl Connection {
                 AmqpError::not_allowed(format!("vhost {} not found", m.virtual_host)).with_ids(10, 40),
             ));
         };
+        if let Some(max) = self.broker.config.connection_max {
+            // Counted as RabbitMQ counts it: every accepted connection,
+            // this one included.
+            if self.broker.connections.len() > max {
+                return Err(Stop::Error(
+                    AmqpError::not_allowed(format!("connection refused: node connection limit ({max}) is reached"))
+                        .with_ids(10, 40),
+                ));
+            }
+        }
         let user = self.user.clone().unwrap_or_default();
         if let Err(e) = self.broker.access.check_vhost(&user, &vhost.name.to_string()) {
             return Err(Stop::Error(e.with_ids(10, 40)));

@@ -159,10 +159,13 @@ pub fn parse_frame(buf: &mut BytesMut, max_payload: u32) -> Result<Option<Frame>
     frame.truncate(h.size as usize);
     let channel = h.channel;
     let frame = match h.frame_type {
-        FRAME_METHOD => Frame::Method {
-            channel,
-            method: Method::decode(&frame).map_err(|error| FrameError::Method { channel, error })?,
-        },
+        FRAME_METHOD => {
+            let payload = if keeps_nothing(&frame) { frame } else { Bytes::copy_from_slice(&frame) };
+            Frame::Method {
+                channel,
+                method: Method::decode(&payload).map_err(|error| FrameError::Method { channel, error })?,
+            }
+        }
         FRAME_HEADER => Frame::Header {
             channel,
             header: ContentHeader::decode(&frame).map_err(|error| FrameError::Header { channel, error })?,
@@ -177,6 +180,26 @@ pub fn parse_frame(buf: &mut BytesMut, max_payload: u32) -> Result<Option<Frame>
         frame_type => return Err(FrameError::UnknownType { frame_type, channel, payload: frame }),
     };
     Ok(Some(frame))
+}
+
+/// Whether a method frame's payload may stay a slice of the read buffer.
+///
+/// A slice keeps its whole buffer allocated (64 KiB, shared with whatever
+/// else was read with it) for as long as it lives. What a method leaves
+/// behind can live for hours: a queue's name, a consumer tag, a binding's
+/// arguments, the client properties of a connection. So method payloads
+/// are copied into an allocation of their own, a few dozen octets, before
+/// they are decoded; a client cannot make a 20-octet queue name hold 64 KiB.
+/// The hot methods are the exception: `basic.publish`, whose names the
+/// message compacts anyway (see `broker::message`), and the
+/// acknowledgements, which keep nothing.
+fn keeps_nothing(payload: &[u8]) -> bool {
+    use super::methods::basic;
+    matches!(
+        payload.get(..4),
+        Some(&[0, 60, 0, m]) if [basic::Publish::METHOD_ID, basic::Ack::METHOD_ID, basic::Nack::METHOD_ID, basic::Reject::METHOD_ID]
+            .contains(&u16::from(m))
+    )
 }
 
 /// The heartbeat frame, always on channel 0 with an empty payload.

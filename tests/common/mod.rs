@@ -90,6 +90,18 @@ impl RawClient {
     /// Protocol header, start-ok (PLAIN guest/guest), tune-ok with the
     /// given values. Returns the server's `connection.tune`.
     pub async fn handshake_to_tune_ok(&mut self, channel_max: u16, frame_max: u32, heartbeat: u16) -> connection::Tune {
+        self.handshake_to_tune_ok_as("guest", "guest", channel_max, frame_max, heartbeat).await
+    }
+
+    /// The same as another user.
+    pub async fn handshake_to_tune_ok_as(
+        &mut self,
+        user: &str,
+        password: &str,
+        channel_max: u16,
+        frame_max: u32,
+        heartbeat: u16,
+    ) -> connection::Tune {
         self.send_raw(PROTOCOL_HEADER).await;
         let (_, start) = self.expect_method(Duration::from_secs(5)).await;
         assert!(matches!(start, Method::ConnectionStart(_)), "{start:?}");
@@ -103,7 +115,7 @@ impl RawClient {
             connection::StartOk {
                 client_properties: props,
                 mechanism: "PLAIN".into(),
-                response: Bytes::from_static(b"\0guest\0guest"),
+                response: Bytes::from(format!("\0{user}\0{password}")),
                 locale: "en_US".into(),
             },
         )

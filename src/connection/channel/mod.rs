@@ -40,10 +40,6 @@ use crate::protocol::frame::Frame;
 use crate::protocol::methods::{basic, channel, confirm, Method};
 use crate::protocol::{ContentHeader, FieldTable, FieldValue, ShortStr};
 
-/// RabbitMQ's default `max_message_size` (128 MiB): a larger content header
-/// is refused before any body is buffered.
-pub const MAX_MESSAGE_SIZE: u64 = 128 * 1024 * 1024;
-
 /// What a client announced in `client_properties.capabilities` that changes
 /// what the server sends it.
 #[derive(Debug, Clone, Copy, Default)]
@@ -393,9 +389,13 @@ impl Channel {
                     ))
                     .with_ids(60, 40));
                 }
-                if header.body_size > MAX_MESSAGE_SIZE {
+                // RabbitMQ checks the assembled body; the header announces
+                // its size, so warren refuses before buffering any of it.
+                let max = s.broker.config.max_message_size;
+                if header.body_size > max {
+                    let configured = if max == crate::config::MAX_MESSAGE_SIZE_CAP { "" } else { "configured " };
                     return Err(AmqpError::precondition_failed(format!(
-                        "message size {} is larger than max size {MAX_MESSAGE_SIZE}",
+                        "message size {} is larger than {configured}max size {max}",
                         header.body_size
                     ))
                     .with_ids(60, 40));

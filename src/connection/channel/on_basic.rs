@@ -41,14 +41,7 @@ impl Channel {
             s.route_buf = route;
             return Err(e.with_ids(60, 40));
         }
-        let mut message = Message {
-            exchange: p.exchange,
-            routing_key: p.routing_key,
-            properties: header.raw_properties,
-            body_size: header.body_size,
-            body,
-            charge: None,
-        };
+        let mut message = Message::new(&p.exchange, &p.routing_key, &header.raw_properties, header.body_size, body);
         message.charge = Some(s.vhost.alarms.charge(message.footprint()));
         let message = Arc::new(message);
         if let Some(tx) = &mut self.tx {
