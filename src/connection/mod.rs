@@ -24,6 +24,7 @@ pub mod flow;
 pub mod handshake;
 pub mod heartbeat;
 pub mod timeouts;
+pub mod transport;
 pub mod writer;
 
 use std::collections::HashMap;
@@ -34,7 +35,6 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
@@ -46,6 +46,7 @@ use self::faults::{Command as FaultCommand, Faults};
 use self::flow::ConnectionState;
 use self::handshake::{format_duration, payload_snippet, AuthError, Limits};
 use self::heartbeat::{MissedHeartbeats, MonitorControl};
+use self::transport::{ReadSide, WriteSide};
 use self::writer::{Outbound, Outlet, REPLY_BACKLOG_HIGH, REPLY_BACKLOG_LOW};
 use crate::broker::access::LoginError;
 use crate::broker::alarm::AlarmSet;
@@ -247,6 +248,28 @@ pub async fn serve(socket: TcpStream, broker: Arc<Broker>, shutdown: watch::Rece
         (Ok(p), Ok(l)) => (p, l),
         _ => return,
     };
+    serve_halves(transport::tcp(socket), peer, local, broker, shutdown).await
+}
+
+/// Serves a connection over any byte stream (an in-memory pipe in the
+/// fuzzing harness; TLS); `peer` and `local` name it.
+pub async fn serve_stream(
+    stream: impl transport::Stream,
+    peer: std::net::SocketAddr,
+    local: std::net::SocketAddr,
+    broker: Arc<Broker>,
+    shutdown: watch::Receiver<bool>,
+) {
+    serve_halves(transport::other(stream), peer, local, broker, shutdown).await
+}
+
+async fn serve_halves(
+    (reader, write_half): (ReadSide, WriteSide),
+    peer: std::net::SocketAddr,
+    local: std::net::SocketAddr,
+    broker: Arc<Broker>,
+    shutdown: watch::Receiver<bool>,
+) {
     let name = format!("{peer} -> {local}");
     let id = broker.next_connection_id();
     let span = tracing::info_span!("connection", id, %peer);
@@ -255,9 +278,6 @@ pub async fn serve(socket: TcpStream, broker: Arc<Broker>, shutdown: watch::Rece
         let (outlet, rx) = Outlet::new(broker.config.trace_frames);
         let mut registered = Registered::new(&broker, id, &name, outlet.clone());
         info!("accepting AMQP connection {name}");
-        // Frames are batched by the writer already; Nagle would only add latency.
-        let _ = socket.set_nodelay(true);
-        let (reader, write_half) = socket.into_split();
         let faults = registered.entry.faults.clone();
         let writer = WriterTask(tokio::spawn(writer::run(write_half, rx, outlet.clone(), faults)));
         let config = &broker.config;
@@ -301,7 +321,7 @@ pub async fn serve(socket: TcpStream, broker: Arc<Broker>, shutdown: watch::Rece
 impl Connection {
     async fn run(
         &mut self,
-        mut reader: OwnedReadHalf,
+        mut reader: ReadSide,
         mut writer: WriterTask,
         mut shutdown: watch::Receiver<bool>,
         commands: &mut mpsc::UnboundedReceiver<FaultCommand>,
@@ -428,10 +448,7 @@ impl Connection {
                     FaultCommand::Kill => {
                         // A reset: no FIN from the writer, linger 0 on close.
                         self.entry.faults.set_killed();
-                        // Linger 0 never blocks (the deprecation is about
-                        // positive values): the close sends a reset at once.
-                        #[allow(deprecated)]
-                        let _ = reader.as_ref().set_linger(Some(Duration::ZERO));
+                        reader.reset_on_close();
                         let _ = tokio::time::timeout(CLOSE_TIMEOUT, &mut writer.0).await;
                         break End::Killed;
                     }

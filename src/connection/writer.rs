@@ -19,7 +19,6 @@ use std::sync::{Arc, Mutex, Weak};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{mpsc, Notify};
 
 use crate::broker::message::Message;
@@ -429,7 +428,7 @@ const BATCH_LIMIT: usize = 256 * 1024;
 /// The writer task: drains `rx` into batches and writes them until `Close`,
 /// until every sender is gone, or until the socket fails.
 pub async fn run(
-    mut socket: OwnedWriteHalf,
+    mut socket: super::transport::WriteSide,
     mut rx: mpsc::UnboundedReceiver<Outbound>,
     outlet: Arc<Outlet>,
     faults: Arc<Faults>,
