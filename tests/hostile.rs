@@ -13,6 +13,7 @@ use std::time::Duration;
 use binary::Warren;
 use bytes::{Bytes, BytesMut};
 use common::{publish_frames, RawClient, Read};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use warren::protocol::frame::{write_body_frame_header, write_content_header, write_method};
 use warren::protocol::methods::{basic, confirm, connection, exchange, queue};
 use warren::protocol::{FieldTable, FieldValue, Frame, Method};
@@ -507,4 +508,51 @@ async fn a_message_past_max_message_size_is_406_before_its_body_is_read() {
     let (channel, code, text) = expect_close(&mut client).await;
     assert_eq!((channel, code), (1, 406));
     assert_eq!(text, "PRECONDITION_FAILED - message size 1001 is larger than configured max size 1000");
+}
+
+/// Reads frames until a method named `want` (within 30 s).
+async fn wait_for_method(read: &mut tokio::net::tcp::OwnedReadHalf, buf: &mut BytesMut, want: &str) {
+    loop {
+        while let Some(frame) = warren::protocol::frame::parse_frame(buf, 1 << 20).unwrap() {
+            if matches!(&frame, Frame::Method { method, .. } if method.name() == want) {
+                return;
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(30), read.read_buf(buf))
+            .await
+            .unwrap_or_else(|_| panic!("no {want} within 30 s"))
+            .unwrap();
+        assert!(n > 0, "closed before {want}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_full_queue_clears_the_alarm_the_process_memory_raised() {
+    // With `rss`, resident memory must come down once messages are gone, or
+    // publishers blocked by the alarm would stay blocked: freed memory the
+    // allocator keeps is handed back (malloc_trim).
+    let warren = Warren::start(
+        &[],
+        "vm_memory_high_watermark.absolute = 48MiB\nvm_memory_calculation_strategy = rss\nmemory_monitor_interval = 100\n",
+    );
+    let mut publisher = RawClient::open(warren.amqp, 0).await;
+    publisher.declare_queue("fill").await;
+    let (mut read, mut write) = publisher.stream.into_split();
+    // Flat out until the broker stops reading: blocked.
+    let writer = tokio::spawn(async move {
+        let mut batch = BytesMut::new();
+        for _ in 0..64 {
+            publish_frames(&mut batch, "fill", false, &[1u8; 4096]);
+        }
+        while write.write_all(&batch).await.is_ok() {}
+    });
+    let mut buf = BytesMut::new();
+    wait_for_method(&mut read, &mut buf, "connection.blocked").await;
+    let high = warren.rss();
+    let mut other = RawClient::open(warren.amqp, 0).await;
+    other.send(1, queue::Delete { queue: "fill".into(), ..Default::default() }).await;
+    assert!(matches!(other.expect_method(WAIT).await.1, Method::QueueDeleteOk(_)));
+    wait_for_method(&mut read, &mut buf, "connection.unblocked").await;
+    eprintln!("blocked at {} MiB resident, unblocked at {} MiB", high >> 20, warren.rss() >> 20);
+    writer.abort();
 }

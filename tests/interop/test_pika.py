@@ -21,6 +21,7 @@ from decimal import Decimal
 import pika
 import pika.connection
 import pika.exceptions
+import pika.spec
 import pytest
 
 MISSED_1S = r"(?i)\berror\b.*missed heartbeats from client, timeout: 1s"
@@ -412,3 +413,40 @@ def test_silent_loss_through_the_control_api_makes_pika_fail(broker, qname):
             conn.process_data_events(time_limit=0.5)
     took = time.monotonic() - started
     assert 5 <= took <= 25, f"pika noticed after {took:.1f}s"
+
+
+def test_update_secret_blocking(broker, qname):
+    """pika's BlockingConnection.update_secret, as its acceptance suite
+    calls it: update-secret-ok comes back and the connection goes on."""
+    conn = connect(broker, 0)
+    try:
+        conn.update_secret("new-secret", "token refresh")
+        ch = conn.channel()
+        ch.queue_declare(qname, auto_delete=True)
+        ch.basic_publish("", qname, b"after update")
+        assert get_eventually(ch, qname)[2] == b"after update"
+    finally:
+        conn.close()
+
+
+def test_update_secret_select_connection(broker):
+    """The asynchronous adapter: the callback receives UpdateSecretOk."""
+    frames = []
+
+    def on_open(connection):
+        connection.update_secret("new-secret", "reason", callback=on_updated)
+
+    def on_updated(frame):
+        frames.append(frame)
+        conn.close()
+
+    conn = pika.SelectConnection(
+        pika.URLParameters(f"{broker.url}?heartbeat=0&socket_timeout=5"),
+        on_open_callback=on_open,
+        on_open_error_callback=lambda _c, e: frames.append(e),
+        on_close_callback=lambda _c, _r: conn.ioloop.stop(),
+    )
+    conn.ioloop.call_later(10, conn.ioloop.stop)
+    conn.ioloop.start()
+    assert len(frames) == 1, frames
+    assert isinstance(frames[0].method, pika.spec.Connection.UpdateSecretOk)
