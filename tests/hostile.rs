@@ -106,6 +106,13 @@ async fn expect_close(client: &mut RawClient) -> (u16, u16, String) {
     }
 }
 
+/// After a channel error on channel 1: close-ok, and open it again.
+async fn reopen_channel_1(client: &mut RawClient) {
+    client.send(1, warren::protocol::methods::channel::CloseOk {}).await;
+    client.send(1, warren::protocol::methods::channel::Open { reserved_1: "".into() }).await;
+    assert!(matches!(client.expect_method(WAIT).await.1, Method::ChannelOpenOk(_)));
+}
+
 /// A bystander: a queue holding one message, checked at the end of a test
 /// to prove that nothing the hostile client did reached it.
 async fn bystander(addr: std::net::SocketAddr) -> RawClient {
@@ -289,9 +296,7 @@ async fn an_invalid_expiration_is_406_with_rabbitmqs_text() {
         let (channel, code, text) = expect_close(&mut client).await;
         assert_eq!((channel, code), (1, 406));
         assert_eq!(text, format!("PRECONDITION_FAILED - invalid expiration '{expiration}': {reason}"));
-        client.send(1, warren::protocol::methods::channel::CloseOk {}).await;
-        client.send(1, warren::protocol::methods::channel::Open { reserved_1: "".into() }).await;
-        assert!(matches!(client.expect_method(WAIT).await.1, Method::ChannelOpenOk(_)));
+        reopen_channel_1(&mut client).await;
     }
 }
 
@@ -309,9 +314,7 @@ async fn queue_arguments_beyond_rabbitmqs_limits_are_406() {
         let (channel, code, text) = expect_close(&mut client).await;
         assert_eq!((channel, code), (1, 406));
         assert_eq!(text, format!("PRECONDITION_FAILED - invalid arg '{key}' for queue 'q' in vhost '/': {reason}"));
-        client.send(1, warren::protocol::methods::channel::CloseOk {}).await;
-        client.send(1, warren::protocol::methods::channel::Open { reserved_1: "".into() }).await;
-        assert!(matches!(client.expect_method(WAIT).await.1, Method::ChannelOpenOk(_)));
+        reopen_channel_1(&mut client).await;
     }
 }
 
