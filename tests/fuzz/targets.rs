@@ -771,8 +771,7 @@ pub fn connection(script: &Script) {
     let wire = script_bytes(script);
     RUNTIME.with(|rt| {
         rt.block_on(async {
-            let mut config = warren::Config::default();
-            config.handshake_timeout = Duration::from_secs(10);
+            let config = warren::Config { handshake_timeout: Duration::from_secs(10), ..Default::default() };
             let broker = Broker::new(config).expect("broker");
             let (client, server) = tokio::io::duplex(1 << 20);
             let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
