@@ -808,6 +808,17 @@ pub fn connection(script: &Script) {
                 assert_eq!(q.messages_unacknowledged, 0, "queue {} lost track of unacked messages", q.name);
                 assert!(!q.exclusive, "exclusive queue {} outlived its connection", q.name);
             }
+            // Nothing the connection or its queues started may outlive the
+            // broker: a task left behind is memory no one can free.
+            drop(broker);
+            let runtime = tokio::runtime::Handle::current();
+            let settled = tokio::time::timeout(Duration::from_secs(60), async {
+                while runtime.metrics().num_alive_tasks() > 0 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            })
+            .await;
+            assert!(settled.is_ok(), "{} task(s) outlived their broker", runtime.metrics().num_alive_tasks());
         })
     });
 }

@@ -61,6 +61,15 @@ impl Queue {
     }
 }
 
+impl Drop for Queue {
+    /// A queue can go without being deleted (its broker dropped, as an
+    /// embedded broker is at the end of a test): wake its timer so that the
+    /// task finds the queue gone and ends instead of sleeping on forever.
+    fn drop(&mut self) {
+        self.timer_wake.notify_one();
+    }
+}
+
 async fn run(queue: Weak<Queue>) {
     loop {
         let (deadline, wake) = match queue.upgrade() {
