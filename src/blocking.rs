@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::runtime::Runtime;
 
 use crate::broker::alarm::Resource;
-use crate::connection::flow::ConnectionState;
+use crate::broker::connections::ConnectionState;
 use crate::embedded::{ConnectionHandle, EmbeddedBroker, EmbeddedBuilder, EventStream};
 use crate::Event;
 

@@ -26,12 +26,10 @@ use tokio::task::JoinHandle;
 
 use crate::broker::alarm::MemoryStrategy;
 use crate::broker::alarm::Resource;
+pub use crate::broker::connections::{ConnectionHandle, ConnectionState, ConnectionStats};
 use crate::broker::events::Event;
 use crate::broker::Broker;
-use crate::broker::ConnectionEntry;
 use crate::config::{Config, PermissionConfig, UserConfig};
-use crate::connection::faults::Command as FaultCommand;
-use crate::connection::flow::ConnectionState;
 
 /// Options for an embedded broker; the defaults are RabbitMQ's, on
 /// 127.0.0.1 port 0.
@@ -270,7 +268,7 @@ impl EmbeddedBroker {
     /// The open connections, by name (`client -> server`), with their
     /// state (`running`, `blocking`, `blocked`, `flow`…).
     pub fn connections(&self) -> Vec<(String, ConnectionState)> {
-        self.broker.connections.iter().map(|e| (e.name.clone(), *e.state.borrow())).collect()
+        self.broker.connections.all().iter().map(|c| (c.name().to_string(), c.state())).collect()
     }
 
     /// Starts listening to what happens in the broker (see [`Event`]).
@@ -281,14 +279,14 @@ impl EmbeddedBroker {
 
     /// Every open connection, as handles for inspection and fault injection.
     pub fn all_connections(&self) -> Vec<ConnectionHandle> {
-        self.broker.connections.iter().map(|e| ConnectionHandle { entry: e.value().clone() }).collect()
+        self.broker.connections.all()
     }
 
     /// The open connection with this name, RabbitMQ style
     /// (`127.0.0.1:50000 -> 127.0.0.1:5672`), or with this client-provided
     /// `connection_name`.
     pub fn connection(&self, name: &str) -> Option<ConnectionHandle> {
-        self.find_connection(|c| c.name() == name || c.client_name() == Some(name))
+        self.broker.connections.find(name)
     }
 
     /// The first open connection that `predicate` accepts.
@@ -337,7 +335,7 @@ impl EmbeddedBroker {
     fn watch_connections(&self) -> ConnectionsWatch {
         ConnectionsWatch {
             count: self.broker.gauges.connections.subscribe(),
-            states: self.broker.connections.iter().map(|e| e.state.subscribe()).collect(),
+            states: self.broker.connections.watch_states(),
         }
     }
 
@@ -359,91 +357,6 @@ impl EmbeddedBroker {
 impl Drop for EmbeddedBroker {
     fn drop(&mut self) {
         self.shutdown.send_replace(true);
-    }
-}
-
-/// One open connection of an embedded broker: what it is and the faults
-/// that can be injected into it (see `connection::faults`).
-#[derive(Clone)]
-pub struct ConnectionHandle {
-    entry: Arc<ConnectionEntry>,
-}
-
-impl ConnectionHandle {
-    /// `client -> server`, RabbitMQ's name for the connection.
-    pub fn name(&self) -> &str {
-        &self.entry.name
-    }
-
-    /// The client's `connection_name` property, if it gave one.
-    pub fn client_name(&self) -> Option<&str> {
-        self.entry.client_name.get().map(String::as_str)
-    }
-
-    pub fn state(&self) -> ConnectionState {
-        *self.entry.state.borrow()
-    }
-
-    /// The broker stops sending heartbeats to this client: the client has to
-    /// find out the broker is gone.
-    pub fn withhold_heartbeats(&self, on: bool) {
-        self.entry.faults.set_withhold_heartbeats(on);
-    }
-
-    /// The client's heartbeats and traffic no longer count as a sign of
-    /// life: the broker drops it 2T..3T later, as after missed heartbeats.
-    pub fn ignore_client(&self, on: bool) {
-        self.entry.faults.set_ignore_client(on);
-    }
-
-    /// Nothing is read from or written to the client while the TCP
-    /// connection stays open.
-    pub fn black_hole(&self, on: bool) {
-        self.entry.faults.set_black_hole(on);
-    }
-
-    /// Blocks this connection as a resource alarm would (`connection.blocked`
-    /// at its next publish), or releases it.
-    pub fn block(&self, on: bool) {
-        self.entry.faults.set_blocked(on);
-    }
-
-    /// Holds every delivery to this connection back for `latency`.
-    pub fn delivery_latency(&self, latency: Duration) {
-        self.entry.faults.set_delivery_latency(latency);
-    }
-
-    /// Resets the TCP connection, without a word.
-    pub fn kill(&self) {
-        let _ = self.entry.commands.send(FaultCommand::Kill);
-    }
-
-    /// Closes the connection with `connection.close` 320 CONNECTION_FORCED
-    /// and `text`, as `rabbitmqctl close_connection` does.
-    pub fn force_close(&self, text: &str) {
-        let _ = self.entry.commands.send(FaultCommand::ForceClose(text.to_string()));
-    }
-}
-
-/// Traffic counters of one connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConnectionStats {
-    /// Octets read from the client.
-    pub bytes_in: u64,
-    /// Octets written to the client, heartbeats included.
-    pub bytes_out: u64,
-    pub heartbeats_sent: u64,
-}
-
-impl ConnectionHandle {
-    pub fn stats(&self) -> ConnectionStats {
-        let c = &self.entry.outlet.counters;
-        let heartbeats_sent = c.heartbeats_sent.load(std::sync::atomic::Ordering::Relaxed);
-        ConnectionStats {
-            bytes_in: c.recv_oct.load(std::sync::atomic::Ordering::Relaxed),
-            bytes_out: c.send_oct.load(std::sync::atomic::Ordering::Relaxed) + 8 * heartbeats_sent,
-            heartbeats_sent,
-        }
     }
 }
 

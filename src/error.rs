@@ -8,7 +8,6 @@
 
 use std::fmt;
 
-use crate::protocol::methods::Method;
 use crate::protocol::{ReplyCode, ShortStr};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,13 +25,9 @@ impl AmqpError {
         AmqpError { code, message: message.into(), class_id: 0, method_id: 0 }
     }
 
-    /// Names the method that caused the error, as `close` frames report it.
-    pub fn during(mut self, method: &Method) -> Self {
-        (self.class_id, self.method_id) = method.ids();
-        self
-    }
-
-    pub fn with_ids(mut self, class_id: u16, method_id: u16) -> Self {
+    /// Names the method that caused the error, as `close` frames report it:
+    /// `during(basic::Publish::IDS)`, or `during(method.ids())`.
+    pub fn during(mut self, (class_id, method_id): (u16, u16)) -> Self {
         self.class_id = class_id;
         self.method_id = method_id;
         self

@@ -69,7 +69,6 @@ use crate::broker::alarm::Resource;
 use crate::broker::events::Event;
 use crate::broker::Broker;
 use crate::config::HttpLimits;
-use crate::connection::faults::Command as FaultCommand;
 use crate::protocol::{FieldTable, FieldValue};
 
 /// The events kept for long polling: at most this many…
@@ -505,23 +504,14 @@ async fn close_connection(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("Closed via management plugin")
         .to_string();
-    let Some(entry) = find_connection(&http, &name) else { return not_found("Not Found") };
-    let owned = entry.details.get().is_some_and(|d| d.user == caller.name);
+    let Some(connection) = http.broker.connections.find(&name) else { return not_found("Not Found") };
+    let owned = connection.user() == Some(caller.name.as_str());
     // Monitors may look at anyone's connection but close only their own.
     if !caller.is_admin() && !owned {
         return not_authorised("User not authorised to access object");
     }
-    let _ = entry.commands.send(FaultCommand::ForceClose(reason));
+    connection.force_close(&reason);
     StatusCode::NO_CONTENT.into_response()
-}
-
-/// A connection by RabbitMQ-style name or by its client-provided name.
-fn find_connection(http: &Http, name: &str) -> Option<Arc<crate::broker::ConnectionEntry>> {
-    http.broker
-        .connections
-        .iter()
-        .find(|e| e.name == name || e.client_name.get().is_some_and(|n| n == name))
-        .map(|e| e.clone())
 }
 
 async fn queues(State(http): State<Arc<Http>>, Extension(caller): Extension<Caller>) -> Json<Value> {
@@ -586,29 +576,28 @@ async fn faults(
     if let Some(refused) = admin_refusal(&caller) {
         return refused;
     }
-    let Some(e) = find_connection(&http, &name) else { return not_found("connection not found") };
-    let f = &e.faults;
+    let Some(c) = http.broker.connections.find(&name) else { return not_found("connection not found") };
     let flag = |key: &str| body.get(key).and_then(Value::as_bool);
     if let Some(on) = flag("withhold_heartbeats") {
-        f.set_withhold_heartbeats(on);
+        c.withhold_heartbeats(on);
     }
     if let Some(on) = flag("ignore_client") {
-        f.set_ignore_client(on);
+        c.ignore_client(on);
     }
     if let Some(on) = flag("black_hole") {
-        f.set_black_hole(on);
+        c.black_hole(on);
     }
     if let Some(on) = flag("block") {
-        f.set_blocked(on);
+        c.block(on);
     }
     if let Some(ms) = body.get("delivery_latency_ms").and_then(Value::as_u64) {
-        f.set_delivery_latency(Duration::from_millis(ms));
+        c.delivery_latency(Duration::from_millis(ms));
     }
     if let Some(text) = body.get("force_close").and_then(Value::as_str) {
-        let _ = e.commands.send(FaultCommand::ForceClose(text.to_string()));
+        c.force_close(text);
     }
     if flag("kill") == Some(true) {
-        let _ = e.commands.send(FaultCommand::Kill);
+        c.kill();
     }
     StatusCode::NO_CONTENT.into_response()
 }

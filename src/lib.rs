@@ -34,6 +34,7 @@ pub mod logging;
 pub mod protocol;
 pub mod server;
 
+pub use broker::connections::{ConnectionHandle, ConnectionState, ConnectionStats};
 pub use broker::events::Event;
 pub use config::Config;
-pub use embedded::{ConnectionHandle, ConnectionStats, EmbeddedBroker, EmbeddedBuilder, EventStream};
+pub use embedded::{EmbeddedBroker, EmbeddedBuilder, EventStream};

@@ -15,9 +15,9 @@ use futures_lite::StreamExt;
 use lapin::{Connection, ConnectionProperties};
 use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
-use warren::connection::flow::ConnectionState;
 use warren::protocol::methods::{basic, connection};
 use warren::protocol::{Frame, Method};
+use warren::ConnectionState;
 use warren::{ConnectionHandle, EmbeddedBroker};
 
 const WAIT: Duration = Duration::from_secs(5);

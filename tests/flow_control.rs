@@ -13,9 +13,9 @@ use bytes::BytesMut;
 use common::{publish_frames, RawClient, Read};
 use tokio::time::Instant;
 use warren::broker::alarm::Resource;
-use warren::connection::flow::ConnectionState;
 use warren::protocol::methods::{basic, channel, connection};
 use warren::protocol::{Frame, Method};
+use warren::ConnectionState;
 use warren::EmbeddedBroker;
 
 const WAIT: Duration = Duration::from_secs(5);

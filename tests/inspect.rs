@@ -5,7 +5,7 @@
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
-use warren::connection::flow::ConnectionState;
+use warren::ConnectionState;
 use warren::EmbeddedBroker;
 
 #[tokio::test]

@@ -37,7 +37,7 @@
 //! Alarms can also be raised and cleared by hand (embedded tests, the
 //! binary's SIGUSR1/SIGUSR2), for either resource RabbitMQ knows: memory and
 //! disk. Connections watch the [`AlarmSet`] and block their publishers while
-//! any alarm is on (see `connection::flow`).
+//! any alarm is on (see `connection::throttle`).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

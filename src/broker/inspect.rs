@@ -5,9 +5,9 @@
 
 use bytes::Bytes;
 
+use super::connections::ConnectionState;
 use super::queue::ConsumerInfo;
 use super::Broker;
-use crate::connection::flow::ConnectionState;
 use crate::protocol::{BasicProperties, FieldTable, ShortStr};
 
 /// What the handshake settled for a connection.
@@ -85,28 +85,7 @@ pub struct PeekedMessage {
 
 impl Broker {
     pub fn connection_infos(&self) -> Vec<ConnectionInfo> {
-        self.connections
-            .iter()
-            .map(|e| {
-                let c = &e.outlet.counters;
-                let heartbeats_sent = c.heartbeats_sent.load(std::sync::atomic::Ordering::Relaxed);
-                ConnectionInfo {
-                    name: e.name.clone(),
-                    client_name: e.client_name.get().cloned(),
-                    state: *e.state.borrow(),
-                    details: e.details.get().cloned(),
-                    bytes_in: c.recv_oct.load(std::sync::atomic::Ordering::Relaxed),
-                    bytes_out: c.send_oct.load(std::sync::atomic::Ordering::Relaxed) + 8 * heartbeats_sent,
-                    frames_in: c.frames_in.load(std::sync::atomic::Ordering::Relaxed),
-                    frames_out: c.frames_out.load(std::sync::atomic::Ordering::Relaxed),
-                    heartbeats_sent,
-                    channels: e.channels.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect(),
-                    idle: e.accepted.elapsed().saturating_sub(std::time::Duration::from_millis(
-                        c.last_read_ms.load(std::sync::atomic::Ordering::Relaxed),
-                    )),
-                }
-            })
-            .collect()
+        self.connections.all().iter().map(|c| c.info()).collect()
     }
 
     pub fn queue_infos(&self) -> Vec<QueueInfo> {

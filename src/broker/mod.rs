@@ -6,6 +6,7 @@
 
 pub mod access;
 pub mod alarm;
+pub mod connections;
 pub mod events;
 pub mod exchange;
 pub mod headers;
@@ -24,8 +25,6 @@ use dashmap::DashMap;
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::connection::faults::{Command as FaultCommand, Faults};
-use crate::connection::flow::ConnectionState;
 use crate::protocol::ShortStr;
 use access::AccessControl;
 use alarm::Alarms;
@@ -41,10 +40,9 @@ pub struct Broker {
     pub alarms: Arc<Alarms>,
     /// What happens, for tests to await (see [`events`]).
     pub events: Arc<events::Events>,
-    /// The open connections, by id: their names and states, for inspection.
-    pub connections: DashMap<u64, Arc<ConnectionEntry>>,
+    /// The open connections (see [`connections`]).
+    pub connections: connections::Connections,
     pub vhosts: DashMap<ShortStr, Arc<VirtualHost>>,
-    next_connection_id: AtomicU64,
     /// Keys for server-generated names; random per broker.
     name_seed: RandomState,
     name_counter: AtomicU64,
@@ -65,11 +63,10 @@ impl Broker {
         Ok(Arc::new(Broker {
             access,
             alarms,
-            connections: DashMap::new(),
+            connections: connections::Connections::default(),
             events,
             config,
             vhosts,
-            next_connection_id: AtomicU64::new(1),
             name_seed: RandomState::new(),
             name_counter: AtomicU64::new(0),
             gauges: Gauges::default(),
@@ -78,10 +75,6 @@ impl Broker {
 
     pub fn vhost(&self, name: &ShortStr) -> Option<Arc<VirtualHost>> {
         self.vhosts.get(name).map(|v| v.clone())
-    }
-
-    pub fn next_connection_id(&self) -> u64 {
-        self.next_connection_id.fetch_add(1, Ordering::Relaxed)
     }
 
     /// A server-generated name, RabbitMQ style: `prefix-` and 22 URL-safe
@@ -97,28 +90,6 @@ impl Broker {
         }
         ShortStr::from(format!("{prefix}-{}", base64url(&octets)))
     }
-}
-
-/// What the broker knows of one open connection.
-pub struct ConnectionEntry {
-    /// `client -> server`, RabbitMQ's connection name.
-    pub name: String,
-    /// The client's own name for the connection (`connection_name` in its
-    /// client properties), once the handshake has told it.
-    pub client_name: std::sync::OnceLock<String>,
-    pub state: watch::Sender<ConnectionState>,
-    /// Fault switches the test toolkit flips (see `connection::faults`).
-    pub faults: Arc<Faults>,
-    /// One-shot faults (kill, forced close) for the connection task.
-    pub commands: tokio::sync::mpsc::UnboundedSender<FaultCommand>,
-    /// The connection's outbound side, whose counters tell its traffic.
-    pub outlet: Arc<crate::connection::writer::Outlet>,
-    /// What the handshake settled, from `connection.open` on.
-    pub details: std::sync::OnceLock<inspect::ConnectionDetails>,
-    /// The open channel numbers.
-    pub channels: std::sync::Mutex<std::collections::BTreeSet<u16>>,
-    /// When the socket was accepted (the base of `last_read_ms`).
-    pub accepted: tokio::time::Instant,
 }
 
 /// Counts of live things, each a `watch` so a test can await a value

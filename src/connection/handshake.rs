@@ -1,15 +1,217 @@
-//! The pieces of the connection handshake that are pure functions: what the
-//! server announces in `connection.start`, how SASL responses are read, how
-//! `tune-ok` is validated, and the texts RabbitMQ writes about it all.
+//! The connection handshake, from `connection.start` to `open-ok`:
+//!
+//! ```text
+//!  protocol header   start-ok        (secure-ok)       tune-ok         open
+//! ----------------> Starting ----> Securing ----> Tuning ----> Opening ----> open
+//!   connection.start          (empty PLAIN)   connection.tune   heartbeats
+//!                                                               start here
+//! ```
+//!
+//! A [`Handshake`] lives only until the connection is open. Each method the
+//! client sends on channel 0 is one [`Handshake::step`], which says what
+//! happened ([`Step`]): a reply to send, tuned (start the heartbeats with
+//! this T), opened (here is the virtual host and what was settled), or
+//! failed. The connection acts on it; the handshake never touches the socket.
+//! The rest of this file is pure functions: what the server announces in
+//! `connection.start`, how SASL responses are read, how `tune-ok` is
+//! validated.
 
-use std::time::Duration;
+use std::net::IpAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
+use tracing::{error, info};
 
+use super::channel::ClientCapabilities;
+use super::ending::Stop;
+use super::texts::erlang_binary;
+use super::Phase;
+use crate::broker::access::LoginError;
+use crate::broker::connections::ConnectionEntry;
+use crate::broker::inspect::ConnectionDetails;
+use crate::broker::{Broker, VirtualHost};
 use crate::error::AmqpError;
+use crate::logging::Escaped;
 use crate::protocol::constants::FRAME_MIN_SIZE;
 use crate::protocol::field_table::{parse_table_body, FieldTable, FieldValue};
-use crate::protocol::methods::connection;
+use crate::protocol::methods::{connection, Method};
+
+/// A connection between its protocol header and `connection.open`.
+pub struct Handshake {
+    phase: Phase,
+    /// What the server proposes in `connection.tune`.
+    proposed: Limits,
+    /// Loopback-only users are checked against the client's address.
+    peer: IpAddr,
+    entry: Arc<ConnectionEntry>,
+    mechanism: String,
+    /// Known once authenticated.
+    user: String,
+    client_properties: FieldTable,
+    capabilities: ClientCapabilities,
+    /// What the client settled in `tune-ok`.
+    tuned: Limits,
+}
+
+/// What one handshake step came to.
+pub enum Step {
+    /// Send this on channel 0 and wait for the next method.
+    Reply(Method),
+    /// `tune-ok` accepted: these are the connection's limits, and its
+    /// heartbeat T (0: none) starts now.
+    Tuned(Limits),
+    /// `connection.open` accepted: the handshake is over.
+    Opened(Opened),
+    Failed(Stop),
+}
+
+/// A handshake that succeeded.
+pub struct Opened {
+    pub vhost: Arc<VirtualHost>,
+    pub details: ConnectionDetails,
+    pub capabilities: ClientCapabilities,
+}
+
+impl Handshake {
+    pub fn new(proposed: Limits, peer: IpAddr, entry: Arc<ConnectionEntry>) -> Handshake {
+        Handshake {
+            phase: Phase::Starting,
+            proposed,
+            peer,
+            entry,
+            mechanism: String::new(),
+            user: String::new(),
+            client_properties: FieldTable::new(),
+            capabilities: ClientCapabilities::default(),
+            tuned: Limits { channel_max: 0, frame_max: FRAME_MIN_SIZE, heartbeat: 0 },
+        }
+    }
+
+    /// Starting, Securing, Tuning or Opening.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// The authenticated user, or "" before authentication.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// Takes one method the client sent on channel 0.
+    pub fn step(&mut self, method: Method, broker: &Broker) -> Step {
+        match (self.phase, method) {
+            (Phase::Starting, Method::ConnectionStartOk(m)) => self.start_ok(m, broker),
+            (Phase::Securing, Method::ConnectionSecureOk(m)) => {
+                let mechanism = self.mechanism.clone();
+                self.authenticate(mechanism.as_bytes(), &m.response, broker)
+            }
+            (Phase::Tuning, Method::ConnectionTuneOk(m)) => self.tune_ok(m),
+            (Phase::Opening, Method::ConnectionOpen(m)) => self.open(m, broker),
+            // Before tune-ok RabbitMQ closes the socket without a word.
+            (phase @ (Phase::Starting | Phase::Securing | Phase::Tuning), method) => Step::Failed(Stop::Silent(
+                format!("unexpected method {} in connection state {}", method.name(), phase.name()),
+            )),
+            (phase, method) => Step::Failed(Stop::Error(
+                AmqpError::channel_error(format!("unexpected method in connection state {}", phase.name()))
+                    .during(method.ids()),
+            )),
+        }
+    }
+
+    fn start_ok(&mut self, m: connection::StartOk, broker: &Broker) -> Step {
+        if let Some(name) = m.client_properties.get("connection_name").and_then(FieldValue::as_bytes) {
+            let name = String::from_utf8_lossy(name).into_owned();
+            info!("connection {} has a client-provided name: {}", self.entry.name, Escaped(&name));
+            self.entry.set_client_name(name);
+        }
+        self.capabilities = ClientCapabilities::from_client_properties(&m.client_properties);
+        self.client_properties = m.client_properties;
+        self.mechanism = m.mechanism.to_string();
+        if m.mechanism.as_bytes() == b"PLAIN" && m.response.is_empty() {
+            // SASL PLAIN without an initial response: ask for it.
+            self.phase = Phase::Securing;
+            return Step::Reply(connection::Secure { challenge: Bytes::new() }.into());
+        }
+        self.authenticate(m.mechanism.as_bytes(), &m.response, broker)
+    }
+
+    fn authenticate(&mut self, mechanism: &[u8], response: &Bytes, broker: &Broker) -> Step {
+        let credentials = match parse_response(mechanism, response) {
+            Ok(c) => c,
+            Err(AuthError::UnknownMechanism(m)) => {
+                return Step::Failed(Stop::Silent(format!("unknown authentication mechanism '{m}'")));
+            }
+            Err(AuthError::Malformed(why)) => return Step::Failed(Stop::Silent(why)),
+        };
+        if let Err(e) = broker.access.authenticate(&credentials.username, &credentials.password, self.peer) {
+            let why = match e {
+                LoginError::InvalidCredentials => "invalid credentials",
+                LoginError::LoopbackOnly => "User can only log in via localhost",
+            };
+            error!(
+                "Error on AMQP connection <0.{}.0> ({}, state: starting): {} login refused: user '{}' - {why}",
+                self.entry.id,
+                self.entry.name,
+                Escaped(&self.mechanism),
+                Escaped(&credentials.username)
+            );
+            if self.capabilities.authentication_failure_close {
+                return Step::Failed(Stop::Error(login_refused(&self.mechanism)));
+            }
+            return Step::Failed(Stop::Silent("login refused".into()));
+        }
+        self.user = credentials.username;
+        self.phase = Phase::Tuning;
+        let l = self.proposed;
+        Step::Reply(
+            connection::Tune { channel_max: l.channel_max, frame_max: l.frame_max, heartbeat: l.heartbeat }.into(),
+        )
+    }
+
+    fn tune_ok(&mut self, m: connection::TuneOk) -> Step {
+        if let Err(e) = validate_tune_ok(self.proposed, &m) {
+            // RabbitMQ logs this and drops the socket 3 s later without a
+            // close frame; warren tells the client why (see README).
+            return Step::Failed(Stop::Error(e.during(connection::TuneOk::IDS)));
+        }
+        self.tuned = Limits { channel_max: m.channel_max, frame_max: m.frame_max, heartbeat: m.heartbeat };
+        self.phase = Phase::Opening;
+        Step::Tuned(self.tuned)
+    }
+
+    fn open(&mut self, m: connection::Open, broker: &Broker) -> Step {
+        let refused =
+            |text: String| Step::Failed(Stop::Error(AmqpError::not_allowed(text).during(connection::Open::IDS)));
+        let Some(vhost) = broker.vhost(&m.virtual_host) else {
+            return refused(format!("vhost {} not found", m.virtual_host));
+        };
+        if let Some(max) = broker.config.connection_max {
+            // Counted as RabbitMQ counts it: every accepted connection,
+            // this one included.
+            if broker.connections.len() > max {
+                return refused(format!("connection refused: node connection limit ({max}) is reached"));
+            }
+        }
+        if let Err(e) = broker.access.check_vhost(&self.user, &vhost.name.to_string()) {
+            return Step::Failed(Stop::Error(e.during(connection::Open::IDS)));
+        }
+        info!(
+            "connection {}: user '{}' authenticated and granted access to vhost '{}'",
+            self.entry.name,
+            Escaped(&self.user),
+            Escaped(&vhost.name.as_str_lossy())
+        );
+        let details = ConnectionDetails {
+            user: self.user.clone(),
+            vhost: m.virtual_host.to_string(),
+            client_properties: std::mem::take(&mut self.client_properties),
+            channel_max: self.tuned.channel_max,
+            frame_max: self.tuned.frame_max,
+            heartbeat: self.tuned.heartbeat,
+        };
+        Step::Opened(Opened { vhost, details, capabilities: self.capabilities })
+    }
+}
 
 /// Mechanisms offered, in RabbitMQ's order. py-amqp picks AMQPLAIN from this
 /// list, kombu and most others PLAIN; only list what works.
@@ -137,57 +339,6 @@ pub fn validate_tune_ok(server: Limits, tune_ok: &connection::TuneOk) -> Result<
     Ok(())
 }
 
-/// A connection's age as RabbitMQ prints it: `850ms`, `12s`, `2M, 3s`,
-/// `1H, 0M, 5s`, `2D, 1H, 0M, 5s`.
-pub fn format_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms < 1000 {
-        return format!("{ms}ms");
-    }
-    let s = d.as_secs();
-    let (days, hours, minutes, seconds) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
-    if days > 0 {
-        format!("{days}D, {hours}H, {minutes}M, {seconds}s")
-    } else if hours > 0 {
-        format!("{hours}H, {minutes}M, {seconds}s")
-    } else if minutes > 0 {
-        format!("{minutes}M, {seconds}s")
-    } else {
-        format!("{seconds}s")
-    }
-}
-
-/// Prints octets the way Erlang's `~p` prints a binary, as RabbitMQ's frame
-/// error texts do: `<<"abc">>` when printable, else `<<1,2,3>>`; at most
-/// `limit` octets.
-pub fn erlang_binary(data: &[u8], limit: usize) -> String {
-    let data = &data[..data.len().min(limit)];
-    if !data.is_empty() && data.iter().all(|&b| (0x20..0x7f).contains(&b)) {
-        let escaped: String = data
-            .iter()
-            .flat_map(|&b| match b {
-                b'"' => vec!['\\', '"'],
-                b'\\' => vec!['\\', '\\'],
-                _ => vec![b as char],
-            })
-            .collect();
-        format!("<<\"{escaped}\">>")
-    } else {
-        let parts: Vec<String> = data.iter().map(u8::to_string).collect();
-        format!("<<{}>>", parts.join(","))
-    }
-}
-
-/// RabbitMQ's payload snippet in frame errors: `all octets = <<...>>` for
-/// 16 octets or fewer, else `first 16 octets = <<...>>`.
-pub fn payload_snippet(payload: &[u8]) -> String {
-    if payload.len() <= 16 {
-        format!("all octets = {}", erlang_binary(payload, 16))
-    } else {
-        format!("first 16 octets = {}", erlang_binary(payload, 16))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,17 +390,5 @@ mod tests {
         assert_eq!(c.username, "guest");
         assert_eq!(c.password, "guest");
         assert_eq!(parse_response(b"EXTERNAL", &Bytes::new()), Err(AuthError::UnknownMechanism("EXTERNAL".into())));
-    }
-
-    #[test]
-    fn durations_and_snippets_as_rabbitmq_prints_them() {
-        assert_eq!(format_duration(Duration::from_millis(850)), "850ms");
-        assert_eq!(format_duration(Duration::from_secs(12)), "12s");
-        assert_eq!(format_duration(Duration::from_secs(123)), "2M, 3s");
-        assert_eq!(format_duration(Duration::from_secs(3605)), "1H, 0M, 5s");
-        assert_eq!(payload_snippet(b""), "all octets = <<>>");
-        assert_eq!(payload_snippet(b"abc"), "all octets = <<\"abc\">>");
-        assert_eq!(payload_snippet(&[0, 10, 0, 10]), "all octets = <<0,10,0,10>>");
-        assert!(payload_snippet(&[1; 20]).starts_with("first 16 octets = <<1,1,"));
     }
 }

@@ -36,14 +36,22 @@
 //! peer is found. On resume the monitor starts a fresh 2T..3T window.
 //!
 //! Neither loop reads a clock per frame: the socket reader and the writer
-//! just bump counters ([`super::writer::Counters`]), and each tick compares
-//! two readings. Both loops run as tasks owned by their connection and end
-//! with it.
+//! just bump counters ([`Counters`]), and each tick compares two readings.
+//! Both loops run as tasks owned by their connection ([`Heartbeats`]) and
+//! end with it.
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tokio::time::{self, Instant, MissedTickBehavior};
+
+use super::writer::{Outbound, Outlet};
+use crate::broker::connections::{ConnectionEntry, Counters};
+use crate::broker::events::{Event, Events};
+use crate::broker::GaugeGuard;
 
 /// The sender's period: T/2, in whole milliseconds as RabbitMQ computes it
 /// (`T * 1000 div 2`).
@@ -160,6 +168,72 @@ pub async fn run_monitor(
                 }
             }
         }
+    }
+}
+
+/// The two heartbeat tasks of one connection. Started at `tune-ok`;
+/// dropping this aborts them.
+#[derive(Default)]
+pub struct Heartbeats {
+    /// Each task ends with `Some` when the monitor gave up, `None` when the
+    /// sender stopped because the writer is gone.
+    tasks: JoinSet<Option<MissedHeartbeats>>,
+}
+
+impl Heartbeats {
+    /// Starts the sender and the monitor with T as the client sent it in
+    /// `tune-ok`; T = 0 starts neither. `gauge` counts the running tasks.
+    pub fn start(
+        &mut self,
+        t: u16,
+        entry: &Arc<ConnectionEntry>,
+        outlet: &Arc<Outlet>,
+        monitor: &MonitorControl,
+        events: &Arc<Events>,
+        gauge: &Arc<watch::Sender<usize>>,
+    ) {
+        if t == 0 {
+            return;
+        }
+        let counters: Arc<Counters> = entry.counters.clone();
+        let (entry, outlet, events, alive) = (entry.clone(), outlet.clone(), events.clone(), GaugeGuard::new(gauge));
+        self.tasks.spawn(async move {
+            let _alive = alive;
+            let sent = || entry.counters.send_oct_besides_heartbeats.load(Ordering::Relaxed);
+            // Withheld heartbeats (fault injection) are simply not sent.
+            let send = || {
+                if entry.faults.withhold_heartbeats() {
+                    return true;
+                }
+                events.emit(|| Event::HeartbeatSent { connection: entry.name.clone() });
+                outlet.send(Outbound::Heartbeat)
+            };
+            run_sender(sender_period(t), sent, send).await;
+            None
+        });
+        let (control, alive) = (monitor.clone(), GaugeGuard::new(gauge));
+        self.tasks.spawn(async move {
+            let _alive = alive;
+            let received = || counters.recv_oct.load(Ordering::Relaxed);
+            Some(run_monitor(monitor_period(t), received, &control).await)
+        });
+    }
+
+    /// Resolves when the monitor has given up; never while no task runs.
+    pub async fn missed(&mut self) -> MissedHeartbeats {
+        loop {
+            match self.tasks.join_next().await {
+                Some(Ok(Some(missed))) => return missed,
+                // The sender ends only when the writer has gone, which the
+                // connection learns from the writer itself.
+                Some(_) => continue,
+                None => return std::future::pending().await,
+            }
+        }
+    }
+
+    pub fn stop(&mut self) {
+        self.tasks.abort_all();
     }
 }
 

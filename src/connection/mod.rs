@@ -1,33 +1,45 @@
 //! One AMQP connection, from the protocol header to the closed socket.
 //!
-//! The connection task reads the socket, cuts the bytes into frames
-//! ([`crate::protocol::frame::parse_frame`]) and drives an explicit state
-//! machine, as RabbitMQ's `rabbit_reader` does:
+//! A connection is one task that waits for the next thing to happen, a
+//! [`Wake`], and handles it: bytes read from the socket, the heartbeat
+//! monitor giving up, the writer failing, a deadline passing, an alarm or a
+//! fault switch changing, a fault command, shutdown. Before each wait it
+//! handles every complete frame already read, and asks the [`Throttle`]
+//! whether it may read at all. [`Connection::live`] is that loop, and
+//! [`Connection::next_wake`] lists every input in one place, as RabbitMQ's
+//! `rabbit_reader` does with one clause per message it can receive.
+//!
+//! The connection owns its parts, each in a file of its own:
+//!
+//! - [`handshake`]: start, secure, tune, open. It lives until `open-ok` and
+//!   says what each step came to; it never touches the socket.
+//! - [`channels`]: the open channels and the session they share, once open.
+//! - [`throttle`]: flow control (alarms, the reply backlog, blocking).
+//! - [`heartbeat`]: the two heartbeat tasks, started at `tune-ok`.
+//! - [`writer`]: the task that owns the socket's write half.
+//! - [`ending`]: why and how a connection ends, and its last log line.
+//!
+//! The phases of its life ([`Phase`], RabbitMQ's reader states):
 //!
 //! ```text
-//!  protocol header   start-ok        (secure-ok)       tune-ok         open
-//! ----------------> Starting ----> Securing ----> Tuning ----> Opening ----> Running
-//!   connection.start          (empty PLAIN)   connection.tune   heartbeats    open-ok
-//!                                                               start here
-//!  any state --(error sent as connection.close)--> Closing --(close-ok)--> closed
+//!  Starting -> Securing -> Tuning -> Opening -> Running
+//!  any phase --(error sent as connection.close)--> Closing --(close-ok)--> closed
 //! ```
 //!
-//! Around it run a writer task ([`writer`], the only owner of the socket's
-//! write half) and, from `tune-ok` on, the two heartbeat tasks
-//! ([`heartbeat`]). All of them end with the connection: the writer is
-//! aborted on drop and the heartbeat tasks live in a `JoinSet` the
-//! connection owns. Frames for a channel go to its [`channel::Channel`].
+//! All tasks end with the connection: the writer is aborted on drop and the
+//! heartbeat tasks live in a `JoinSet` the connection owns.
 
 pub mod channel;
-pub mod faults;
-pub mod flow;
+pub mod channels;
+pub mod ending;
 pub mod handshake;
 pub mod heartbeat;
+pub mod texts;
+pub mod throttle;
 pub mod timeouts;
 pub mod transport;
 pub mod writer;
 
-use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -36,33 +48,35 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::sync::futures::Notified;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
-use tracing::{debug, error, info, warn, Instrument};
+use tracing::{debug, error, info, Instrument};
 
-use self::channel::{Channel, ClientCapabilities, Session};
-use self::faults::{Command as FaultCommand, Faults};
-use self::flow::ConnectionState;
-use self::handshake::{format_duration, payload_snippet, AuthError, Limits};
-use self::heartbeat::{MissedHeartbeats, MonitorControl};
+use self::channel::Session;
+use self::channels::Channels;
+use self::ending::{End, Obituary, Stop};
+use self::handshake::{Handshake, Limits, Opened, Step};
+use self::heartbeat::{Heartbeats, MissedHeartbeats};
+use self::texts::{erlang_binary, format_duration, frame_error, payload_snippet};
+use self::throttle::Throttle;
 use self::transport::{ReadSide, WriteSide};
-use self::writer::{Outbound, Outlet, REPLY_BACKLOG_HIGH, REPLY_BACKLOG_LOW};
-use crate::broker::access::LoginError;
-use crate::broker::alarm::AlarmSet;
+use self::writer::{Outbound, Outlet};
+use crate::broker::connections::{ConnectionEntry, FaultCommand, Registration};
 use crate::broker::events::Event;
-use crate::broker::inspect::ConnectionDetails;
-use crate::broker::{Broker, ConnectionEntry, GaugeGuard};
+use crate::broker::{Broker, GaugeGuard};
 use crate::error::AmqpError;
 use crate::logging::Escaped;
-use crate::protocol::constants::FRAME_OVERHEAD;
 use crate::protocol::frame::{check_protocol_header, parse_frame, FrameError, ProtocolHeader, PROTOCOL_HEADER};
-use crate::protocol::methods::{connection as conn, MethodError};
-use crate::protocol::{FieldTable, FieldValue, Frame, Method, ReplyCode, ShortStr};
+use crate::protocol::methods::connection as conn;
+use crate::protocol::{Frame, Method, ReplyCode, ShortStr};
 
-/// Where a connection is in its life (spec 2.2.4, RabbitMQ's reader states).
+/// Where a connection is in its life (spec 2.2.4, RabbitMQ's reader
+/// states). Not to be confused with the flow-control state users see
+/// ([`crate::broker::connections::ConnectionState`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum State {
+pub enum Phase {
     /// `connection.start` sent; waiting for `start-ok`.
     Starting,
     /// `connection.secure` sent; waiting for `secure-ok`.
@@ -76,15 +90,15 @@ pub enum State {
     Closing,
 }
 
-impl State {
-    fn name(self) -> &'static str {
+impl Phase {
+    pub fn name(self) -> &'static str {
         match self {
-            State::Starting => "starting",
-            State::Securing => "securing",
-            State::Tuning => "tuning",
-            State::Opening => "opening",
-            State::Running => "running",
-            State::Closing => "closing",
+            Phase::Starting => "starting",
+            Phase::Securing => "securing",
+            Phase::Tuning => "tuning",
+            Phase::Opening => "opening",
+            Phase::Running => "running",
+            Phase::Closing => "closing",
         }
     }
 }
@@ -96,100 +110,31 @@ const READ_BUFFER: usize = 64 * 1024;
 /// for the writer to flush at the end.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Why processing a frame ends the connection's normal life.
-enum Stop {
-    /// Send this as `connection.close` and wait for `close-ok`.
-    Error(AmqpError),
-    /// Close the socket without a close frame, as RabbitMQ does for
-    /// handshake failures; the text goes to the log.
-    Silent(String),
-    /// The close handshake is complete.
-    Done,
-}
-
-/// How the connection ended, for the last log line.
-enum End {
-    Closed,
-    /// Reset by the fault injection.
-    Killed,
-    PeerClosed(Option<io::Error>),
+/// Everything that can wake a connection up.
+enum Wake {
+    /// The socket read returned: octets, end of stream (0) or an error.
+    Read(io::Result<usize>),
     MissedHeartbeats(MissedHeartbeats),
-    HandshakeTimeout(&'static str),
-    WriterFailed(io::Error),
-    CloseTimeout,
-    Silent(String),
+    WriterEnded(io::Error),
+    HandshakeDeadline,
+    /// No `close-ok` in time after our `connection.close`.
+    CloseDeadline,
+    /// A delivery may have passed its `consumer_timeout`.
+    ConsumerTimeout,
+    /// A delivery noted a nearer consumer-timeout deadline.
+    DeadlinesMoved,
+    AlarmChanged,
+    /// The writer caught up with the reply backlog (ends `flow`).
+    OutletDrained,
+    FaultsChanged,
+    Fault(FaultCommand),
     Shutdown,
 }
 
-impl End {
-    /// Why the connection ended, in a few words, for the event stream.
-    fn reason(&self) -> String {
-        match self {
-            End::Closed => "closed (connection.close handshake)".into(),
-            End::Killed => "killed (TCP reset) by fault injection".into(),
-            End::PeerClosed(_) => "client unexpectedly closed TCP connection".into(),
-            End::MissedHeartbeats(_) => "missed heartbeats from client".into(),
-            End::HandshakeTimeout(what) => format!("handshake timeout ({what})"),
-            End::WriterFailed(e) => format!("write failed: {e}"),
-            End::CloseTimeout => "no connection.close-ok in time".into(),
-            End::Silent(reason) => reason.clone(),
-            End::Shutdown => "broker shutdown".into(),
-        }
-    }
-}
-
-enum HeartbeatEnd {
-    SenderStopped,
-    Missed(MissedHeartbeats),
-}
-
-/// Logs a frame received, for `--trace-frames`.
-fn trace_inbound(frame: &Frame) {
-    match frame {
-        Frame::Method { channel, method } => info!(target: "warren::frames", "<- [{channel}] {}", method.trace()),
-        Frame::Header { channel, header } => {
-            info!(target: "warren::frames", "<- [{channel}] content header body_size={}", header.body_size)
-        }
-        Frame::Body { channel, body } => {
-            info!(target: "warren::frames", "<- [{channel}] content body {} octets", body.len())
-        }
-        Frame::Heartbeat { .. } => info!(target: "warren::frames", "<- heartbeat"),
-    }
-}
-
-/// A connection's entry in the broker's registry, removed when it ends.
-struct Registered {
-    broker: Arc<Broker>,
-    id: u64,
-    entry: Arc<ConnectionEntry>,
-    /// Where the toolkit's one-shot faults arrive.
-    commands: mpsc::UnboundedReceiver<FaultCommand>,
-}
-
-impl Registered {
-    fn new(broker: &Arc<Broker>, id: u64, name: &str, outlet: Arc<Outlet>) -> Registered {
-        let (tx, commands) = mpsc::unbounded_channel();
-        let entry = Arc::new(ConnectionEntry {
-            name: name.to_string(),
-            client_name: std::sync::OnceLock::new(),
-            state: watch::Sender::new(ConnectionState::Starting),
-            faults: Arc::new(Faults::default()),
-            commands: tx,
-            outlet,
-            details: std::sync::OnceLock::new(),
-            channels: std::sync::Mutex::new(std::collections::BTreeSet::new()),
-            accepted: Instant::now(),
-        });
-        broker.connections.insert(id, entry.clone());
-        Registered { broker: broker.clone(), id, entry, commands }
-    }
-}
-
-impl Drop for Registered {
-    fn drop(&mut self) {
-        self.entry.state.send_replace(ConnectionState::Closing);
-        self.broker.connections.remove(&self.id);
-    }
+/// Before `open-ok`, the handshake; after it, the channels.
+enum Stage {
+    Handshake(Handshake),
+    Open(Channels),
 }
 
 /// Aborts the writer if the connection ends without waiting for it.
@@ -202,44 +147,30 @@ impl Drop for WriterTask {
 }
 
 struct Connection {
-    id: u64,
-    /// The client's address (loopback-only users are checked against it).
-    peer: std::net::SocketAddr,
-    /// `client:port -> server:port`, RabbitMQ's connection name.
-    name: String,
     broker: Arc<Broker>,
+    /// This connection's entry in the broker's registry; removed on drop.
+    registration: Registration,
+    entry: Arc<ConnectionEntry>,
     outlet: Arc<Outlet>,
-    state: State,
-    started: Instant,
-    server_limits: Limits,
+    stage: Stage,
+    throttle: Throttle,
+    heartbeats: Heartbeats,
+    reader: ReadSide,
+    /// What was read and not yet cut into frames.
+    buf: BytesMut,
+    writer: WriterTask,
+    shutdown: watch::Receiver<bool>,
+    shutting_down: bool,
     /// Largest frame the client may send us: `FRAME_MIN_SIZE` until tune-ok.
     frame_max: u32,
-    channel_max: u16,
     /// Negotiated heartbeat T in seconds, 0 when off.
     heartbeat: u16,
-    mechanism: String,
-    user: Option<String>,
-    client_properties: FieldTable,
-    capabilities: ClientCapabilities,
-    session: Option<Session>,
-    channels: HashMap<u16, Channel>,
-    heartbeat_tasks: JoinSet<HeartbeatEnd>,
-    /// Pauses the receiver monitor (flow control).
-    pub monitor: MonitorControl,
-    /// After a frame error the rest of the input cannot be trusted.
-    discard_input: bool,
+    handshake_deadline: Instant,
+    /// Set when `connection.close` is sent: the connection is closing.
     close_deadline: Option<Instant>,
-    shutting_down: bool,
-    /// Resource alarms, watched to block publishers.
-    alarms: watch::Receiver<AlarmSet>,
-    /// The flow-control state once running (see [`flow`]).
-    flow: ConnectionState,
-    /// `connection.blocked` was sent; `connection.unblocked` is owed.
-    blocked_notified: bool,
-    /// This connection's entry in the broker's registry.
-    entry: Arc<ConnectionEntry>,
-    /// The black-hole fault is on (reading stopped, monitor paused).
-    black_holed: bool,
+    /// After a frame error that loses the frame boundaries, the rest of the
+    /// input cannot be trusted.
+    discard_input: bool,
 }
 
 /// Serves one accepted socket until the connection ends.
@@ -270,373 +201,251 @@ async fn serve_halves(
     broker: Arc<Broker>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let name = format!("{peer} -> {local}");
-    let id = broker.next_connection_id();
-    let span = tracing::info_span!("connection", id, %peer);
+    // Counted first and uncounted last, after the registry entry is gone.
+    let _alive = GaugeGuard::new(&broker.gauges.connections);
+    let registration = broker.connections.register(format!("{peer} -> {local}"));
+    let span = tracing::info_span!("connection", id = registration.entry.id, %peer);
     async move {
-        let _alive = GaugeGuard::new(&broker.gauges.connections);
-        let (outlet, rx) = Outlet::new(broker.config.trace_frames);
-        let mut registered = Registered::new(&broker, id, &name, outlet.clone());
-        info!("accepting AMQP connection {name}");
-        let faults = registered.entry.faults.clone();
-        let writer = WriterTask(tokio::spawn(writer::run(write_half, rx, outlet.clone(), faults)));
+        let entry = registration.entry.clone();
+        info!("accepting AMQP connection {}", entry.name);
+        let (outlet, rx) = Outlet::new(broker.config.trace_frames, entry.counters.clone());
+        let writer = WriterTask(tokio::spawn(writer::run(write_half, rx, outlet.clone(), entry.faults.clone())));
         let config = &broker.config;
-        let server_limits =
+        let proposed =
             Limits { channel_max: config.channel_max, frame_max: config.frame_max, heartbeat: config.heartbeat };
-        let mut connection = Connection {
-            id,
-            peer,
-            name,
+        let connection = Connection {
+            stage: Stage::Handshake(Handshake::new(proposed, peer.ip(), entry.clone())),
+            throttle: Throttle::new(broker.alarms.subscribe(), entry.clone(), outlet.clone(), broker.events.clone()),
+            heartbeats: Heartbeats::default(),
+            handshake_deadline: entry.accepted + config.handshake_timeout,
             broker: broker.clone(),
+            registration,
+            entry,
             outlet,
-            state: State::Starting,
-            started: Instant::now(),
-            server_limits,
-            frame_max: crate::protocol::constants::FRAME_MIN_SIZE,
-            channel_max: 0,
-            heartbeat: 0,
-            mechanism: String::new(),
-            user: None,
-            client_properties: FieldTable::new(),
-            capabilities: ClientCapabilities::default(),
-            session: None,
-            channels: HashMap::new(),
-            heartbeat_tasks: JoinSet::new(),
-            monitor: MonitorControl::default(),
-            discard_input: false,
-            close_deadline: None,
+            reader,
+            buf: BytesMut::with_capacity(READ_BUFFER),
+            writer,
+            shutdown,
             shutting_down: false,
-            alarms: broker.alarms.subscribe(),
-            flow: ConnectionState::Starting,
-            blocked_notified: false,
-            entry: registered.entry.clone(),
-            black_holed: false,
+            frame_max: crate::protocol::constants::FRAME_MIN_SIZE,
+            heartbeat: 0,
+            close_deadline: None,
+            discard_input: false,
         };
-        connection.run(reader, writer, shutdown, &mut registered.commands).await;
+        connection.run().await
     }
     .instrument(span)
     .await
 }
 
 impl Connection {
-    async fn run(
-        &mut self,
-        mut reader: ReadSide,
-        mut writer: WriterTask,
-        mut shutdown: watch::Receiver<bool>,
-        commands: &mut mpsc::UnboundedReceiver<FaultCommand>,
-    ) {
-        let mut buf = BytesMut::with_capacity(READ_BUFFER);
-        let handshake_deadline = self.started + self.broker.config.handshake_timeout;
+    async fn run(mut self) {
+        let end = match self.read_protocol_header().await {
+            Ok(()) => self.live().await,
+            Err(end) => end,
+        };
+        self.finish(end).await
+    }
 
-        // The protocol header comes first, within the handshake timeout.
-        let header_end = loop {
-            match check_protocol_header(&buf) {
+    /// The protocol header comes first, within the handshake timeout.
+    async fn read_protocol_header(&mut self) -> Result<(), End> {
+        loop {
+            match check_protocol_header(&self.buf) {
                 ProtocolHeader::Supported => {
-                    buf.advance(8);
-                    break None;
+                    self.buf.advance(8);
+                    return Ok(());
                 }
                 ProtocolHeader::Unsupported => {
                     // Spec 4.2.2: answer with the header we speak, then close.
                     self.outlet.send(Outbound::Frames(Bytes::from_static(PROTOCOL_HEADER)));
-                    break Some(End::Silent(format!(
-                        "client did not start with AMQP protocol header: {}",
-                        handshake::erlang_binary(&buf, 8)
-                    )));
+                    let sent = erlang_binary(&self.buf, 8);
+                    return Err(End::Silent(format!("client did not start with AMQP protocol header: {sent}")));
                 }
                 ProtocolHeader::Incomplete => {}
             }
             tokio::select! {
-                read = reader.read_buf(&mut buf) => match read {
-                    Ok(0) => break Some(End::PeerClosed(None)),
-                    Ok(n) => self.received(n),
-                    Err(e) => break Some(End::PeerClosed(Some(e))),
-                },
-                _ = sleep_until(handshake_deadline) => break Some(End::HandshakeTimeout("handshake")),
+                read = self.reader.read_buf(&mut self.buf) => self.read(read)?,
+                _ = sleep_until(self.handshake_deadline) => return Err(End::HandshakeTimeout("handshake")),
             }
-        };
-        if let Some(end) = header_end {
-            return self.finish(end, writer).await;
         }
-        self.send_method(0, &handshake::start_method().into());
+    }
 
+    /// The connection's life: handle what has been read, wait, handle what
+    /// woke it up, until something ends it.
+    async fn live(&mut self) -> End {
+        self.outlet.send_method(0, &handshake::start_method().into());
         let faults = self.entry.faults.clone();
-        let end = 'life: loop {
-            // Taken before update_flow looks at the switches, so that a
-            // change made in between is not missed.
+        loop {
+            // Taken before the throttle looks at the switches, so that a
+            // change made in between still wakes the wait below.
             let faults_changed = faults.changed();
-            self.update_flow();
-            // Handle every complete frame already buffered (unless flow
-            // control has stopped this connection from taking input).
-            while !self.discard_input && !self.flow.paused() && !self.entry.faults.black_hole() {
-                match parse_frame(&mut buf, self.frame_max) {
-                    Ok(Some(frame)) => match self.dispatch_and_throttle(frame) {
-                        Ok(()) => {}
-                        Err(Stop::Error(e)) => self.begin_close(e),
-                        Err(Stop::Silent(reason)) => break 'life End::Silent(reason),
-                        Err(Stop::Done) => break 'life End::Closed,
-                    },
-                    Ok(None) => break,
-                    Err(e) => {
-                        // Only a bad size or frame end loses the frame
-                        // boundaries; after any other frame error the
-                        // client's close-ok can still be read, as in RabbitMQ.
-                        if matches!(e, FrameError::TooLarge { .. } | FrameError::BadFrameEnd { .. }) {
-                            self.discard_input = true;
-                        }
-                        let e = self.frame_error(e);
-                        if self.state < State::Opening {
-                            break 'life End::Silent(e.to_string());
-                        }
-                        self.begin_close(e);
-                    }
-                }
+            self.throttle.recompute();
+            if let Err(end) = self.handle_buffered() {
+                return end;
             }
-            if self.discard_input {
-                buf.clear();
+            let wake = self.next_wake(faults_changed).await;
+            if let Err(end) = self.handle(wake).await {
+                return end;
             }
-            self.flush_confirms();
-            if buf.capacity() - buf.len() < 4096 {
-                // Read buffers are shared by the messages parsed out of them
-                // and freed when the last one goes. Asking for the same total
-                // size each time lets the allocator reuse freed buffers
-                // instead of fragmenting the heap with ever-different sizes.
-                buf.reserve(READ_BUFFER.saturating_sub(buf.len()).max(4096));
-            }
-            let handshaking = self.state < State::Running;
-            let closing = self.close_deadline;
-            let heartbeats_running = !self.heartbeat_tasks.is_empty();
-            let deadlines = self.session.as_ref().map(|s| s.deadlines.clone());
-            let deadlines_known = deadlines.is_some();
-            let deadlines = deadlines.unwrap_or_default();
-            let ack_deadline = if self.state == State::Running { deadlines.earliest() } else { None };
-            let reading = !self.flow.paused() && !faults.black_hole();
-            let in_flow = self.flow == ConnectionState::Flow;
-            let outlet = self.outlet.clone();
-            tokio::select! {
-                read = reader.read_buf(&mut buf), if reading => match read {
-                    Ok(0) => break End::PeerClosed(None),
-                    Ok(n) => self.received(n),
-                    Err(e) => break End::PeerClosed(Some(e)),
-                },
-                Some(ended) = self.heartbeat_tasks.join_next(), if heartbeats_running => {
-                    if let Ok(HeartbeatEnd::Missed(missed)) = ended {
-                        break End::MissedHeartbeats(missed);
-                    }
-                }
-                result = &mut writer.0 => {
-                    break End::WriterFailed(match result {
-                        Ok(Err(e)) => e,
-                        Ok(Ok(())) => io::ErrorKind::BrokenPipe.into(),
-                        Err(join) => io::Error::other(join.to_string()),
-                    });
-                }
-                _ = sleep_until(handshake_deadline), if handshaking => {
-                    break End::HandshakeTimeout("frame_header");
-                }
-                _ = sleep_until(closing.unwrap_or_else(Instant::now)), if closing.is_some() => break End::CloseTimeout,
-                _ = sleep_until(ack_deadline.unwrap_or_else(Instant::now)), if ack_deadline.is_some() => {
-                    self.check_consumer_timeouts();
-                }
-                _ = deadlines.nearer(), if deadlines_known => {}
-                // An alarm went on or off: the loop's update_flow acts on it.
-                _ = self.alarms.changed() => {}
-                _ = outlet.drained(), if in_flow => {}
-                // A fault switch changed: the loop's update_flow acts on it.
-                _ = faults_changed => {}
-                Some(command) = commands.recv() => match command {
-                    FaultCommand::Kill => {
-                        // A reset: no FIN from the writer, linger 0 on close.
-                        self.entry.faults.set_killed();
-                        reader.reset_on_close();
-                        let _ = tokio::time::timeout(CLOSE_TIMEOUT, &mut writer.0).await;
-                        break End::Killed;
-                    }
-                    FaultCommand::ForceClose(text) => {
-                        self.begin_close(AmqpError::new(ReplyCode::ConnectionForced, text));
-                    }
-                },
-                _ = shutdown.changed(), if !self.shutting_down => {
-                    self.shutting_down = true;
-                    if self.state != State::Running {
-                        break End::Shutdown;
-                    }
-                    self.begin_close(AmqpError::new(
-                        ReplyCode::ConnectionForced,
-                        "broker forced connection closure with reason 'shutdown'",
-                    ));
-                }
-            }
+        }
+    }
+
+    /// Waits for whichever input comes first, of those that matter now.
+    async fn next_wake(&mut self, faults_changed: Notified<'_>) -> Wake {
+        let phase = self.phase();
+        let deadlines = match &self.stage {
+            Stage::Open(channels) if phase == Phase::Running => Some(channels.deadlines().clone()),
+            _ => None,
         };
-        self.finish(end, writer).await;
-    }
-
-    /// Counts octets read from the client, unless the fault injection says
-    /// to ignore the client (then the monitor sees silence).
-    fn received(&self, n: usize) {
-        let c = &self.outlet.counters;
-        c.last_read_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
-        if !self.entry.faults.ignore_client() {
-            c.recv_oct.fetch_add(n as u64, Ordering::Relaxed);
+        let consumer_deadline = deadlines.as_ref().and_then(|d| d.earliest());
+        let (reading, in_flow) = (self.throttle.reading(), self.throttle.in_flow());
+        let far = || Instant::now() + Duration::from_secs(86_400);
+        tokio::select! {
+            read = self.reader.read_buf(&mut self.buf), if reading => Wake::Read(read),
+            missed = self.heartbeats.missed() => Wake::MissedHeartbeats(missed),
+            ended = &mut self.writer.0 => Wake::WriterEnded(match ended {
+                Ok(Err(e)) => e,
+                Ok(Ok(())) => io::ErrorKind::BrokenPipe.into(),
+                Err(join) => io::Error::other(join.to_string()),
+            }),
+            _ = sleep_until(self.handshake_deadline), if phase < Phase::Running => Wake::HandshakeDeadline,
+            _ = sleep_until(self.close_deadline.unwrap_or_else(far)), if self.close_deadline.is_some() => {
+                Wake::CloseDeadline
+            }
+            _ = sleep_until(consumer_deadline.unwrap_or_else(far)), if consumer_deadline.is_some() => {
+                Wake::ConsumerTimeout
+            }
+            _ = async { deadlines.as_ref().expect("guarded").nearer().await }, if deadlines.is_some() => {
+                Wake::DeadlinesMoved
+            }
+            _ = self.throttle.alarm_changed() => Wake::AlarmChanged,
+            _ = self.outlet.drained(), if in_flow => Wake::OutletDrained,
+            _ = faults_changed => Wake::FaultsChanged,
+            Some(command) = self.registration.commands.recv() => Wake::Fault(command),
+            _ = self.shutdown.changed(), if !self.shutting_down => Wake::Shutdown,
         }
     }
 
-    /// Handles a frame, then applies flow control: a content frame on a
-    /// connection in `blocking` state blocks it.
-    fn dispatch_and_throttle(&mut self, frame: Frame) -> Result<(), Stop> {
-        self.outlet.counters.frames_in.fetch_add(1, Ordering::Relaxed);
-        if self.outlet.trace {
-            trace_inbound(&frame);
-        }
-        let content = matches!(frame, Frame::Header { .. } | Frame::Body { .. });
-        self.dispatch(frame)?;
-        if content && self.flow == ConnectionState::Blocking {
-            self.set_flow(ConnectionState::Blocked);
-            let reason = self.alarms.borrow().reason().to_string();
-            self.broker.events.emit(|| Event::Blocked { connection: self.name.clone(), reason });
-            if self.capabilities.connection_blocked {
-                let reason = ShortStr::from(self.alarms.borrow().reason());
-                self.send_method(0, &conn::Blocked { reason }.into());
-                self.blocked_notified = true;
+    async fn handle(&mut self, wake: Wake) -> Result<(), End> {
+        match wake {
+            Wake::Read(read) => self.read(read)?,
+            Wake::MissedHeartbeats(missed) => return Err(End::MissedHeartbeats(missed)),
+            Wake::WriterEnded(e) => return Err(End::WriterFailed(e)),
+            Wake::HandshakeDeadline => return Err(End::HandshakeTimeout("frame_header")),
+            Wake::CloseDeadline => return Err(End::CloseTimeout),
+            Wake::ConsumerTimeout => {
+                if let Stage::Open(channels) = &mut self.stage {
+                    channels.check_consumer_timeouts();
+                }
+            }
+            // The throttle, recomputed at the top of the loop, acts on
+            // these; waking the loop was all they had to do.
+            Wake::DeadlinesMoved | Wake::AlarmChanged | Wake::OutletDrained | Wake::FaultsChanged => {}
+            Wake::Fault(FaultCommand::Kill) => {
+                // A reset: no FIN from the writer, linger 0 on close.
+                self.entry.faults.set_killed();
+                self.reader.reset_on_close();
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, &mut self.writer.0).await;
+                return Err(End::Killed);
+            }
+            Wake::Fault(FaultCommand::ForceClose(text)) => {
+                self.begin_close(AmqpError::new(ReplyCode::ConnectionForced, text));
+            }
+            Wake::Shutdown => {
+                self.shutting_down = true;
+                if self.phase() != Phase::Running {
+                    return Err(End::Shutdown);
+                }
+                self.begin_close(AmqpError::new(
+                    ReplyCode::ConnectionForced,
+                    "broker forced connection closure with reason 'shutdown'",
+                ));
             }
         }
         Ok(())
     }
 
-    /// Re-evaluates the flow state from the alarms and the reply backlog
-    /// (see [`flow`]). Only a running connection is throttled.
-    fn update_flow(&mut self) {
-        // A black hole (fault injection) reads nothing; the silence is for
-        // the client to notice, so the monitor waits it out.
-        let black_hole = self.entry.faults.black_hole();
-        if black_hole != self.black_holed {
-            self.black_holed = black_hole;
-            if black_hole {
-                self.monitor.pause();
-            } else if !self.flow.paused() {
-                self.monitor.resume();
-            }
-        }
-        if self.state != State::Running {
-            return;
-        }
-        let alarm = self.alarms.borrow_and_update().any() || self.entry.faults.blocked();
-        let backlog = self.outlet.reply_backlog();
-        let in_flow =
-            backlog > REPLY_BACKLOG_HIGH || (self.flow == ConnectionState::Flow && backlog >= REPLY_BACKLOG_LOW);
-        let next = match self.flow {
-            ConnectionState::Blocked if alarm => ConnectionState::Blocked,
-            _ if in_flow => ConnectionState::Flow,
-            _ if alarm => ConnectionState::Blocking,
-            _ => ConnectionState::Running,
+    /// Counts octets read from the client, unless the fault injection says
+    /// to ignore the client (then the monitor sees silence).
+    fn read(&mut self, read: io::Result<usize>) -> Result<(), End> {
+        let n = match read {
+            Ok(0) => return Err(End::PeerClosed(None)),
+            Ok(n) => n,
+            Err(e) => return Err(End::PeerClosed(Some(e))),
         };
-        if self.flow == ConnectionState::Blocked && next != ConnectionState::Blocked {
-            self.broker.events.emit(|| Event::Unblocked { connection: self.name.clone() });
-            if self.blocked_notified {
-                self.send_method(0, &conn::Unblocked {}.into());
-                self.blocked_notified = false;
+        let c = &self.entry.counters;
+        c.last_read_ms.store(self.entry.age_ms(), Ordering::Relaxed);
+        if !self.entry.faults.ignore_client() {
+            c.recv_oct.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Handles every complete frame already read, unless the throttle has
+    /// stopped this connection from taking input.
+    fn handle_buffered(&mut self) -> Result<(), End> {
+        while !self.discard_input && self.throttle.reading() {
+            match parse_frame(&mut self.buf, self.frame_max) {
+                Ok(Some(frame)) => match self.frame(frame) {
+                    Ok(()) => {}
+                    Err(Stop::Error(e)) => self.begin_close(e),
+                    Err(Stop::Silent(reason)) => return Err(End::Silent(reason)),
+                    Err(Stop::Done) => return Err(End::Closed),
+                },
+                Ok(None) => break,
+                Err(e) => {
+                    // Only a bad size or frame end loses the frame
+                    // boundaries; after any other frame error the
+                    // client's close-ok can still be read, as in RabbitMQ.
+                    if matches!(e, FrameError::TooLarge { .. } | FrameError::BadFrameEnd { .. }) {
+                        self.discard_input = true;
+                    }
+                    let e = frame_error(e);
+                    if self.phase() < Phase::Opening {
+                        return Err(End::Silent(e.to_string()));
+                    }
+                    self.begin_close(e);
+                }
             }
         }
-        self.set_flow(next);
-    }
-
-    /// Moves to a flow state: pauses the heartbeat monitor while the socket
-    /// is not read, resumes it (with a fresh window) when reading resumes,
-    /// and logs and publishes the change.
-    fn set_flow(&mut self, next: ConnectionState) {
-        if self.flow == next {
-            return;
+        if self.discard_input {
+            self.buf.clear();
         }
-        match (self.flow.paused(), next.paused()) {
-            (false, true) => self.monitor.pause(),
-            (true, false) => self.monitor.resume(),
-            _ => {}
+        if let Stage::Open(channels) = &mut self.stage {
+            channels.flush_confirms();
         }
-        info!("connection {}: state {} -> {next}", self.name, self.flow);
-        self.flow = next;
-        self.entry.state.send_replace(next);
-    }
-
-    fn send_method(&self, channel: u16, method: &Method) {
-        self.outlet.send_method(channel, method);
-    }
-
-    /// `'<0.ID.0> (client -> server'`: RabbitMQ's way of naming a connection
-    /// in logs, with warren's connection id where RabbitMQ has a process id.
-    fn log_name(&self) -> String {
-        format!("<0.{}.0> ({}", self.id, self.name)
-    }
-
-    fn duration(&self) -> String {
-        format_duration(self.started.elapsed())
-    }
-
-    fn begin_close(&mut self, e: AmqpError) {
-        if self.state == State::Closing {
-            return;
+        if self.buf.capacity() - self.buf.len() < 4096 {
+            // Asking for the same total size each time lets the allocator
+            // reuse freed buffers instead of fragmenting the heap.
+            self.buf.reserve(READ_BUFFER.saturating_sub(self.buf.len()).max(4096));
         }
-        let vhost = self.session.as_ref().map(|s| s.vhost.name.to_string()).unwrap_or_default();
-        error!(
-            "Error on AMQP connection {}, vhost: '{}', user: '{}', state: {}), channel 0: operation {} caused a connection exception {}: \"{}\"",
-            self.log_name(),
-            Escaped(&vhost),
-            Escaped(self.user.as_deref().unwrap_or("")),
-            self.state.name(),
-            Method::name_of(e.class_id, e.method_id).unwrap_or("none"),
-            e.code.name().to_lowercase(),
-            Escaped(&e.message)
-        );
-        self.send_method(
-            0,
-            &Method::ConnectionClose(conn::Close {
-                reply_code: e.code.code(),
-                reply_text: e.reply_text(),
-                class_id: e.class_id,
-                method_id: e.method_id,
-            }),
-        );
-        self.state = State::Closing;
-        self.set_flow(ConnectionState::Closing);
-        self.close_deadline = Some(Instant::now() + CLOSE_TIMEOUT);
+        Ok(())
     }
 
-    /// RabbitMQ's texts for damage at the frame layer (all connection errors).
-    fn frame_error(&self, e: FrameError) -> AmqpError {
-        match e {
-            FrameError::TooLarge { frame_type, size, max_payload, .. } => AmqpError::frame_error(format!(
-                "type {frame_type}, all octets = <<>>: {{frame_too_large,{size},{}}}",
-                max_payload as usize - FRAME_OVERHEAD
-            )),
-            FrameError::BadFrameEnd { frame_type, end, payload, .. } => AmqpError::frame_error(format!(
-                "type {frame_type}, {}: {{invalid_frame_end_marker,{end}}}",
-                payload_snippet(&payload)
-            )),
-            FrameError::UnknownType { frame_type, payload, .. } => {
-                AmqpError::frame_error(format!("type {frame_type}, {}: unknown_frame", payload_snippet(&payload)))
-            }
-            FrameError::HeartbeatPayload { payload, .. } => {
-                AmqpError::frame_error(format!("type 8, {}: unknown_frame", payload_snippet(&payload)))
-            }
-            FrameError::Method { error: MethodError::Unknown { class_id, method_id }, .. } => {
-                AmqpError::command_invalid(format!("unknown method: class {class_id}, method {method_id}"))
-            }
-            FrameError::Method { error: MethodError::Syntax { class_id, method_id, name, error }, .. } => {
-                AmqpError::frame_error(format!("cannot decode {name}: {error}")).with_ids(class_id, method_id)
-            }
-            FrameError::Header { error, .. } => {
-                AmqpError::frame_error(format!("cannot decode content header: {error}"))
-            }
+    /// Handles a frame; a content frame on a connection in `blocking`
+    /// state then blocks it.
+    fn frame(&mut self, frame: Frame) -> Result<(), Stop> {
+        self.entry.counters.frames_in.fetch_add(1, Ordering::Relaxed);
+        if self.outlet.trace {
+            trace_inbound(&frame);
         }
+        let content = matches!(frame, Frame::Header { .. } | Frame::Body { .. });
+        self.dispatch(frame)?;
+        if content {
+            self.throttle.content_arrived();
+        }
+        Ok(())
     }
 
     fn dispatch(&mut self, frame: Frame) -> Result<(), Stop> {
-        if self.state == State::Closing {
+        let phase = self.phase();
+        if phase == Phase::Closing {
             // Spec 2.2.4: after sending close, discard everything but close
             // and close-ok.
             return match frame {
                 Frame::Method { channel: 0, method: Method::ConnectionCloseOk(_) } => Err(Stop::Done),
                 Frame::Method { channel: 0, method: Method::ConnectionClose(_) } => {
-                    self.send_method(0, &conn::CloseOk {}.into());
+                    self.outlet.send_method(0, &conn::CloseOk {}.into());
                     Err(Stop::Done)
                 }
                 _ => Ok(()),
@@ -646,454 +455,206 @@ impl Connection {
             // A heartbeat's only job is to make bytes arrive, which the
             // reader has already counted.
             Frame::Heartbeat { channel: 0 } => {
-                self.broker.events.emit(|| Event::HeartbeatReceived { connection: self.name.clone() });
+                self.broker.events.emit(|| Event::HeartbeatReceived { connection: self.entry.name.clone() });
                 Ok(())
             }
-            Frame::Method { channel: 0, method } => self.handle_method0(method),
-            other if self.state < State::Opening => Err(Stop::Silent(format!(
+            Frame::Method { channel: 0, method } => self.method0(method),
+            other if phase < Phase::Opening => Err(Stop::Silent(format!(
                 "unexpected frame on channel {} in connection state {}",
                 other.channel(),
-                self.state.name()
+                phase.name()
             ))),
-            Frame::Heartbeat { .. } => Err(Stop::Error(AmqpError::unexpected_frame("type 8, all octets = <<>>"))),
-            other if self.state == State::Opening => Err(Stop::Error(AmqpError::unexpected_frame(format!(
+            Frame::Heartbeat { .. } => Err(AmqpError::unexpected_frame("type 8, all octets = <<>>").into()),
+            other if phase == Phase::Opening => Err(AmqpError::unexpected_frame(format!(
                 "unexpected frame on channel {} in connection state opening",
                 other.channel()
-            )))),
-            Frame::Header { channel: 0, .. } => {
-                Err(Stop::Error(AmqpError::unexpected_frame("type 2, all octets = <<>>")))
-            }
+            ))
+            .into()),
+            Frame::Header { channel: 0, .. } => Err(AmqpError::unexpected_frame("type 2, all octets = <<>>").into()),
             Frame::Body { channel: 0, body } => {
-                Err(Stop::Error(AmqpError::unexpected_frame(format!("type 3, {}", payload_snippet(&body)))))
+                Err(AmqpError::unexpected_frame(format!("type 3, {}", payload_snippet(&body))).into())
             }
-            frame => self.channel_frame(frame),
-        }
-    }
-
-    fn handle_method0(&mut self, method: Method) -> Result<(), Stop> {
-        let (class_id, method_id) = method.ids();
-        match (self.state, method) {
-            (State::Starting, Method::ConnectionStartOk(m)) => self.start_ok(m),
-            (State::Securing, Method::ConnectionSecureOk(m)) => {
-                let mechanism = self.mechanism.clone();
-                self.authenticate(mechanism.as_bytes(), &m.response)
-            }
-            (State::Tuning, Method::ConnectionTuneOk(m)) => self.tune_ok(m),
-            (State::Opening, Method::ConnectionOpen(m)) => self.open(m),
-            (State::Running, Method::ConnectionUpdateSecret(m)) => {
-                // RabbitMQ hands the new secret to the auth backends whose
-                // credentials can expire (OAuth 2); the internal user
-                // database is not one of them, so for its users the update
-                // always succeeds and changes nothing.
-                let user = self.user.as_deref().unwrap_or("");
-                debug!(
-                    "connection {}: user '{}' asked to update secret, reason: {}",
-                    self.name,
-                    Escaped(user),
-                    Escaped(&m.reason.as_str_lossy())
-                );
-                self.send_method(0, &conn::UpdateSecretOk {}.into());
-                info!(
-                    "connection {}: user '{}' updated secret, reason: {}",
-                    self.name,
-                    Escaped(user),
-                    Escaped(&m.reason.as_str_lossy())
-                );
-                Ok(())
-            }
-            (State::Opening | State::Running, Method::ConnectionClose(_)) => {
-                // Like RabbitMQ, give everything back before confirming, so a
-                // client that saw close-ok finds its unacked messages requeued.
-                self.release_resources();
-                self.send_method(0, &conn::CloseOk {}.into());
-                Err(Stop::Done)
-            }
-            (state @ (State::Starting | State::Securing | State::Tuning), method) => {
-                Err(Stop::Silent(format!("unexpected method {} in connection state {}", method.name(), state.name())))
-            }
-            (state, _) => Err(Stop::Error(
-                AmqpError::channel_error(format!("unexpected method in connection state {}", state.name()))
-                    .with_ids(class_id, method_id),
-            )),
-        }
-    }
-
-    fn start_ok(&mut self, m: conn::StartOk) -> Result<(), Stop> {
-        if let Some(name) = m.client_properties.get("connection_name").and_then(FieldValue::as_bytes) {
-            let name = String::from_utf8_lossy(name).into_owned();
-            info!("connection {} has a client-provided name: {}", self.name, Escaped(&name));
-            let _ = self.entry.client_name.set(name);
-        }
-        self.capabilities = ClientCapabilities::from_client_properties(&m.client_properties);
-        self.client_properties = m.client_properties;
-        self.mechanism = m.mechanism.to_string();
-        if m.mechanism.as_bytes() == b"PLAIN" && m.response.is_empty() {
-            // SASL PLAIN without an initial response: ask for it.
-            self.send_method(0, &conn::Secure { challenge: Bytes::new() }.into());
-            self.state = State::Securing;
-            return Ok(());
-        }
-        self.authenticate(m.mechanism.as_bytes(), &m.response)
-    }
-
-    fn authenticate(&mut self, mechanism: &[u8], response: &Bytes) -> Result<(), Stop> {
-        let credentials = match handshake::parse_response(mechanism, response) {
-            Ok(c) => c,
-            Err(AuthError::UnknownMechanism(m)) => {
-                return Err(Stop::Silent(format!("unknown authentication mechanism '{m}'")));
-            }
-            Err(AuthError::Malformed(why)) => return Err(Stop::Silent(why)),
-        };
-        if let Err(e) = self.broker.access.authenticate(&credentials.username, &credentials.password, self.peer.ip()) {
-            let why = match e {
-                LoginError::InvalidCredentials => "invalid credentials",
-                LoginError::LoopbackOnly => "User can only log in via localhost",
-            };
-            error!(
-                "Error on AMQP connection {}, state: starting): {} login refused: user '{}' - {why}",
-                self.log_name(),
-                Escaped(&self.mechanism),
-                Escaped(&credentials.username)
-            );
-            if self.capabilities.authentication_failure_close {
-                return Err(Stop::Error(handshake::login_refused(&self.mechanism)));
-            }
-            return Err(Stop::Silent("login refused".into()));
-        }
-        self.user = Some(credentials.username);
-        let l = self.server_limits;
-        self.send_method(
-            0,
-            &conn::Tune { channel_max: l.channel_max, frame_max: l.frame_max, heartbeat: l.heartbeat }.into(),
-        );
-        self.state = State::Tuning;
-        Ok(())
-    }
-
-    fn tune_ok(&mut self, m: conn::TuneOk) -> Result<(), Stop> {
-        if let Err(e) = handshake::validate_tune_ok(self.server_limits, &m) {
-            // RabbitMQ logs this and drops the socket 3 s later without a
-            // close frame; warren tells the client why (see README).
-            return Err(Stop::Error(e.with_ids(10, 30)));
-        }
-        self.frame_max = m.frame_max;
-        self.channel_max = m.channel_max;
-        self.heartbeat = m.heartbeat;
-        self.outlet.send(Outbound::FrameMax(m.frame_max));
-        self.start_heartbeats();
-        self.state = State::Opening;
-        Ok(())
-    }
-
-    /// Starts the two heartbeat tasks (see [`heartbeat`]) with T as the
-    /// client sent it in tune-ok; T = 0 starts neither.
-    fn start_heartbeats(&mut self) {
-        let t = self.heartbeat;
-        if t == 0 {
-            return;
-        }
-        let gauge = &self.broker.gauges.heartbeat_tasks;
-        let outlet = self.outlet.clone();
-        let faults = self.entry.faults.clone();
-        let (events, name) = (self.broker.events.clone(), self.name.clone());
-        let alive = GaugeGuard::new(gauge);
-        self.heartbeat_tasks.spawn(async move {
-            let _alive = alive;
-            let sent = || outlet.counters.send_oct.load(Ordering::Relaxed);
-            // Withheld heartbeats (fault injection) are simply not sent.
-            let send = || {
-                if faults.withhold_heartbeats() {
-                    return true;
-                }
-                events.emit(|| Event::HeartbeatSent { connection: name.clone() });
-                outlet.send(Outbound::Heartbeat)
-            };
-            heartbeat::run_sender(heartbeat::sender_period(t), sent, send).await;
-            HeartbeatEnd::SenderStopped
-        });
-        let outlet = self.outlet.clone();
-        let control = self.monitor.clone();
-        let alive = GaugeGuard::new(gauge);
-        self.heartbeat_tasks.spawn(async move {
-            let _alive = alive;
-            let received = || outlet.counters.recv_oct.load(Ordering::Relaxed);
-            HeartbeatEnd::Missed(heartbeat::run_monitor(heartbeat::monitor_period(t), received, &control).await)
-        });
-    }
-
-    fn open(&mut self, m: conn::Open) -> Result<(), Stop> {
-        let Some(vhost) = self.broker.vhost(&m.virtual_host) else {
-            return Err(Stop::Error(
-                AmqpError::not_allowed(format!("vhost {} not found", m.virtual_host)).with_ids(10, 40),
-            ));
-        };
-        if let Some(max) = self.broker.config.connection_max {
-            // Counted as RabbitMQ counts it: every accepted connection,
-            // this one included.
-            if self.broker.connections.len() > max {
-                return Err(Stop::Error(
-                    AmqpError::not_allowed(format!("connection refused: node connection limit ({max}) is reached"))
-                        .with_ids(10, 40),
-                ));
-            }
-        }
-        let user = self.user.clone().unwrap_or_default();
-        if let Err(e) = self.broker.access.check_vhost(&user, &vhost.name.to_string()) {
-            return Err(Stop::Error(e.with_ids(10, 40)));
-        }
-        info!(
-            "connection {}: user '{}' authenticated and granted access to vhost '{}'",
-            self.name,
-            Escaped(&user),
-            Escaped(&vhost.name.as_str_lossy())
-        );
-        let session = Session::new(
-            self.id,
-            self.broker.clone(),
-            vhost,
-            self.outlet.clone(),
-            self.capabilities,
-            user,
-            self.name.as_str().into(),
-        );
-        let _ = self.entry.details.set(ConnectionDetails {
-            user: self.user.clone().unwrap_or_default(),
-            vhost: m.virtual_host.to_string(),
-            client_properties: self.client_properties.clone(),
-            channel_max: self.channel_max,
-            frame_max: self.frame_max,
-            heartbeat: self.heartbeat,
-        });
-        self.broker.events.emit(|| Event::ConnectionOpened {
-            connection: self.name.clone(),
-            client_properties: self.client_properties.clone(),
-            channel_max: self.channel_max,
-            frame_max: self.frame_max,
-            heartbeat: self.heartbeat,
-        });
-        self.session = Some(session);
-        self.send_method(0, &conn::OpenOk { reserved_1: ShortStr::default() }.into());
-        self.state = State::Running;
-        self.set_flow(ConnectionState::Running);
-        Ok(())
-    }
-
-    fn channel_frame(&mut self, frame: Frame) -> Result<(), Stop> {
-        let id = frame.channel();
-        let session = self.session.as_mut().expect("running connections have a session");
-        let Some(ch) = self.channels.get_mut(&id) else {
-            return match frame {
-                Frame::Method { method: Method::ChannelOpen(_), .. } => {
-                    if self.channel_max != 0 && self.channels.len() >= self.channel_max as usize {
-                        return Err(Stop::Error(AmqpError::not_allowed(format!(
-                            "number of channels opened ({}) has reached the negotiated channel_max ({})",
-                            self.channels.len(),
-                            self.channel_max
-                        ))));
-                    }
-                    self.channels.insert(id, Channel::new(id, session));
-                    self.entry.channels.lock().unwrap_or_else(|e| e.into_inner()).insert(id);
-                    session.send_method(
-                        id,
-                        &crate::protocol::methods::channel::OpenOk { reserved_1: Bytes::new() }.into(),
-                    );
-                    Ok(())
-                }
-                Frame::Method { method, .. } => {
-                    let (c, m) = method.ids();
-                    Err(Stop::Error(AmqpError::channel_error("expected 'channel.open'").with_ids(c, m)))
-                }
-                _ => {
-                    Err(Stop::Error(AmqpError::unexpected_frame("expected method frame, got non method frame instead")))
-                }
-            };
-        };
-        match frame {
-            Frame::Method { method: Method::ChannelClose(_), .. } => {
-                if !ch.closing {
-                    ch.shutdown(session);
-                }
-                self.channels.remove(&id);
-                self.entry.channels.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-                session.send_method(id, &crate::protocol::methods::channel::CloseOk {}.into());
-                Ok(())
-            }
-            Frame::Method { method: Method::ChannelCloseOk(_), .. } => {
-                if ch.closing {
-                    self.channels.remove(&id);
-                    self.entry.channels.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-                    self.entry.channels.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-                }
-                Ok(())
-            }
-            _ if ch.closing => Ok(()),
-            frame => match ch.handle_frame(session, frame) {
-                Ok(()) => Ok(()),
-                Err(e) if e.is_connection_error() => Err(Stop::Error(e)),
-                Err(e) => {
-                    self.close_channel(id, e);
-                    Ok(())
-                }
+            frame => match &mut self.stage {
+                Stage::Open(channels) => Ok(channels.frame(frame)?),
+                // Running (checked above) means open.
+                Stage::Handshake(_) => Ok(()),
             },
         }
     }
 
-    fn flush_confirms(&mut self) {
-        let Some(session) = self.session.as_mut() else {
-            return;
-        };
-        for id in std::mem::take(&mut session.pending_confirms) {
-            if let Some(ch) = self.channels.get_mut(&id) {
-                ch.flush_confirms(session);
+    /// A method on channel 0: the handshake, then `update-secret` and `close`.
+    fn method0(&mut self, method: Method) -> Result<(), Stop> {
+        match (&mut self.stage, method) {
+            (Stage::Open(channels), Method::ConnectionClose(_)) => {
+                // Like RabbitMQ, give everything back before confirming, so a
+                // client that saw close-ok finds its unacked messages requeued.
+                channels.release();
+                self.outlet.send_method(0, &conn::CloseOk {}.into());
+                Err(Stop::Done)
             }
+            (Stage::Handshake(h), Method::ConnectionClose(_)) if h.phase() == Phase::Opening => {
+                self.outlet.send_method(0, &conn::CloseOk {}.into());
+                Err(Stop::Done)
+            }
+            (Stage::Handshake(h), method) => match h.step(method, &self.broker) {
+                Step::Reply(reply) => {
+                    self.outlet.send_method(0, &reply);
+                    Ok(())
+                }
+                Step::Tuned(limits) => {
+                    self.tuned(limits);
+                    Ok(())
+                }
+                Step::Opened(opened) => {
+                    self.open(opened);
+                    Ok(())
+                }
+                Step::Failed(stop) => Err(stop),
+            },
+            (Stage::Open(channels), Method::ConnectionUpdateSecret(m)) => {
+                // RabbitMQ hands the new secret to the auth backends whose
+                // credentials can expire (OAuth 2); the internal user
+                // database is not one of them, so for its users the update
+                // always succeeds and changes nothing.
+                let (user, reason) = (Escaped(&channels.session().user), m.reason.as_str_lossy());
+                let name = &self.entry.name;
+                debug!("connection {name}: user '{user}' asked to update secret, reason: {}", Escaped(&reason));
+                self.outlet.send_method(0, &conn::UpdateSecretOk {}.into());
+                info!("connection {name}: user '{user}' updated secret, reason: {}", Escaped(&reason));
+                Ok(())
+            }
+            (Stage::Open(_), method) => Err(AmqpError::channel_error("unexpected method in connection state running")
+                .during(method.ids())
+                .into()),
         }
     }
 
-    /// A channel error: log it as RabbitMQ does, give back what the channel
-    /// held, send `channel.close`, and ignore the channel until `close-ok`.
-    fn close_channel(&mut self, id: u16, e: AmqpError) {
-        let (Some(session), Some(ch)) = (self.session.as_mut(), self.channels.get_mut(&id)) else { return };
+    /// `tune-ok` accepted: frames may now be as large as agreed, and the
+    /// heartbeats start.
+    fn tuned(&mut self, limits: Limits) {
+        self.frame_max = limits.frame_max;
+        self.heartbeat = limits.heartbeat;
+        self.outlet.send(Outbound::FrameMax(limits.frame_max));
+        let (events, gauge) = (&self.broker.events, &self.broker.gauges.heartbeat_tasks);
+        self.heartbeats.start(limits.heartbeat, &self.entry, &self.outlet, self.throttle.monitor(), events, gauge);
+    }
+
+    /// `connection.open` accepted: the handshake gives way to the channels.
+    fn open(&mut self, Opened { vhost, details, capabilities }: Opened) {
+        let name = self.entry.name.clone();
+        let session = Session::new(
+            self.entry.id,
+            self.broker.clone(),
+            vhost,
+            self.outlet.clone(),
+            capabilities,
+            details.user.clone(),
+            name.as_str().into(),
+        );
+        let channels = Channels::new(session, details.channel_max, self.entry.clone());
+        self.entry.set_details(details.clone());
+        self.broker.events.emit(|| Event::ConnectionOpened {
+            connection: name,
+            client_properties: details.client_properties,
+            channel_max: details.channel_max,
+            frame_max: details.frame_max,
+            heartbeat: details.heartbeat,
+        });
+        self.stage = Stage::Open(channels);
+        self.outlet.send_method(0, &conn::OpenOk { reserved_1: ShortStr::default() }.into());
+        self.throttle.opened(capabilities.connection_blocked);
+    }
+
+    fn phase(&self) -> Phase {
+        match &self.stage {
+            _ if self.close_deadline.is_some() => Phase::Closing,
+            Stage::Handshake(h) => h.phase(),
+            Stage::Open(_) => Phase::Running,
+        }
+    }
+
+    /// Sends `connection.close` for `e` and waits (up to `CLOSE_TIMEOUT`)
+    /// for `close-ok`, ignoring everything else.
+    fn begin_close(&mut self, e: AmqpError) {
+        let phase = self.phase();
+        if phase == Phase::Closing {
+            return;
+        }
+        let (vhost, user) = match &self.stage {
+            Stage::Open(channels) => (channels.session().vhost.name.to_string(), channels.session().user.as_str()),
+            Stage::Handshake(h) => (String::new(), h.user()),
+        };
         error!(
-            "Channel error on connection <0.{}.0> ({}, vhost: '{}', user: '{}'), channel {}: operation {} caused a channel exception {}: {}",
-            self.id,
-            self.name,
-            Escaped(&session.vhost.name.as_str_lossy()),
-            Escaped(self.user.as_deref().unwrap_or("")),
-            id,
+            "Error on AMQP connection <0.{}.0> ({}, vhost: '{}', user: '{}', state: {}), channel 0: operation {} caused a connection exception {}: \"{}\"",
+            self.entry.id,
+            self.entry.name,
+            Escaped(&vhost),
+            Escaped(user),
+            phase.name(),
             Method::name_of(e.class_id, e.method_id).unwrap_or("none"),
             e.code.name().to_lowercase(),
             Escaped(&e.message)
         );
-        ch.shutdown(session);
-        ch.closing = true;
-        self.broker.events.emit(|| Event::ChannelClosed {
-            connection: self.name.clone(),
-            channel: id,
-            code: e.code.code(),
-            text: e.reply_text().to_string(),
-        });
-        session.send_method(
-            id,
-            &Method::ChannelClose(crate::protocol::methods::channel::Close {
+        self.outlet.send_method(
+            0,
+            &Method::ConnectionClose(conn::Close {
                 reply_code: e.code.code(),
                 reply_text: e.reply_text(),
                 class_id: e.class_id,
                 method_id: e.method_id,
             }),
         );
+        self.throttle.closing();
+        self.close_deadline = Some(Instant::now() + CLOSE_TIMEOUT);
     }
 
-    /// Closes the channels holding a delivery past its `consumer_timeout`.
-    fn check_consumer_timeouts(&mut self) {
-        let Some(session) = self.session.as_ref() else { return };
-        session.deadlines.take();
-        let now = Instant::now();
-        let timed_out: Vec<(u16, AmqpError)> = self
-            .channels
-            .iter()
-            .filter(|(_, ch)| !ch.closing)
-            .filter_map(|(id, ch)| ch.check_timeouts(now).map(|e| (*id, e)))
-            .collect();
-        for (id, e) in timed_out {
-            self.close_channel(id, e);
-        }
-    }
-
-    /// Closes every channel (requeueing what they had not acknowledged) and
-    /// deletes the connection's exclusive queues. Idempotent.
-    fn release_resources(&mut self) {
-        if let Some(session) = self.session.as_mut() {
-            for (_, mut ch) in self.channels.drain() {
-                if !ch.closing {
-                    ch.shutdown(session);
-                }
-            }
-            session.delete_exclusive_queues();
-        }
-    }
-
-    /// Logs how the connection ended, gives back what it held, and closes
+    /// Tells how the connection ended, gives back what it held, and closes
     /// the socket (by dropping both halves).
-    async fn finish(&mut self, end: End, writer: WriterTask) {
-        let who = match &self.session {
-            Some(s) => format!(
-                ", vhost: '{}', user: '{}'",
-                Escaped(&s.vhost.name.as_str_lossy()),
-                Escaped(self.user.as_deref().unwrap_or(""))
-            ),
-            None => String::new(),
-        };
-        let duration = self.duration();
+    async fn finish(mut self, end: End) {
+        let name = &self.entry.name;
         if let End::MissedHeartbeats(m) = &end {
             let (timeout, silence) = (self.heartbeat, m.silence);
-            self.broker.events.emit(|| Event::HeartbeatTimeout { connection: self.name.clone(), timeout, silence });
+            self.broker.events.emit(|| Event::HeartbeatTimeout { connection: name.clone(), timeout, silence });
         }
-        let reason = end.reason();
-        self.broker.events.emit(|| Event::ConnectionClosed { connection: self.name.clone(), reason });
-        let flush_writer = match &end {
-            End::Closed => {
-                info!("closing AMQP connection ({}{who}, duration: '{duration}')", self.name);
-                true
+        self.broker.events.emit(|| Event::ConnectionClosed { connection: name.clone(), reason: end.reason() });
+        let who = match &self.stage {
+            Stage::Open(channels) => {
+                let s = channels.session();
+                format!(", vhost: '{}', user: '{}'", Escaped(&s.vhost.name.as_str_lossy()), Escaped(&s.user))
             }
-            End::PeerClosed(e) => {
-                if self.state == State::Starting && self.outlet.counters.recv_oct.load(Ordering::Relaxed) == 0 {
-                    debug!(
-                        "closing AMQP connection {}, duration: '{duration}'): connection closed with no data received",
-                        self.log_name()
-                    );
-                } else if self.state != State::Closing {
-                    let detail = e.as_ref().map(|e| format!(" ({e})")).unwrap_or_default();
-                    warn!(
-                        "closing AMQP connection {}{who}, duration: '{duration}'): client unexpectedly closed TCP connection{detail}",
-                        self.log_name()
-                    );
-                }
-                false
-            }
-            End::MissedHeartbeats(m) => {
-                error!(
-                    "closing AMQP connection {}, duration: '{duration}'): missed heartbeats from client, timeout: {}s",
-                    self.log_name(),
-                    self.heartbeat
-                );
-                debug!("silence before detection: {:?}", m.silence);
-                false
-            }
-            End::HandshakeTimeout(what) => {
-                error!(
-                    "closing AMQP connection {}, duration: '{duration}'): {{handshake_timeout,{what}}}",
-                    self.log_name()
-                );
-                false
-            }
-            End::WriterFailed(e) => {
-                warn!("closing AMQP connection {}{who}, duration: '{duration}'): {e}", self.log_name());
-                false
-            }
-            End::CloseTimeout => {
-                debug!("no connection.close-ok within {CLOSE_TIMEOUT:?}");
-                false
-            }
-            End::Silent(reason) => {
-                error!("closing AMQP connection {}, duration: '{duration}'): {}", self.log_name(), Escaped(reason));
-                true
-            }
-            End::Shutdown => true,
-            End::Killed => {
-                warn!(
-                    "closing AMQP connection {}{who}, duration: '{duration}'): killed (TCP reset) by fault injection",
-                    self.log_name()
-                );
-                false
-            }
+            Stage::Handshake(_) => String::new(),
         };
+        end.log(&Obituary {
+            id: self.entry.id,
+            name,
+            who,
+            duration: format_duration(self.entry.accepted.elapsed()),
+            phase: self.phase(),
+            received_nothing: self.entry.counters.recv_oct.load(Ordering::Relaxed) == 0,
+            heartbeat: self.heartbeat,
+        });
         // The heartbeat tasks end here, before anything else can happen.
-        self.heartbeat_tasks.abort_all();
-        self.release_resources();
-        if flush_writer {
-            self.outlet.send(Outbound::Close);
-            let mut writer = writer;
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, &mut writer.0).await;
+        self.heartbeats.stop();
+        if let Stage::Open(channels) = &mut self.stage {
+            channels.release();
         }
+        if end.flushes() {
+            self.outlet.send(Outbound::Close);
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, &mut self.writer.0).await;
+        }
+    }
+}
+
+/// Logs a frame received, for `--trace-frames`.
+fn trace_inbound(frame: &Frame) {
+    match frame {
+        Frame::Method { channel, method } => info!(target: "warren::frames", "<- [{channel}] {}", method.trace()),
+        Frame::Header { channel, header } => {
+            info!(target: "warren::frames", "<- [{channel}] content header body_size={}", header.body_size)
+        }
+        Frame::Body { channel, body } => {
+            info!(target: "warren::frames", "<- [{channel}] content body {} octets", body.len())
+        }
+        Frame::Heartbeat { .. } => info!(target: "warren::frames", "<- heartbeat"),
     }
 }

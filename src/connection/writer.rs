@@ -14,16 +14,16 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, Notify};
 
+use crate::broker::connections::{Counters, Faults};
 use crate::broker::message::Message;
 use crate::broker::queue::Queue;
-use crate::connection::faults::Faults;
 use crate::protocol::constants::{CLASS_BASIC, FRAME_END, FRAME_OVERHEAD};
 use crate::protocol::frame::write_method;
 use crate::protocol::frame::{write_body_frame_header, write_content_header, HEARTBEAT_FRAME};
@@ -33,24 +33,6 @@ use crate::protocol::ShortStr;
 /// Most deliveries a connection may have queued for its writer but not yet
 /// written. Past it, queues keep messages and wait (credit flow).
 pub const DELIVERY_CREDIT: usize = 2000;
-
-/// Octets in and out of one connection: the socket reader bumps `recv_oct`,
-/// the writer `send_oct`. The heartbeat tasks only ever compare two readings,
-/// so no clock is read per frame.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub recv_oct: AtomicU64,
-    /// Octets written other than our own heartbeat frames, so a heartbeat
-    /// does not count as traffic at the sender's next tick.
-    pub send_oct: AtomicU64,
-    pub heartbeats_sent: AtomicU64,
-    /// Frames read and written, for inspection.
-    pub frames_in: AtomicU64,
-    pub frames_out: AtomicU64,
-    /// When the client last sent anything, in ms since the connection was
-    /// accepted (one clock read per socket read, not per frame).
-    pub last_read_ms: AtomicU64,
-}
 
 /// What the writer is asked to send.
 #[derive(Debug)]
@@ -75,6 +57,35 @@ pub struct Delivery {
     pub message: Arc<Message>,
 }
 
+impl Delivery {
+    /// The method that carries the message: `basic.deliver`, `basic.get-ok`
+    /// or `basic.return`.
+    pub fn method(&self) -> Method {
+        let (exchange, routing_key) = (self.message.exchange.clone(), self.message.routing_key.clone());
+        match &self.kind {
+            DeliveryKind::Deliver { consumer_tag } => basic::Deliver {
+                consumer_tag: consumer_tag.clone(),
+                delivery_tag: self.delivery_tag,
+                redelivered: self.redelivered,
+                exchange,
+                routing_key,
+            }
+            .into(),
+            DeliveryKind::GetOk { message_count } => basic::GetOk {
+                delivery_tag: self.delivery_tag,
+                redelivered: self.redelivered,
+                exchange,
+                routing_key,
+                message_count: *message_count,
+            }
+            .into(),
+            DeliveryKind::Return { reply_code, reply_text } => {
+                basic::Return { reply_code: *reply_code, reply_text: reply_text.clone(), exchange, routing_key }.into()
+            }
+        }
+    }
+}
+
 #[derive(Debug)]
 pub enum DeliveryKind {
     Deliver {
@@ -94,7 +105,8 @@ pub enum DeliveryKind {
 /// writer. Cheap to share: channels and queue consumers hold an `Arc`.
 pub struct Outlet {
     tx: mpsc::UnboundedSender<Outbound>,
-    pub counters: Counters,
+    /// The connection's counters, shared with the broker's registry.
+    pub counters: Arc<Counters>,
     /// Deliveries handed to the writer and not yet written.
     queued_deliveries: AtomicUsize,
     /// Queues that found no credit; the writer wakes them when it drains.
@@ -130,12 +142,12 @@ impl Outbound {
 
 impl Outlet {
     /// `trace` logs every frame sent (`--trace-frames`).
-    pub fn new(trace: bool) -> (Arc<Outlet>, mpsc::UnboundedReceiver<Outbound>) {
+    pub fn new(trace: bool, counters: Arc<Counters>) -> (Arc<Outlet>, mpsc::UnboundedReceiver<Outbound>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let outlet = Outlet {
             tx,
             trace,
-            counters: Counters::default(),
+            counters,
             queued_deliveries: AtomicUsize::new(0),
             waiting_queues: Mutex::new(Vec::new()),
             reply_backlog: AtomicUsize::new(0),
@@ -323,39 +335,9 @@ impl FrameBuffer {
 
     /// Encodes a delivery: method frame, content header, body frames.
     pub fn delivery(&mut self, d: &Delivery, frame_max: u32) {
-        let m = &d.message;
-        match &d.kind {
-            DeliveryKind::Deliver { consumer_tag } => {
-                let method = basic::Deliver {
-                    consumer_tag: consumer_tag.clone(),
-                    delivery_tag: d.delivery_tag,
-                    redelivered: d.redelivered,
-                    exchange: m.exchange.clone(),
-                    routing_key: m.routing_key.clone(),
-                };
-                self.method(d.channel, |b| method.encode(b));
-            }
-            DeliveryKind::GetOk { message_count } => {
-                let method = basic::GetOk {
-                    delivery_tag: d.delivery_tag,
-                    redelivered: d.redelivered,
-                    exchange: m.exchange.clone(),
-                    routing_key: m.routing_key.clone(),
-                    message_count: *message_count,
-                };
-                self.method(d.channel, |b| method.encode(b));
-            }
-            DeliveryKind::Return { reply_code, reply_text } => {
-                let method = basic::Return {
-                    reply_code: *reply_code,
-                    reply_text: reply_text.clone(),
-                    exchange: m.exchange.clone(),
-                    routing_key: m.routing_key.clone(),
-                };
-                self.method(d.channel, |b| method.encode(b));
-            }
-        }
-        self.content(d.channel, &m.properties, m.body.chunks(), frame_max);
+        let method = d.method();
+        self.method(d.channel, |b| method.encode(b));
+        self.content(d.channel, &d.message.properties, d.message.body.chunks(), frame_max);
     }
 
     /// Writes everything, in as few vectored writes as the socket allows.
@@ -391,35 +373,10 @@ impl FrameBuffer {
 
 /// Logs a delivery as the frames it becomes.
 fn trace_delivery(d: &Delivery) {
-    let m = &d.message;
-    let method: Method = match &d.kind {
-        DeliveryKind::Deliver { consumer_tag } => basic::Deliver {
-            consumer_tag: consumer_tag.clone(),
-            delivery_tag: d.delivery_tag,
-            redelivered: d.redelivered,
-            exchange: m.exchange.clone(),
-            routing_key: m.routing_key.clone(),
-        }
-        .into(),
-        DeliveryKind::GetOk { message_count } => basic::GetOk {
-            delivery_tag: d.delivery_tag,
-            redelivered: d.redelivered,
-            exchange: m.exchange.clone(),
-            routing_key: m.routing_key.clone(),
-            message_count: *message_count,
-        }
-        .into(),
-        DeliveryKind::Return { reply_code, reply_text } => basic::Return {
-            reply_code: *reply_code,
-            reply_text: reply_text.clone(),
-            exchange: m.exchange.clone(),
-            routing_key: m.routing_key.clone(),
-        }
-        .into(),
-    };
-    tracing::info!(target: "warren::frames", "-> [{}] {}", d.channel, method.trace());
-    tracing::info!(target: "warren::frames", "-> [{}] content header body_size={}", d.channel, m.body_size);
-    tracing::info!(target: "warren::frames", "-> [{}] content body {} octets", d.channel, m.body_size);
+    let size = d.message.body_size;
+    tracing::info!(target: "warren::frames", "-> [{}] {}", d.channel, d.method().trace());
+    tracing::info!(target: "warren::frames", "-> [{}] content header body_size={size}", d.channel);
+    tracing::info!(target: "warren::frames", "-> [{}] content body {size} octets", d.channel);
 }
 
 /// Stop gathering more into one write past this many octets.
@@ -493,7 +450,8 @@ pub async fn run(
         }
         let written = buf.write_to(&mut socket).await? as u64;
         let c = &outlet.counters;
-        c.send_oct.fetch_add(written - heartbeats * HEARTBEAT_FRAME.len() as u64, Ordering::Relaxed);
+        c.send_oct.fetch_add(written, Ordering::Relaxed);
+        c.send_oct_besides_heartbeats.fetch_add(written - heartbeats * HEARTBEAT_FRAME.len() as u64, Ordering::Relaxed);
         c.heartbeats_sent.fetch_add(heartbeats, Ordering::Relaxed);
         c.frames_out.fetch_add(buf.take_frames(), Ordering::Relaxed);
         outlet.delivered(deliveries);

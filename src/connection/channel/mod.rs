@@ -376,7 +376,7 @@ impl Channel {
         match (content, frame) {
             (Content::Idle, Frame::Method { method, .. }) => {
                 let ids = method.ids();
-                self.handle_method(s, method).map_err(|e| if e.class_id == 0 { e.with_ids(ids.0, ids.1) } else { e })
+                self.handle_method(s, method).map_err(|e| if e.class_id == 0 { e.during(ids) } else { e })
             }
             (Content::Idle, _) => {
                 Err(AmqpError::unexpected_frame("expected method frame, got non method frame instead"))
@@ -387,7 +387,7 @@ impl Channel {
                         "expected content header for class 60, got one for class {} instead",
                         header.class_id
                     ))
-                    .with_ids(60, 40));
+                    .during(basic::Publish::IDS));
                 }
                 // RabbitMQ checks the assembled body; the header announces
                 // its size, so warren refuses before buffering any of it.
@@ -398,7 +398,7 @@ impl Channel {
                         "message size {} is larger than {configured}max size {max}",
                         header.body_size
                     ))
-                    .with_ids(60, 40));
+                    .during(basic::Publish::IDS));
                 }
                 if header.body_size == 0 {
                     return self.publish(s, publish, header, Body::Empty);
@@ -410,13 +410,12 @@ impl Channel {
             (Content::AwaitingHeader(_), _) => Err(AmqpError::unexpected_frame(
                 "expected content header for class 60, got non content header frame instead",
             )
-            .with_ids(60, 40)),
+            .during(basic::Publish::IDS)),
             (Content::AwaitingBody { publish, header, mut body, remaining }, Frame::Body { body: chunk, .. }) => {
                 let len = chunk.len() as u64;
                 if len > remaining {
-                    return Err(
-                        AmqpError::frame_error("content body frame exceeds remaining content size").with_ids(60, 40)
-                    );
+                    return Err(AmqpError::frame_error("content body frame exceeds remaining content size")
+                        .during(basic::Publish::IDS));
                 }
                 if len > 0 {
                     body.push(chunk);
@@ -429,7 +428,7 @@ impl Channel {
             }
             (Content::AwaitingBody { .. }, _) => {
                 Err(AmqpError::unexpected_frame("expected content body, got non content body frame instead")
-                    .with_ids(60, 40))
+                    .during(basic::Publish::IDS))
             }
         }
     }

@@ -26,12 +26,12 @@ impl Channel {
         body: Body,
     ) -> AmqpResult<()> {
         if p.immediate {
-            return Err(AmqpError::not_implemented("immediate=true").with_ids(60, 40));
+            return Err(AmqpError::not_implemented("immediate=true").during(basic::Publish::IDS));
         }
         // A channel usually publishes to one exchange: remember the last one
         // permitted rather than match the write permission every time.
         if self.write_permitted.as_ref() != Some(&p.exchange) {
-            s.check(Access::Write, "exchange", &p.exchange).map_err(|e| e.with_ids(60, 40))?;
+            s.check(Access::Write, "exchange", &p.exchange).map_err(|e| e.during(basic::Publish::IDS))?;
             self.write_permitted = Some(p.exchange.clone());
         }
         check_properties(&header.raw_properties)?;
@@ -39,7 +39,7 @@ impl Channel {
         route.clear();
         if let Err(e) = s.vhost.route(&p.exchange, &p.routing_key, &header.raw_properties, &mut route) {
             s.route_buf = route;
-            return Err(e.with_ids(60, 40));
+            return Err(e.during(basic::Publish::IDS));
         }
         let mut message = Message::new(&p.exchange, &p.routing_key, &header.raw_properties, header.body_size, body);
         message.charge = Some(s.vhost.alarms.charge(message.footprint()));
@@ -244,11 +244,13 @@ impl Channel {
 /// RabbitMQ would accept is its 406 with its text.
 fn check_properties(raw: &bytes::Bytes) -> AmqpResult<()> {
     use crate::protocol::properties::{check, message_expiration_text, parse_expiration};
-    check(raw)
-        .map_err(|e| AmqpError::internal_error(format!("cannot decode content properties: {e}")).with_ids(60, 40))?;
+    check(raw).map_err(|e| {
+        AmqpError::internal_error(format!("cannot decode content properties: {e}")).during(basic::Publish::IDS)
+    })?;
     if let Some(text) = message_expiration_text(raw) {
         if let Err(why) = parse_expiration(text.as_bytes()) {
-            return Err(AmqpError::precondition_failed(format!("invalid expiration '{text}': {why}")).with_ids(60, 40));
+            return Err(AmqpError::precondition_failed(format!("invalid expiration '{text}': {why}"))
+                .during(basic::Publish::IDS));
         }
     }
     Ok(())

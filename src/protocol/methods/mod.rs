@@ -30,6 +30,8 @@ macro_rules! method {
             pub const CLASS_ID: u16 = $class;
             pub const METHOD_ID: u16 = $id;
             pub const NAME: &'static str = $text;
+            /// `(class id, method id)`, as `close` frames name a method.
+            pub const IDS: (u16, u16) = ($class, $id);
 
             #[allow(unused_variables)]
             pub fn decode_args(d: &mut $crate::protocol::codec::Decoder<'_>)

@@ -1,0 +1,326 @@
+//! The broker's registry of open connections: what it knows of each one and
+//! how the rest of warren (the HTTP API, the embedded test handle) finds one
+//! and drives it.
+//!
+//! A connection task registers itself when its socket is accepted and is
+//! removed when its [`Registration`] drops, whatever way the connection ends.
+//! What is registered is plain shared state: the name, the flow-control
+//! [`ConnectionState`] shown to users, traffic [`Counters`], the fault
+//! switches ([`Faults`]) and a command queue for one-shot faults. Nothing
+//! here knows about sockets or frames; the connection task (in
+//! `crate::connection`) reads and writes this state, and everything else
+//! goes through a [`ConnectionHandle`].
+
+mod faults;
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+pub use faults::{Command as FaultCommand, Faults};
+
+use super::inspect::{ConnectionDetails, ConnectionInfo};
+
+/// A connection's state as RabbitMQ names it (`rabbitmqctl list_connections
+/// state`): the handshake, then the flow-control states of
+/// `crate::connection::throttle`, then closing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConnectionState {
+    /// Handshake not finished yet.
+    #[default]
+    Starting,
+    Running,
+    /// An alarm is on; blocked at the next publish.
+    Blocking,
+    /// Not reading the socket until the alarm clears.
+    Blocked,
+    /// Not reading the socket until the reply backlog drains.
+    Flow,
+    Closing,
+}
+
+impl ConnectionState {
+    /// Whether the connection has stopped reading its socket.
+    pub fn paused(self) -> bool {
+        matches!(self, ConnectionState::Blocked | ConnectionState::Flow)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ConnectionState::Starting => "starting",
+            ConnectionState::Running => "running",
+            ConnectionState::Blocking => "blocking",
+            ConnectionState::Blocked => "blocked",
+            ConnectionState::Flow => "flow",
+            ConnectionState::Closing => "closing",
+        }
+    }
+}
+
+impl fmt::Display for ConnectionState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Octets and frames in and out of one connection: the socket reader bumps
+/// `recv_oct`, the writer `send_oct`. The heartbeat tasks only ever compare
+/// two readings, so no clock is read per frame.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub recv_oct: AtomicU64,
+    /// Every octet written, heartbeats included (RabbitMQ's `send_oct`).
+    pub send_oct: AtomicU64,
+    /// Octets written other than heartbeat frames: what the heartbeat sender
+    /// watches, so that its own heartbeat does not count as traffic at its
+    /// next tick.
+    pub send_oct_besides_heartbeats: AtomicU64,
+    pub heartbeats_sent: AtomicU64,
+    pub frames_in: AtomicU64,
+    pub frames_out: AtomicU64,
+    /// When the client last sent anything, in ms since the connection was
+    /// accepted (one clock read per socket read, not per frame).
+    pub last_read_ms: AtomicU64,
+}
+
+/// What the broker knows of one open connection. The connection task holds
+/// it and writes to it; readers go through a [`ConnectionHandle`].
+pub struct ConnectionEntry {
+    pub id: u64,
+    /// `client -> server`, RabbitMQ's connection name.
+    pub name: String,
+    /// The client's own name for the connection (`connection_name` in its
+    /// client properties), once the handshake has told it.
+    client_name: OnceLock<String>,
+    state: watch::Sender<ConnectionState>,
+    pub counters: Arc<Counters>,
+    /// Fault switches the test toolkit flips.
+    pub faults: Arc<Faults>,
+    /// One-shot faults (kill, forced close) for the connection task.
+    commands: mpsc::UnboundedSender<FaultCommand>,
+    /// What the handshake settled, from `connection.open` on.
+    details: OnceLock<ConnectionDetails>,
+    /// The open channel numbers.
+    channels: Mutex<BTreeSet<u16>>,
+    /// When the socket was accepted (the base of `last_read_ms`).
+    pub accepted: Instant,
+}
+
+impl ConnectionEntry {
+    pub fn state(&self) -> ConnectionState {
+        *self.state.borrow()
+    }
+
+    pub fn set_state(&self, state: ConnectionState) {
+        self.state.send_replace(state);
+    }
+
+    pub fn set_client_name(&self, name: String) {
+        let _ = self.client_name.set(name);
+    }
+
+    pub fn set_details(&self, details: ConnectionDetails) {
+        let _ = self.details.set(details);
+    }
+
+    pub fn channel_opened(&self, channel: u16) {
+        self.channels.lock().unwrap_or_else(|e| e.into_inner()).insert(channel);
+    }
+
+    pub fn channel_closed(&self, channel: u16) {
+        self.channels.lock().unwrap_or_else(|e| e.into_inner()).remove(&channel);
+    }
+
+    /// Milliseconds since the socket was accepted, the unit of `last_read_ms`.
+    pub fn age_ms(&self) -> u64 {
+        self.accepted.elapsed().as_millis() as u64
+    }
+}
+
+/// Every open connection of one broker, by id.
+#[derive(Default)]
+pub struct Connections {
+    map: Arc<DashMap<u64, Arc<ConnectionEntry>>>,
+    next_id: AtomicU64,
+}
+
+/// A connection's place in the registry, held by its task: dropping it marks
+/// the connection closing and removes it, however the task ends.
+pub struct Registration {
+    pub entry: Arc<ConnectionEntry>,
+    /// Where one-shot faults arrive.
+    pub commands: mpsc::UnboundedReceiver<FaultCommand>,
+    map: Arc<DashMap<u64, Arc<ConnectionEntry>>>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.entry.set_state(ConnectionState::Closing);
+        self.map.remove(&self.entry.id);
+    }
+}
+
+impl Connections {
+    /// Registers a connection just accepted, named `client -> server`.
+    pub fn register(&self, name: String) -> Registration {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let (commands_tx, commands) = mpsc::unbounded_channel();
+        let entry = Arc::new(ConnectionEntry {
+            id,
+            name,
+            client_name: OnceLock::new(),
+            state: watch::Sender::new(ConnectionState::Starting),
+            counters: Arc::default(),
+            faults: Arc::default(),
+            commands: commands_tx,
+            details: OnceLock::new(),
+            channels: Mutex::default(),
+            accepted: Instant::now(),
+        });
+        self.map.insert(id, entry.clone());
+        Registration { entry, commands, map: self.map.clone() }
+    }
+
+    /// How many connections are open (handshaking ones included, as
+    /// RabbitMQ counts them for `connection_max`).
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    pub fn all(&self) -> Vec<ConnectionHandle> {
+        self.map.iter().map(|e| ConnectionHandle { entry: e.value().clone() }).collect()
+    }
+
+    /// The connection with this RabbitMQ-style name
+    /// (`127.0.0.1:50000 -> 127.0.0.1:5672`) or client-provided name.
+    pub fn find(&self, name: &str) -> Option<ConnectionHandle> {
+        self.all().into_iter().find(|c| c.name() == name || c.client_name() == Some(name))
+    }
+
+    /// Receivers that see the next state change of every connection open now.
+    pub fn watch_states(&self) -> Vec<watch::Receiver<ConnectionState>> {
+        self.map.iter().map(|e| e.state.subscribe()).collect()
+    }
+}
+
+/// One open connection, as tests and the HTTP API see it: what it is, its
+/// traffic, and the faults that can be injected into it (see [`Faults`]).
+#[derive(Clone)]
+pub struct ConnectionHandle {
+    entry: Arc<ConnectionEntry>,
+}
+
+/// Traffic counters of one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionStats {
+    /// Octets read from the client.
+    pub bytes_in: u64,
+    /// Octets written to the client, heartbeats included.
+    pub bytes_out: u64,
+    pub heartbeats_sent: u64,
+}
+
+impl ConnectionHandle {
+    /// `client -> server`, RabbitMQ's name for the connection.
+    pub fn name(&self) -> &str {
+        &self.entry.name
+    }
+
+    /// The client's `connection_name` property, if it gave one.
+    pub fn client_name(&self) -> Option<&str> {
+        self.entry.client_name.get().map(String::as_str)
+    }
+
+    pub fn state(&self) -> ConnectionState {
+        self.entry.state()
+    }
+
+    /// What the handshake settled; None until `connection.open`.
+    pub fn details(&self) -> Option<&ConnectionDetails> {
+        self.entry.details.get()
+    }
+
+    /// The user the connection logged in as, once open.
+    pub fn user(&self) -> Option<&str> {
+        self.details().map(|d| d.user.as_str())
+    }
+
+    pub fn stats(&self) -> ConnectionStats {
+        let c = &self.entry.counters;
+        ConnectionStats {
+            bytes_in: c.recv_oct.load(Ordering::Relaxed),
+            bytes_out: c.send_oct.load(Ordering::Relaxed),
+            heartbeats_sent: c.heartbeats_sent.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Everything at once, for inspection and the HTTP API.
+    pub fn info(&self) -> ConnectionInfo {
+        let (e, c) = (&self.entry, &self.entry.counters);
+        let stats = self.stats();
+        let last_read = Duration::from_millis(c.last_read_ms.load(Ordering::Relaxed));
+        ConnectionInfo {
+            name: e.name.clone(),
+            client_name: self.client_name().map(str::to_string),
+            state: self.state(),
+            details: self.details().cloned(),
+            bytes_in: stats.bytes_in,
+            bytes_out: stats.bytes_out,
+            frames_in: c.frames_in.load(Ordering::Relaxed),
+            frames_out: c.frames_out.load(Ordering::Relaxed),
+            heartbeats_sent: stats.heartbeats_sent,
+            channels: e.channels.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect(),
+            idle: e.accepted.elapsed().saturating_sub(last_read),
+        }
+    }
+
+    /// The broker stops sending heartbeats to this client: the client has to
+    /// find out the broker is gone.
+    pub fn withhold_heartbeats(&self, on: bool) {
+        self.entry.faults.set_withhold_heartbeats(on);
+    }
+
+    /// The client's heartbeats and traffic no longer count as a sign of
+    /// life: the broker drops it 2T..3T later, as after missed heartbeats.
+    pub fn ignore_client(&self, on: bool) {
+        self.entry.faults.set_ignore_client(on);
+    }
+
+    /// Nothing is read from or written to the client while the TCP
+    /// connection stays open.
+    pub fn black_hole(&self, on: bool) {
+        self.entry.faults.set_black_hole(on);
+    }
+
+    /// Blocks this connection as a resource alarm would (`connection.blocked`
+    /// at its next publish), or releases it.
+    pub fn block(&self, on: bool) {
+        self.entry.faults.set_blocked(on);
+    }
+
+    /// Holds every delivery to this connection back for `latency`.
+    pub fn delivery_latency(&self, latency: Duration) {
+        self.entry.faults.set_delivery_latency(latency);
+    }
+
+    /// Resets the TCP connection, without a word.
+    pub fn kill(&self) {
+        let _ = self.entry.commands.send(FaultCommand::Kill);
+    }
+
+    /// Closes the connection with `connection.close` 320 CONNECTION_FORCED
+    /// and `text`, as `rabbitmqctl close_connection` does.
+    pub fn force_close(&self, text: &str) {
+        let _ = self.entry.commands.send(FaultCommand::ForceClose(text.to_string()));
+    }
+}
