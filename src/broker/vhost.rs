@@ -202,3 +202,56 @@ impl VirtualHost {
         queue.delete()
     }
 }
+
+impl Drop for VirtualHost {
+    /// Exchange-to-exchange bindings can form cycles (`x` bound to itself,
+    /// or `a` to `b` to `a`), and an `Arc` cycle is never freed. When the
+    /// virtual host goes (its broker dropped, as an embedded broker is at the
+    /// end of a test), every exchange lets go of its bindings, so that the
+    /// exchanges, the queues they lead to and those queues' timer tasks go
+    /// too. Found by the connection fuzz target: a task outlived its broker.
+    fn drop(&mut self) {
+        for x in self.exchanges.iter() {
+            x.mark_deleted();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::alarm::Alarms;
+    use crate::broker::queue::args::QueueArgs;
+    use crate::broker::queue::QueueOptions;
+
+    #[test]
+    fn cyclic_exchange_bindings_are_freed_with_their_vhost() {
+        let vhost = VirtualHost::new("/".into(), Alarms::new(None), Arc::default());
+        let (a, b) = ("a".into(), "b".into());
+        let x = |name: ShortStr| {
+            let x =
+                Exchange::new("/".into(), name.clone(), ExchangeKind::Fanout, false, false, false, FieldTable::new());
+            vhost.exchanges.insert(name, x.clone());
+            x
+        };
+        let (a, b) = (x(a), x(b));
+        let q = Queue::new(
+            &vhost,
+            "q".into(),
+            QueueOptions { durable: false, exclusive_owner: None, auto_delete: false, arguments: FieldTable::new() },
+            QueueArgs::default(),
+        );
+        vhost.queues.insert("q".into(), q.clone());
+        let bind = |from: &Arc<Exchange>, to: Destination| vhost.bind(from, to, "".into(), FieldTable::new()).unwrap();
+        bind(&a, Destination::Exchange(a.clone()));
+        bind(&a, Destination::Exchange(b.clone()));
+        bind(&b, Destination::Exchange(a.clone()));
+        bind(&b, Destination::Queue(q.clone()));
+        let weak = (Arc::downgrade(&a), Arc::downgrade(&b), Arc::downgrade(&q));
+        drop((a, b, q));
+        drop(vhost);
+        let (a, b, q) = weak;
+        assert!(a.upgrade().is_none() && b.upgrade().is_none(), "an exchange in a binding cycle outlived its vhost");
+        assert!(q.upgrade().is_none(), "a queue bound from a cycle outlived its vhost");
+    }
+}

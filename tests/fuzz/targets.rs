@@ -750,15 +750,13 @@ pub fn script_bytes(script: &Script) -> BytesMut {
     buf
 }
 
-thread_local! {
-    /// One runtime per thread, with time paused: the broker's timers (the
-    /// handshake timeout, heartbeats, close timeouts) fire as soon as
-    /// everything else is idle, so an input costs microseconds, not seconds.
-    static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .expect("runtime");
+/// A runtime of its own for each input, with time paused: the broker's
+/// timers (the handshake timeout, heartbeats, close timeouts) fire as soon
+/// as everything else is idle, so an input costs microseconds, not seconds.
+/// Its own, so that a task one input leaves behind is blamed on that input
+/// and not on every input after it.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().expect("runtime")
 }
 
 /// Runs one connection over an in-memory pipe: the client sends the script
@@ -769,58 +767,56 @@ thread_local! {
 /// queue, no exclusive queue left behind.
 pub fn connection(script: &Script) {
     let wire = script_bytes(script);
-    RUNTIME.with(|rt| {
-        rt.block_on(async {
-            let config = warren::Config { handshake_timeout: Duration::from_secs(10), ..Default::default() };
-            let broker = Broker::new(config).expect("broker");
-            let (client, server) = tokio::io::duplex(1 << 20);
-            let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
-            let peer = "127.0.0.1:40000".parse().unwrap();
-            let local = "127.0.0.1:5672".parse().unwrap();
-            let served = tokio::spawn(warren::connection::serve_stream(server, peer, local, broker.clone(), shutdown));
-            let (mut read, mut write) = tokio::io::split(client);
-            let writer = async move {
-                let _ = write.write_all(&wire).await;
-                let _ = write.shutdown().await;
-                // Keep the write half open until the end: dropping it early
-                // is the same as shutting down, which has happened already.
-                write
-            };
-            let reader = async move {
-                let mut sink = vec![0u8; 64 * 1024];
-                while matches!(read.read(&mut sink).await, Ok(n) if n > 0) {}
-            };
-            let ended = tokio::time::timeout(Duration::from_secs(60), async {
-                let (write, ()) = tokio::join!(writer, reader);
-                drop(write);
-                served.await
-            })
-            .await;
-            match ended {
-                Err(_) => panic!("the connection did not end within a minute"),
-                Ok(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                Ok(_) => {}
-            }
-            drop(shutdown_tx);
-            assert!(broker.connections.is_empty(), "a closed connection is still registered");
-            for q in broker.queue_infos() {
-                assert!(q.consumers.is_empty(), "queue {} kept a consumer of a closed connection", q.name);
-                assert_eq!(q.messages_unacknowledged, 0, "queue {} lost track of unacked messages", q.name);
-                assert!(!q.exclusive, "exclusive queue {} outlived its connection", q.name);
-            }
-            // Nothing the connection or its queues started may outlive the
-            // broker: a task left behind is memory no one can free. tokio
-            // has no event for "every task ended", so this polls, in paused
-            // (virtual) time: it costs no wall-clock time.
-            drop(broker);
-            let runtime = tokio::runtime::Handle::current();
-            let settled = tokio::time::timeout(Duration::from_secs(60), async {
-                while runtime.metrics().num_alive_tasks() > 0 {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-            })
-            .await;
-            assert!(settled.is_ok(), "{} task(s) outlived their broker", runtime.metrics().num_alive_tasks());
+    runtime().block_on(async {
+        let config = warren::Config { handshake_timeout: Duration::from_secs(10), ..Default::default() };
+        let broker = Broker::new(config).expect("broker");
+        let (client, server) = tokio::io::duplex(1 << 20);
+        let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
+        let peer = "127.0.0.1:40000".parse().unwrap();
+        let local = "127.0.0.1:5672".parse().unwrap();
+        let served = tokio::spawn(warren::connection::serve_stream(server, peer, local, broker.clone(), shutdown));
+        let (mut read, mut write) = tokio::io::split(client);
+        let writer = async move {
+            let _ = write.write_all(&wire).await;
+            let _ = write.shutdown().await;
+            // Keep the write half open until the end: dropping it early
+            // is the same as shutting down, which has happened already.
+            write
+        };
+        let reader = async move {
+            let mut sink = vec![0u8; 64 * 1024];
+            while matches!(read.read(&mut sink).await, Ok(n) if n > 0) {}
+        };
+        let ended = tokio::time::timeout(Duration::from_secs(60), async {
+            let (write, ()) = tokio::join!(writer, reader);
+            drop(write);
+            served.await
         })
+        .await;
+        match ended {
+            Err(_) => panic!("the connection did not end within a minute"),
+            Ok(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Ok(_) => {}
+        }
+        drop(shutdown_tx);
+        assert!(broker.connections.is_empty(), "a closed connection is still registered");
+        for q in broker.queue_infos() {
+            assert!(q.consumers.is_empty(), "queue {} kept a consumer of a closed connection", q.name);
+            assert_eq!(q.messages_unacknowledged, 0, "queue {} lost track of unacked messages", q.name);
+            assert!(!q.exclusive, "exclusive queue {} outlived its connection", q.name);
+        }
+        // Nothing the connection or its queues started may outlive the
+        // broker: a task left behind is memory no one can free. tokio
+        // has no event for "every task ended", so this polls, in paused
+        // (virtual) time: it costs no wall-clock time.
+        drop(broker);
+        let runtime = tokio::runtime::Handle::current();
+        let settled = tokio::time::timeout(Duration::from_secs(60), async {
+            while runtime.metrics().num_alive_tasks() > 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await;
+        assert!(settled.is_ok(), "{} task(s) outlived their broker", runtime.metrics().num_alive_tasks());
     });
 }
