@@ -145,7 +145,7 @@ impl<T: PartialEq> TopicTrie<T> {
     /// reported once per key; the caller removes repeats.
     ///
     /// The cost is bounded by the trie's size times the key's word count
-    /// (see [`Walk`]); a walk that runs long is finished with
+    /// (see `Walk`); a walk that runs long is finished with
     /// `block_in_place`, so that it holds up its own publisher but not the
     /// runtime's other tasks.
     pub fn route(&self, routing_key: &[u8], found: &mut impl FnMut(&T)) {

@@ -13,7 +13,7 @@
 //! messages it dead-letters are collected and republished after.
 //!
 //! Time-driven work (message TTL, `x-expires`) is done by a small task per
-//! queue that sleeps until the next deadline ([`timers`]).
+//! queue that sleeps until the next deadline (`timers.rs`).
 //!
 //! - [`args`]: the `x-…` arguments, parsed at declaration.
 //! - [`ready`]: the ready messages, by priority.

@@ -1,7 +1,7 @@
 //! Method frames (spec 4.2.4 and the class reference), one file per class.
 //!
 //! Every method is a plain struct whose fields are listed in wire order; the
-//! [`method!`] macro turns that list into `decode`/`encode`, so a method's
+//! `method!` macro turns that list into `decode`/`encode`, so a method's
 //! definition reads like the spec's own table. [`Method`] is the union of all
 //! of them: a client's method frame is decoded into it, and the broker encodes
 //! the server's replies from it (or straight from the struct on hot paths such

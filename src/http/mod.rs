@@ -42,34 +42,31 @@
 //! backlog, as cowboy and ranch bound RabbitMQ's. A long poll for events
 //! waits at most [`LONG_POLL_MAX`].
 
+mod auth;
+mod listener;
+
 use std::collections::{HashMap, VecDeque};
-use std::future::Future;
-use std::io;
-use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::{Extension, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{json, Value};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Notify, Semaphore};
-use tokio::time::{Instant, Sleep};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
 
-use crate::broker::access::{base64_decode, LoginError};
 use crate::broker::alarm::Resource;
 use crate::broker::events::Event;
 use crate::broker::Broker;
-use crate::config::HttpLimits;
 use crate::protocol::{FieldTable, FieldValue};
+use auth::{authenticate, not_authorised, Caller};
+use listener::accept_loop;
 
 /// The events kept for long polling: at most this many…
 const EVENT_LOG: usize = 10_000;
@@ -144,196 +141,6 @@ fn router(http: Arc<Http>) -> Router {
         .route("/api/warren/events", get(events_since))
         .layer(middleware::from_fn_with_state(http.clone(), authenticate))
         .with_state(http)
-}
-
-/// Accepts HTTP connections, at most `limits.max_connections` at once (a
-/// permit is taken before `accept`, so the rest wait in the backlog), and
-/// serves each with the timeouts of [`HttpLimits`].
-async fn accept_loop(listener: TcpListener, app: Router, limits: HttpLimits, mut shutdown: watch::Receiver<bool>) {
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
-    loop {
-        let permit = tokio::select! {
-            permit = permits.clone().acquire_owned() => permit.expect("never closed"),
-            _ = stopped(&mut shutdown) => return,
-        };
-        let (socket, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!("error accepting HTTP connection: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = stopped(&mut shutdown) => return,
-        };
-        let app = app.clone();
-        let mut stop = shutdown.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
-                // Who connected, for `loopback_users`.
-                request.extensions_mut().insert(Peer(peer.ip()));
-                tower_call(app.clone(), request)
-            });
-            let io = TokioIo::new(IdleTimeout::new(socket, limits.idle_timeout));
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder.timer(TokioTimer::new()).header_read_timeout(limits.request_timeout);
-            let conn = builder.serve_connection(io, service);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = stopped(&mut stop) => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
-                }
-            }
-        });
-    }
-}
-
-/// Resolves once `shutdown` turns true (or its sender is gone).
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|s| *s).await;
-}
-
-fn tower_call(
-    mut app: Router,
-    request: hyper::Request<hyper::body::Incoming>,
-) -> impl Future<Output = Result<Response, std::convert::Infallible>> {
-    use tower_service::Service;
-    app.call(request.map(axum::body::Body::new))
-}
-
-/// The peer address of the HTTP connection a request came on.
-#[derive(Clone, Copy)]
-struct Peer(IpAddr);
-
-/// A socket that fails a read left waiting longer than `timeout` since the
-/// last byte in or out: a client that stops mid-request lets go of its
-/// socket. (Between requests, hyper's header timeout applies first.)
-struct IdleTimeout {
-    inner: TcpStream,
-    timeout: Duration,
-    deadline: Pin<Box<Sleep>>,
-}
-
-impl IdleTimeout {
-    fn new(inner: TcpStream, timeout: Duration) -> Self {
-        IdleTimeout { inner, timeout, deadline: Box::pin(tokio::time::sleep(timeout)) }
-    }
-
-    fn active(&mut self) {
-        self.deadline.as_mut().reset(Instant::now() + self.timeout);
-    }
-}
-
-impl AsyncRead for IdleTimeout {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        match Pin::new(&mut self.inner).poll_read(cx, buf) {
-            Poll::Ready(r) => {
-                if buf.filled().len() > before {
-                    self.active();
-                }
-                Poll::Ready(r)
-            }
-            Poll::Pending => match self.deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Err(io::ErrorKind::TimedOut.into())),
-                Poll::Pending => Poll::Pending,
-            },
-        }
-    }
-}
-
-impl AsyncWrite for IdleTimeout {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, data);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.active();
-        }
-        r
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-/// An authenticated caller with a management tag.
-#[derive(Clone)]
-struct Caller {
-    name: String,
-    tags: Vec<String>,
-}
-
-impl Caller {
-    fn has(&self, tags: &[&str]) -> bool {
-        self.tags.iter().any(|t| tags.contains(&t.as_str()))
-    }
-
-    fn is_admin(&self) -> bool {
-        self.has(&["administrator"])
-    }
-
-    /// `monitoring` or `administrator`: sees every connection.
-    fn is_monitor(&self) -> bool {
-        self.has(&["administrator", "monitoring"])
-    }
-
-    /// Administrators see every virtual host; others those they have a
-    /// permission entry in.
-    fn sees_vhost(&self, broker: &Broker, vhost: &str) -> bool {
-        self.is_admin() || broker.access.has_vhost(&self.name, vhost)
-    }
-}
-
-const MANAGEMENT_TAGS: &[&str] = &["administrator", "monitoring", "policymaker", "management"];
-const REALM: &str = "Basic realm=\"RabbitMQ Management\"";
-
-/// RabbitMQ's 401 for a caller it knows but refuses.
-fn not_authorised(reason: &str) -> Response {
-    (StatusCode::UNAUTHORIZED, Json(json!({"error": "not_authorised", "reason": reason}))).into_response()
-}
-
-/// Steps 1 to 3 of the module docs; the caller goes to the handler as an
-/// extension.
-async fn authenticate(State(http): State<Arc<Http>>, mut request: Request, next: Next) -> Response {
-    let Some(value) = request.headers().get(header::AUTHORIZATION) else {
-        return (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, REALM)]).into_response();
-    };
-    let credentials = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.strip_prefix("Basic "))
-        .and_then(base64_decode)
-        .and_then(|raw| String::from_utf8(raw).ok());
-    let Some((user, password)) = credentials.as_deref().and_then(|c| c.split_once(':')) else {
-        return StatusCode::BAD_REQUEST.into_response();
-    };
-    let peer = request.extensions().get::<Peer>().map_or(IpAddr::from([127, 0, 0, 1]), |p| p.0);
-    match http.broker.access.authenticate(user, password, peer) {
-        Ok(()) => {}
-        Err(LoginError::InvalidCredentials) => {
-            return (
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, REALM)],
-                Json(json!({"error": "not_authorized", "reason": "Not_Authorized"})),
-            )
-                .into_response()
-        }
-        Err(LoginError::LoopbackOnly) => return not_authorised("User can only log in via localhost"),
-    }
-    let caller = Caller { name: user.to_string(), tags: http.broker.access.tags(user).to_vec() };
-    if !caller.has(MANAGEMENT_TAGS) {
-        return not_authorised("Not management user");
-    }
-    request.extensions_mut().insert(caller);
-    next.run(request).await
 }
 
 fn not_found(what: &str) -> Response {
@@ -724,8 +531,10 @@ fn event_json(seq: u64, e: &Event) -> Value {
 
 #[cfg(test)]
 mod tests {
+    use super::listener::Peer;
     use super::*;
     use axum::body::Body;
+    use std::net::IpAddr;
     use tower_service::Service;
 
     async fn overview_from(peer: [u8; 4]) -> (StatusCode, Value) {
