@@ -3,14 +3,17 @@
 //!
 //! # Layout
 //!
+//! `docs/architecture.md` tells how the parts fit together.
+//!
 //! - [`protocol`]: the wire format, one module per layer: frames, primitive
 //!   fields, field tables, methods (one file per class), content properties.
 //!   Pure functions over `Bytes`; no I/O.
-//! - [`connection`]: one AMQP connection's life: the handshake state machine,
-//!   channels, the writer task and the heartbeats
-//!   ([`connection::heartbeat`] is the place to learn how heartbeats work).
-//! - [`broker`]: the shared state, apart from any connection: virtual hosts,
-//!   exchanges, queues, messages.
+//! - [`broker`]: the shared state, apart from any socket: virtual hosts,
+//!   exchanges, queues, messages, and the registry of open connections.
+//! - [`connection`]: one AMQP connection's life: a loop over named wake-ups,
+//!   the handshake, channels, flow control, the writer task and the
+//!   heartbeats ([`connection::heartbeat`] is the place to learn how
+//!   heartbeats work).
 //! - [`server`]: the listener: accepts sockets, starts connections, shuts
 //!   down cleanly.
 //! - [`embedded`]: start an isolated broker inside a test in one call; the
