@@ -89,6 +89,8 @@ async fn bad_tune_ok_values_are_refused_with_530() {
         let close = expect_close(&mut client).await;
         assert_eq!(close.reply_code, 530);
         assert_eq!(close.reply_text.to_string(), text);
+        // The method to blame is tune-ok, as in RabbitMQ's protocol_error.
+        assert_eq!((close.class_id, close.method_id), connection::TuneOk::IDS);
     }
 }
 

@@ -315,9 +315,12 @@ impl Connection {
             _ = sleep_until(consumer_deadline.unwrap_or_else(far)), if consumer_deadline.is_some() => {
                 Wake::ConsumerTimeout
             }
-            _ = async { deadlines.as_ref().expect("guarded").nearer().await }, if deadlines.is_some() => {
-                Wake::DeadlinesMoved
-            }
+            _ = async {
+                match &deadlines {
+                    Some(d) => d.nearer().await,
+                    None => std::future::pending().await,
+                }
+            } => Wake::DeadlinesMoved,
             _ = self.throttle.alarm_changed() => Wake::AlarmChanged,
             _ = self.outlet.drained(), if in_flow => Wake::OutletDrained,
             _ = faults_changed => Wake::FaultsChanged,

@@ -417,38 +417,31 @@ fn resource(name: &str) -> Option<Resource> {
     }
 }
 
-async fn raise_alarm(
-    State(http): State<Arc<Http>>,
-    Extension(caller): Extension<Caller>,
-    Path(name): Path<String>,
-) -> Response {
-    if let Some(refused) = admin_refusal(&caller) {
-        return refused;
-    }
-    match resource(&name) {
-        Some(r) => {
-            http.broker.alarms.raise(r);
-            StatusCode::NO_CONTENT.into_response()
-        }
-        None => not_found("no such resource: memory or disk"),
-    }
+async fn raise_alarm(http: State<Arc<Http>>, caller: Extension<Caller>, name: Path<String>) -> Response {
+    set_alarm(http, caller, name, true)
 }
 
-async fn clear_alarm(
+async fn clear_alarm(http: State<Arc<Http>>, caller: Extension<Caller>, name: Path<String>) -> Response {
+    set_alarm(http, caller, name, false)
+}
+
+/// Raises or clears a resource alarm by hand (administrators only).
+fn set_alarm(
     State(http): State<Arc<Http>>,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
+    on: bool,
 ) -> Response {
     if let Some(refused) = admin_refusal(&caller) {
         return refused;
     }
-    match resource(&name) {
-        Some(r) => {
-            http.broker.alarms.clear(r);
-            StatusCode::NO_CONTENT.into_response()
-        }
-        None => not_found("no such resource: memory or disk"),
+    let Some(r) = resource(&name) else { return not_found("no such resource: memory or disk") };
+    if on {
+        http.broker.alarms.raise(r);
+    } else {
+        http.broker.alarms.clear(r);
     }
+    StatusCode::NO_CONTENT.into_response()
 }
 
 /// Events numbered after `since`, waiting up to `timeout_ms` (at most
