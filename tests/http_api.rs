@@ -163,7 +163,27 @@ async fn faults_alarms_and_events_over_http() {
     assert_eq!(call(http, "PUT", "/api/warren/alarms/memory", None, Some(GUEST)).await.0, 204);
     assert!(get(http, "/api/overview").await["alarms"]["memory"].as_bool().unwrap());
     assert_eq!(call(http, "DELETE", "/api/warren/alarms/memory", None, Some(GUEST)).await.0, 204);
-    assert_eq!(call(http, "PUT", "/api/warren/alarms/cpu", None, Some(GUEST)).await.0, 404);
+    let (status, refused) = call(http, "PUT", "/api/warren/alarms/cpu", None, Some(GUEST)).await;
+    assert_eq!(status, 400);
+    assert_eq!(refused["reason"], "unknown resource 'cpu'; known resources: memory, disk");
+
+    // A typo or a wrong type is a 400 that names the known keys, and
+    // nothing in the request is applied: the block below never happens.
+    let faults = format!("/api/warren/connections/{}/faults", encode(&name));
+    let (status, refused) = call(http, "POST", &faults, Some(r#"{"block": true, "blok": true}"#), Some(GUEST)).await;
+    assert_eq!(status, 400);
+    let reason = refused["reason"].as_str().unwrap();
+    assert!(reason.starts_with("unknown fault 'blok'; known faults: withhold_heartbeats,"), "{reason}");
+    for bad in [r#"{"block": "yes"}"#, r#"{"delivery_latency_ms": -1}"#, r#"{"delivery_latency_ms": 3600001}"#, "[]"] {
+        assert_eq!(call(http, "POST", &faults, Some(bad), Some(GUEST)).await.0, 400, "{bad}");
+    }
+    let state = broker.connection(&name).unwrap().state();
+    assert_eq!(state, warren::ConnectionState::Running);
+    let mut frames = BytesMut::new();
+    publish_frames(&mut frames, "q", false, b"m");
+    client.send_raw(&frames).await;
+    client.declare_queue("still-served").await;
+    assert_eq!(broker.connection(&name).unwrap().state(), warren::ConnectionState::Running);
 }
 
 #[tokio::test]

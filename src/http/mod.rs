@@ -10,7 +10,9 @@
 //!   injection, a JSON object of switches), `PUT`/`DELETE
 //!   /api/warren/alarms/{memory|disk}` (raise and clear an alarm), and
 //!   `GET /api/warren/events?since=N&timeout_ms=T` (long polling over the
-//!   event stream: events numbered after N, waiting up to T for one).
+//!   event stream: events numbered after N, waiting up to T for one). An
+//!   unknown fault key, a wrong type or an unknown resource is a 400 that
+//!   names the known ones; nothing in such a request is applied.
 //!
 //! # Who may do what
 //!
@@ -372,8 +374,67 @@ fn admin_refusal(caller: &Caller) -> Option<Response> {
     (!caller.is_admin()).then(|| not_authorised("Not administrator user"))
 }
 
-/// `{"withhold_heartbeats": true, "ignore_client": false, "black_hole": …,
-/// "block": …, "delivery_latency_ms": 200, "kill": true, "force_close": "text"}`
+/// The faults endpoint's keys, as its 400 lists them.
+const FAULT_KEYS: &str =
+    "withhold_heartbeats, ignore_client, black_hole, block, delivery_latency_ms, kill, force_close";
+
+/// The longest delivery latency a fault may ask for.
+const MAX_DELIVERY_LATENCY_MS: u64 = 3_600_000;
+
+/// One switch of a faults request, checked before any is applied.
+enum FaultSwitch {
+    WithholdHeartbeats(bool),
+    IgnoreClient(bool),
+    BlackHole(bool),
+    Block(bool),
+    DeliveryLatency(Duration),
+    Kill(bool),
+    ForceClose(String),
+}
+
+/// Reads `{"withhold_heartbeats": true, "ignore_client": false,
+/// "black_hole": …, "block": …, "delivery_latency_ms": 200, "kill": true,
+/// "force_close": "text"}`; an unknown key or a value of the wrong type is
+/// refused with the reason, so that a typo is never a silent no-op.
+fn fault_switches(body: &Value) -> Result<Vec<FaultSwitch>, String> {
+    let Some(fields) = body.as_object() else {
+        return Err(format!("expected a JSON object with any of: {FAULT_KEYS}"));
+    };
+    fields
+        .iter()
+        .map(|(key, value)| {
+            let flag = || value.as_bool().ok_or_else(|| format!("{key} must be true or false"));
+            Ok(match key.as_str() {
+                "withhold_heartbeats" => FaultSwitch::WithholdHeartbeats(flag()?),
+                "ignore_client" => FaultSwitch::IgnoreClient(flag()?),
+                "black_hole" => FaultSwitch::BlackHole(flag()?),
+                "block" => FaultSwitch::Block(flag()?),
+                "kill" => FaultSwitch::Kill(flag()?),
+                "delivery_latency_ms" => match value.as_u64() {
+                    Some(ms) if ms <= MAX_DELIVERY_LATENCY_MS => {
+                        FaultSwitch::DeliveryLatency(Duration::from_millis(ms))
+                    }
+                    _ => {
+                        return Err(format!(
+                            "delivery_latency_ms must be a whole number from 0 to {MAX_DELIVERY_LATENCY_MS}"
+                        ))
+                    }
+                },
+                "force_close" => match value.as_str() {
+                    Some(text) => FaultSwitch::ForceClose(text.to_string()),
+                    None => return Err("force_close must be a string (the close reason)".into()),
+                },
+                other => return Err(format!("unknown fault '{other}'; known faults: {FAULT_KEYS}")),
+            })
+        })
+        .collect()
+}
+
+/// RabbitMQ's 400.
+fn bad_request(reason: &str) -> Response {
+    (StatusCode::BAD_REQUEST, Json(json!({"error": "bad_request", "reason": reason}))).into_response()
+}
+
 async fn faults(
     State(http): State<Arc<Http>>,
     Extension(caller): Extension<Caller>,
@@ -383,28 +444,25 @@ async fn faults(
     if let Some(refused) = admin_refusal(&caller) {
         return refused;
     }
+    let switches = match fault_switches(&body) {
+        Ok(switches) => switches,
+        Err(reason) => return bad_request(&reason),
+    };
     let Some(c) = http.broker.connections.find(&name) else { return not_found("connection not found") };
-    let flag = |key: &str| body.get(key).and_then(Value::as_bool);
-    if let Some(on) = flag("withhold_heartbeats") {
-        c.withhold_heartbeats(on);
-    }
-    if let Some(on) = flag("ignore_client") {
-        c.ignore_client(on);
-    }
-    if let Some(on) = flag("black_hole") {
-        c.black_hole(on);
-    }
-    if let Some(on) = flag("block") {
-        c.block(on);
-    }
-    if let Some(ms) = body.get("delivery_latency_ms").and_then(Value::as_u64) {
-        c.delivery_latency(Duration::from_millis(ms));
-    }
-    if let Some(text) = body.get("force_close").and_then(Value::as_str) {
-        c.force_close(text);
-    }
-    if flag("kill") == Some(true) {
-        c.kill();
+    for switch in switches {
+        match switch {
+            FaultSwitch::WithholdHeartbeats(on) => c.withhold_heartbeats(on),
+            FaultSwitch::IgnoreClient(on) => c.ignore_client(on),
+            FaultSwitch::BlackHole(on) => c.black_hole(on),
+            FaultSwitch::Block(on) => c.block(on),
+            FaultSwitch::DeliveryLatency(latency) => c.delivery_latency(latency),
+            FaultSwitch::Kill(on) => {
+                if on {
+                    c.kill();
+                }
+            }
+            FaultSwitch::ForceClose(text) => c.force_close(&text),
+        }
     }
     StatusCode::NO_CONTENT.into_response()
 }
@@ -435,7 +493,9 @@ fn set_alarm(
     if let Some(refused) = admin_refusal(&caller) {
         return refused;
     }
-    let Some(r) = resource(&name) else { return not_found("no such resource: memory or disk") };
+    let Some(r) = resource(&name) else {
+        return bad_request(&format!("unknown resource '{name}'; known resources: memory, disk"));
+    };
     if on {
         http.broker.alarms.raise(r);
     } else {
