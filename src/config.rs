@@ -25,6 +25,8 @@
 //! | `default_user_tags.TAG` | `administrator = true` | the default user's tags (management API rights) |
 //! | `connection_max` | `infinity` | most connections; more are refused at `connection.open` (530) |
 //! | `max_message_size` | `134217728` | largest message body, at most 512 MiB (406) |
+//! | `management.tcp.port` | `15672` | the binary's HTTP API port (`--http-port` overrides it, `--no-http` turns the API off) |
+//! | `management.tcp.ip` | `127.0.0.1` | the HTTP API's address |
 //! | `management.tcp.request_timeout` | `5000` | ms to receive a request's headers on the HTTP API |
 //! | `management.tcp.idle_timeout` | `60000` | ms an HTTP connection may stay silent |
 //! | `management.tcp.max_connections` | `1024` | most HTTP connections at once (warren's key; RabbitMQ's is fixed at 1024) |
@@ -72,6 +74,11 @@ pub struct Config {
     pub connection_max: Option<usize>,
     /// Largest message body accepted (RabbitMQ's `max_message_size`).
     pub max_message_size: u64,
+    /// Where the standalone binary serves the HTTP API
+    /// (`management.tcp.ip`, `management.tcp.port`): 127.0.0.1:15672, as
+    /// RabbitMQ's management plugin, but on loopback. Embedded brokers serve
+    /// it only when asked (`EmbeddedBuilder::http`).
+    pub management_listen: SocketAddr,
     /// Limits of the HTTP API's connections.
     pub http_limits: HttpLimits,
     /// Log every frame in and out of every connection, readably
@@ -223,6 +230,7 @@ impl Default for Config {
             memory_monitor_interval: Duration::from_millis(1_000),
             connection_max: None,
             max_message_size: 128 << 20,
+            management_listen: SocketAddr::from(([127, 0, 0, 1], 15672)),
             http_limits: HttpLimits::default(),
             trace_frames: false,
         }
@@ -382,6 +390,14 @@ impl Config {
                         &mut self.http_limits.idle_timeout
                     };
                     *limit = Duration::from_millis(ms);
+                }
+                "management.tcp.port" => {
+                    let port = value.parse().map_err(|_| bad("expected a port number"))?;
+                    self.management_listen.set_port(port);
+                }
+                "management.tcp.ip" => {
+                    let ip = value.parse().map_err(|_| bad("expected an IP address such as 127.0.0.1"))?;
+                    self.management_listen.set_ip(ip);
                 }
                 "management.tcp.max_connections" => {
                     self.http_limits.max_connections =

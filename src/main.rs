@@ -40,10 +40,14 @@ struct Args {
     /// broker accepts connections.
     #[arg(long)]
     ready_file: Option<PathBuf>,
-    /// Serve the HTTP control API on this port (0 picks a free one), on the
-    /// same address as AMQP: management-API subset, fault injection, events.
-    #[arg(long)]
+    /// Serve the HTTP API (management API, fault injection, events) on this
+    /// port instead of `management.tcp.port` (15672); 0 picks a free one.
+    /// Unlike the default port, a port asked for here must be free.
+    #[arg(long, conflicts_with = "no_http")]
     http_port: Option<u16>,
+    /// Do not serve the HTTP API.
+    #[arg(long)]
+    no_http: bool,
 }
 
 /// What the broker prints on stdout, one JSON line, once it accepts
@@ -130,7 +134,12 @@ fn main() -> ExitCode {
     }
     config.trace_frames |= args.trace_frames;
     let ready_file = args.ready_file.clone();
-    let args_http_port = args.http_port;
+    // None: no HTTP API; Some((address, required)).
+    let http_listen = match (args.no_http, args.http_port) {
+        (true, _) => None,
+        (false, Some(port)) => Some((SocketAddr::new(config.management_listen.ip(), port), true)),
+        (false, None) => Some((config.management_listen, false)),
+    };
 
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -196,13 +205,19 @@ fn main() -> ExitCode {
             config.handshake_timeout.as_millis()
         );
         info!("started TCP listener on {addr}");
-        let http = match args_http_port {
+        let http = match http_listen {
             None => None,
-            Some(port) => match TcpListener::bind(SocketAddr::new(local.ip(), port)).await {
+            Some((addr, required)) => match TcpListener::bind(addr).await {
                 Ok(l) => Some(l),
-                Err(e) => {
-                    eprintln!("warren: cannot listen for HTTP on port {port}: {e}");
+                Err(e) if required => {
+                    eprintln!("warren: cannot listen for HTTP on {addr}: {e}");
                     return ExitCode::FAILURE;
+                }
+                // The default port may well be taken (a RabbitMQ, another
+                // warren): the broker is still useful without its API.
+                Err(e) => {
+                    warn!("cannot serve the HTTP API on {addr}: {e}; going on without it (set --http-port or management.tcp.port)");
+                    None
                 }
             },
         };

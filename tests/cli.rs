@@ -212,3 +212,78 @@ async fn port_zero_announces_the_address_on_stdout_and_in_the_ready_file() {
     child.wait().unwrap();
     let _ = std::fs::remove_file(ready_file);
 }
+
+/// Starts warren; returns it, its ready line, and a channel of its log lines.
+fn launch(args: &[&str]) -> (Child, serde_json::Value, mpsc::Receiver<String>) {
+    let mut child = Command::new(WARREN)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env_remove("RABBITMQ_CONFIG_FILE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run warren");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let line = BufReader::new(child.stdout.take().unwrap()).lines().next().expect("a ready line").unwrap();
+    (child, serde_json::from_str(&line).expect("JSON"), rx)
+}
+
+/// The status line of `GET /api/overview` as guest.
+async fn overview_status(http: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(http).await.unwrap();
+    let request = "GET /api/overview HTTP/1.1\r\nHost: localhost\r\nAuthorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\nConnection: close\r\n\r\n";
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut response)).await.unwrap().unwrap();
+    String::from_utf8_lossy(&response).lines().next().unwrap_or_default().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_http_api_is_on_by_default_off_with_no_http_and_skipped_when_its_port_is_taken() {
+    // On by default, where management.tcp.port says (0 here, so that tests
+    // running at once do not compete for 15672).
+    let conf = config_file("management.tcp.port = 0\n");
+    let (mut child, ready, _) = launch(&["--config", conf.path(), "--port", "0"]);
+    let http: std::net::SocketAddr = ready["http"].as_str().expect("an HTTP address").parse().unwrap();
+    assert!(http.ip().is_loopback(), "{http}");
+    assert_eq!(overview_status(http).await, "HTTP/1.1 200 OK");
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let (mut child, ready, _) = launch(&["--config", conf.path(), "--port", "0", "--no-http"]);
+    assert!(ready["http"].is_null(), "{ready}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // A taken port is said plainly, and the broker goes on without its API.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let conf = config_file(&format!("management.tcp.port = {port}\n"));
+    let (mut child, ready, rx) = launch(&["--config", conf.path(), "--port", "0"]);
+    assert!(ready["http"].is_null(), "{ready}");
+    let warning = wait_for(&rx, "cannot serve the HTTP API");
+    assert!(warning.contains(&format!("127.0.0.1:{port}")) && warning.contains("going on without it"), "{warning}");
+    let amqp: std::net::SocketAddr = ready["amqp"].as_str().unwrap().parse().unwrap();
+    common::RawClient::open(amqp, 0).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // Asked for by flag, the port must be free.
+    let status = Command::new(WARREN)
+        .args(["--port", "0", "--http-port", &port.to_string()])
+        .env_remove("RABBITMQ_CONFIG_FILE")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!status.success());
+}
