@@ -7,6 +7,7 @@
 pub mod access;
 pub mod alarm;
 pub mod connections;
+pub mod declare;
 pub mod events;
 pub mod exchange;
 pub mod headers;

@@ -143,6 +143,10 @@ impl ConnectionEntry {
     }
 }
 
+/// The connection id of requests that come from no connection (the HTTP
+/// API): connection ids start at 1, so no exclusive queue belongs to it.
+pub const NO_CONNECTION: u64 = 0;
+
 /// Every open connection of one broker, by id.
 #[derive(Default)]
 pub struct Connections {

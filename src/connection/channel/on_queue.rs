@@ -1,14 +1,11 @@
 //! Class `queue`: declaring, binding, purging and deleting queues.
 
-use std::sync::Arc;
-
 use super::{tell_cancelled, Channel, Session};
 use crate::broker::access::Access;
-use crate::broker::queue::args::QueueArgs;
-use crate::broker::queue::{Queue, QueueOptions};
+use crate::broker::queue::QueueOptions;
 use crate::error::{AmqpError, AmqpResult};
 use crate::protocol::methods::queue;
-use crate::protocol::{FieldTable, FieldValue, ShortStr};
+use crate::protocol::ShortStr;
 
 impl Channel {
     /// Resolves a queue name; empty means the last queue declared here.
@@ -42,29 +39,11 @@ impl Channel {
                 auto_delete: m.auto_delete,
                 arguments: m.arguments,
             };
-            let describe = format!("queue '{}' in vhost '{}'", name, s.vhost.name);
-            let args = QueueArgs::parse(&options.arguments, &describe)?;
-            let existing = s.vhost.queues.get(&name).map(|q| q.clone());
-            match existing {
-                Some(q) => {
-                    check_equivalent(&q, &options, s.connection_id)?;
-                    q
-                }
-                None => {
-                    let created = Queue::new(&s.vhost, name.clone(), options, args);
-                    // Two connections may race to declare the same name: the
-                    // entry API makes exactly one of them the creator.
-                    let q = s.vhost.queues.entry(name).or_insert_with(|| created.clone()).clone();
-                    if Arc::ptr_eq(&q, &created) {
-                        if created.options.exclusive_owner.is_some() {
-                            s.exclusive_queues.push(created);
-                        }
-                    } else {
-                        check_equivalent(&q, &created.options, s.connection_id)?;
-                    }
-                    q
-                }
+            let (q, created) = s.vhost.declare_queue(name, options, s.connection_id)?;
+            if created && q.options.exclusive_owner.is_some() {
+                s.exclusive_queues.push(q.clone());
             }
+            q
         };
         self.last_queue = Some(q.name.clone());
         if !m.no_wait {
@@ -111,69 +90,5 @@ impl Channel {
             self.reply(s, queue::PurgeOk { message_count });
         }
         Ok(())
-    }
-}
-
-/// RabbitMQ's redeclare checks, in its order: exclusivity (strict), then
-/// durable, auto_delete and arguments.
-fn check_equivalent(q: &Queue, new: &QueueOptions, connection: u64) -> AmqpResult<()> {
-    let cur = &q.options;
-    if cur.exclusive_owner != new.exclusive_owner {
-        q.check_access(connection)?;
-        // Same connection, but the exclusive flag differs.
-        return Err(AmqpError::resource_locked(format!(
-            "cannot obtain exclusive access to locked {}. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
-            q.describe()
-        )));
-    }
-    let fail = |arg: &str, received: String, current: String| {
-        Err(AmqpError::precondition_failed(format!(
-            "inequivalent arg '{arg}' for {}: received {received} but current is {current}",
-            q.describe()
-        )))
-    };
-    if cur.durable != new.durable {
-        return fail("durable", format!("'{}'", new.durable), format!("'{}'", cur.durable));
-    }
-    if cur.auto_delete != new.auto_delete {
-        return fail("auto_delete", format!("'{}'", new.auto_delete), format!("'{}'", cur.auto_delete));
-    }
-    for key in argument_keys(&cur.arguments, &new.arguments) {
-        let (c, n) = (cur.arguments.get(&key), new.arguments.get(&key));
-        let same = match (c, n) {
-            (Some(a), Some(b)) => match (a.as_i64(), b.as_i64()) {
-                (Some(x), Some(y)) => x == y,
-                _ => a == b,
-            },
-            (None, None) => true,
-            _ => false,
-        };
-        if !same {
-            let describe = |v: Option<&FieldValue>, alone: bool| match v {
-                None => "none".to_string(),
-                Some(v) if alone => {
-                    format!("the value '{}' of type '{}'", value_text(v), v.type_name())
-                }
-                Some(v) => format!("'{}'", value_text(v)),
-            };
-            let alone = c.is_none() || n.is_none();
-            return fail(&key, describe(n, alone), describe(c, alone));
-        }
-    }
-    Ok(())
-}
-
-fn argument_keys(a: &FieldTable, b: &FieldTable) -> Vec<String> {
-    let mut keys: Vec<String> = a.iter().chain(b.iter()).map(|(k, _)| k.to_string()).collect();
-    keys.sort();
-    keys.dedup();
-    keys
-}
-
-fn value_text(v: &FieldValue) -> String {
-    match v {
-        FieldValue::LongStr(b) | FieldValue::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
-        FieldValue::Bool(b) => b.to_string(),
-        other => other.as_i64().map_or_else(|| format!("{other:?}"), |i| i.to_string()),
     }
 }
