@@ -10,18 +10,29 @@
 //!
 //! `loopback_users` (by default just `guest`) may only log in from a
 //! loopback address, exactly as RabbitMQ enforces.
+//!
+//! Users and permissions come from the configuration and change at run time
+//! through the HTTP API. They are behind one `RwLock`, read on every check:
+//! a change is rare, and applies to the next operation of every connection.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use regex::Regex;
 use sha2::{Digest, Sha256};
 
-use crate::config::{Config, PasswordConfig};
+use crate::config::{Config, PasswordConfig, PermissionConfig, UserConfig};
 use crate::error::{AmqpError, AmqpResult};
 use crate::protocol::ShortStr;
 
-/// One permission expression.
+/// One permission expression, compiled, with its source.
+#[derive(Debug, Clone)]
+struct Expression {
+    source: String,
+    pattern: Pattern,
+}
+
 #[derive(Debug, Clone)]
 enum Pattern {
     /// `""`: nothing.
@@ -31,17 +42,29 @@ enum Pattern {
     Regex(Regex),
 }
 
-impl Pattern {
-    fn new(source: &str) -> Result<Pattern, String> {
-        Ok(match source {
+/// Longest permission expression accepted (a regex is compiled from it).
+const MAX_EXPRESSION: usize = 4096;
+
+impl Expression {
+    fn new(source: &str) -> Result<Expression, String> {
+        if source.len() > MAX_EXPRESSION {
+            return Err(format!("permission regex longer than {MAX_EXPRESSION} characters"));
+        }
+        let pattern = match source {
             "" => Pattern::Nothing,
             ".*" | "^.*" | ".*$" | "^.*$" => Pattern::Anything,
-            _ => Pattern::Regex(Regex::new(source).map_err(|e| format!("invalid permission regex '{source}': {e}"))?),
-        })
+            _ => Pattern::Regex(
+                regex::RegexBuilder::new(source)
+                    .size_limit(1 << 20)
+                    .build()
+                    .map_err(|e| format!("invalid permission regex '{source}': {e}"))?,
+            ),
+        };
+        Ok(Expression { source: source.to_string(), pattern })
     }
 
     fn matches(&self, name: &[u8]) -> bool {
-        match self {
+        match &self.pattern {
             Pattern::Nothing => false,
             Pattern::Anything => true,
             Pattern::Regex(r) => r.is_match(&String::from_utf8_lossy(name)),
@@ -51,9 +74,19 @@ impl Pattern {
 
 #[derive(Debug, Clone)]
 struct Permission {
-    configure: Pattern,
-    write: Pattern,
-    read: Pattern,
+    configure: Expression,
+    write: Expression,
+    read: Expression,
+}
+
+impl Permission {
+    fn new(p: &PermissionConfig) -> Result<Permission, String> {
+        Ok(Permission {
+            configure: Expression::new(&p.configure)?,
+            write: Expression::new(&p.write)?,
+            read: Expression::new(&p.read)?,
+        })
+    }
 }
 
 /// What an operation needs.
@@ -100,44 +133,130 @@ pub enum LoginError {
     LoopbackOnly,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct AccessControl {
-    users: HashMap<String, User>,
+    users: RwLock<HashMap<String, User>>,
     loopback_users: Vec<String>,
+}
+
+/// A user as the management API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserInfo {
+    pub name: String,
+    pub tags: Vec<String>,
+    /// RabbitMQ's `password_hash` (salted SHA-256, base64) when the user was
+    /// given one; None for a plain password.
+    pub password_hash: Option<String>,
 }
 
 impl AccessControl {
     pub fn from_config(config: &Config) -> Result<AccessControl, String> {
-        let mut users = HashMap::new();
+        let access = AccessControl { users: RwLock::default(), loopback_users: config.loopback_users.clone() };
         for u in &config.users {
-            let password = match &u.password {
-                PasswordConfig::Plain(p) => Password::Plain(p.clone()),
-                PasswordConfig::Sha256Base64(b64) => {
-                    let raw =
-                        base64_decode(b64).ok_or_else(|| format!("user '{}': password_hash is not base64", u.name))?;
-                    if raw.len() != 36 {
-                        return Err(format!("user '{}': password_hash is not a salted SHA-256 hash", u.name));
-                    }
-                    Password::Sha256 { salt: raw[..4].to_vec(), hash: raw[4..].to_vec() }
-                }
-            };
-            users.insert(u.name.clone(), User { password, permissions: HashMap::new(), tags: u.tags.clone() });
+            access.put_user(u)?;
         }
         for p in &config.permissions {
-            let user = users.get_mut(&p.user).ok_or_else(|| format!("permissions for unknown user '{}'", p.user))?;
-            let permission = Permission {
-                configure: Pattern::new(&p.configure)?,
-                write: Pattern::new(&p.write)?,
-                read: Pattern::new(&p.read)?,
-            };
-            user.permissions.insert(p.vhost.clone(), permission);
+            access.set_permission(p)?;
         }
-        Ok(AccessControl { users, loopback_users: config.loopback_users.clone() })
+        Ok(access)
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, HashMap<String, User>> {
+        self.users.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, HashMap<String, User>> {
+        self.users.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a user or replaces its password and tags (its permissions stay,
+    /// as with RabbitMQ's `PUT /api/users/{name}`). True if it is new.
+    pub fn put_user(&self, u: &UserConfig) -> Result<bool, String> {
+        let password = match &u.password {
+            PasswordConfig::Plain(p) => Password::Plain(p.clone()),
+            PasswordConfig::Sha256Base64(b64) => {
+                let raw =
+                    base64_decode(b64).ok_or_else(|| format!("user '{}': password_hash is not base64", u.name))?;
+                if raw.len() != 36 {
+                    return Err(format!("user '{}': password_hash is not a salted SHA-256 hash", u.name));
+                }
+                Password::Sha256 { salt: raw[..4].to_vec(), hash: raw[4..].to_vec() }
+            }
+        };
+        let mut users = self.write();
+        let old = users.remove(&u.name);
+        let created = old.is_none();
+        let permissions = old.map(|old| old.permissions).unwrap_or_default();
+        users.insert(u.name.clone(), User { password, permissions, tags: u.tags.clone() });
+        Ok(created)
+    }
+
+    /// Removes a user and its permissions; false if there was none.
+    pub fn delete_user(&self, name: &str) -> bool {
+        self.write().remove(name).is_some()
+    }
+
+    pub fn user(&self, name: &str) -> Option<UserInfo> {
+        self.read().get(name).map(|u| UserInfo {
+            name: name.to_string(),
+            tags: u.tags.clone(),
+            password_hash: match &u.password {
+                Password::Plain(_) => None,
+                Password::Sha256 { salt, hash } => Some(base64_encode(&[salt.as_slice(), hash.as_slice()].concat())),
+            },
+        })
+    }
+
+    /// Every user, by name.
+    pub fn users(&self) -> Vec<UserInfo> {
+        let mut names: Vec<String> = self.read().keys().cloned().collect();
+        names.sort();
+        names.iter().filter_map(|n| self.user(n)).collect()
+    }
+
+    /// Sets a user's permissions in a virtual host; true if it had none there.
+    pub fn set_permission(&self, p: &PermissionConfig) -> Result<bool, String> {
+        let permission = Permission::new(p)?;
+        let mut users = self.write();
+        let user = users.get_mut(&p.user).ok_or_else(|| format!("permissions for unknown user '{}'", p.user))?;
+        Ok(user.permissions.insert(p.vhost.clone(), permission).is_none())
+    }
+
+    /// Removes a user's permissions in a virtual host; false if it had none.
+    pub fn clear_permission(&self, user: &str, vhost: &str) -> bool {
+        self.write().get_mut(user).is_some_and(|u| u.permissions.remove(vhost).is_some())
+    }
+
+    /// Removes every permission in a virtual host (it is being deleted).
+    pub fn forget_vhost(&self, vhost: &str) {
+        for u in self.write().values_mut() {
+            u.permissions.remove(vhost);
+        }
+    }
+
+    /// Every permission entry, by user then virtual host.
+    pub fn permissions(&self) -> Vec<PermissionConfig> {
+        let users = self.read();
+        let mut out: Vec<PermissionConfig> = users
+            .iter()
+            .flat_map(|(user, u)| {
+                u.permissions.iter().map(move |(vhost, p)| PermissionConfig {
+                    user: user.clone(),
+                    vhost: vhost.clone(),
+                    configure: p.configure.source.clone(),
+                    write: p.write.source.clone(),
+                    read: p.read.source.clone(),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.user, &a.vhost).cmp(&(&b.user, &b.vhost)));
+        out
     }
 
     /// Checks a user's password, and that a loopback-only user is local.
     pub fn authenticate(&self, user: &str, password: &str, peer: IpAddr) -> Result<(), LoginError> {
-        let Some(u) = self.users.get(user) else { return Err(LoginError::InvalidCredentials) };
+        let users = self.read();
+        let Some(u) = users.get(user) else { return Err(LoginError::InvalidCredentials) };
         let ok = match &u.password {
             Password::Plain(p) => p == password,
             Password::Sha256 { salt, hash } => {
@@ -157,19 +276,19 @@ impl AccessControl {
     }
 
     /// The user's tags (empty for an unknown user).
-    pub fn tags(&self, user: &str) -> &[String] {
-        self.users.get(user).map_or(&[], |u| &u.tags)
+    pub fn tags(&self, user: &str) -> Vec<String> {
+        self.read().get(user).map_or_else(Vec::new, |u| u.tags.clone())
     }
 
     /// Whether the user has any permission entry for the virtual host: what
     /// lets it open the vhost, and see it in the management API.
     pub fn has_vhost(&self, user: &str, vhost: &str) -> bool {
-        self.users.get(user).is_some_and(|u| u.permissions.contains_key(vhost))
+        self.read().get(user).is_some_and(|u| u.permissions.contains_key(vhost))
     }
 
     /// `connection.open`: 530 unless the user has permissions in the vhost.
     pub fn check_vhost(&self, user: &str, vhost: &str) -> AmqpResult<()> {
-        match self.users.get(user) {
+        match self.read().get(user) {
             Some(u) if u.permissions.contains_key(vhost) => Ok(()),
             _ => Err(AmqpError::not_allowed(format!("access to vhost '{vhost}' refused for user '{user}'"))),
         }
@@ -179,7 +298,7 @@ impl AccessControl {
     /// `exchange`; the default exchange is named `amq.default` here).
     pub fn check(&self, user: &str, vhost: &str, access: Access, kind: &str, name: &ShortStr) -> AmqpResult<()> {
         let name_bytes: &[u8] = if kind == "exchange" && name.is_empty() { b"amq.default" } else { name.as_bytes() };
-        let permitted = self.users.get(user).and_then(|u| u.permissions.get(vhost)).is_some_and(|p| {
+        let permitted = self.read().get(user).and_then(|u| u.permissions.get(vhost)).is_some_and(|p| {
             let pattern = match access {
                 Access::Configure => &p.configure,
                 Access::Write => &p.write,
@@ -229,10 +348,21 @@ pub(crate) fn base64_decode(text: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+pub(crate) fn base64_encode(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..4 {
+            out.push(if i <= chunk.len() { ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char } else { '=' });
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{PermissionConfig, UserConfig};
 
     fn control() -> AccessControl {
         let mut config = Config::default();
@@ -281,5 +411,42 @@ mod tests {
         assert_eq!(e.message, "write access to exchange 'amq.default' in vhost '/' refused for user 'bob'");
         assert!(a.check("bob", "/", Access::Read, "exchange", &"".into()).is_ok());
         assert!(a.check("guest", "/", Access::Write, "exchange", &"anything".into()).is_ok());
+    }
+
+    #[test]
+    fn users_and_permissions_change_at_run_time() {
+        let a = control();
+        let carol = UserConfig { tags: vec!["management".into()], ..UserConfig::plain("carol", "pw") };
+        assert_eq!(a.put_user(&carol), Ok(true));
+        assert_eq!(a.authenticate("carol", "pw", LOCAL), Ok(()));
+        assert!(a.check_vhost("carol", "/").is_err());
+        let p = PermissionConfig {
+            user: "carol".into(),
+            vhost: "/".into(),
+            configure: "^c-".into(),
+            write: ".*".into(),
+            read: "".into(),
+        };
+        assert_eq!(a.set_permission(&p), Ok(true));
+        assert!(a.check("carol", "/", Access::Configure, "queue", &"c-1".into()).is_ok());
+        assert!(a.check("carol", "/", Access::Read, "queue", &"c-1".into()).is_err());
+        assert!(a.permissions().contains(&p), "the sources are kept for export");
+        // A new password keeps the permissions, as RabbitMQ's PUT does.
+        let hashed = PasswordConfig::Sha256Base64("kI3GCqW5JLMJa4iX1lo7X4D6XbYqlLgxIs30+P6tENUV2POR".into());
+        assert_eq!(a.put_user(&UserConfig { password: hashed, ..carol.clone() }), Ok(false));
+        assert_eq!(a.authenticate("carol", "test12", LOCAL), Ok(()));
+        assert_eq!(
+            a.user("carol").unwrap().password_hash.as_deref(),
+            Some("kI3GCqW5JLMJa4iX1lo7X4D6XbYqlLgxIs30+P6tENUV2POR")
+        );
+        assert!(a.check_vhost("carol", "/").is_ok());
+        assert!(a.set_permission(&PermissionConfig { read: "(".into(), ..p.clone() }).is_err());
+        assert!(a.set_permission(&PermissionConfig { user: "nobody".into(), ..p.clone() }).is_err());
+        a.forget_vhost("/");
+        assert!(a.check_vhost("carol", "/").is_err());
+        assert!(!a.clear_permission("carol", "/"));
+        assert!(a.delete_user("carol"));
+        assert_eq!(a.authenticate("carol", "test12", LOCAL), Err(LoginError::InvalidCredentials));
+        assert!(!a.delete_user("carol"));
     }
 }

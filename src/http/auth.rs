@@ -81,7 +81,7 @@ pub(super) async fn authenticate(State(http): State<Arc<Http>>, mut request: Req
         }
         Err(LoginError::LoopbackOnly) => return not_authorised("User can only log in via localhost"),
     }
-    let caller = Caller { name: user.to_string(), tags: http.broker.access.tags(user).to_vec() };
+    let caller = Caller { name: user.to_string(), tags: http.broker.access.tags(user) };
     if !caller.has(MANAGEMENT_TAGS) {
         return not_authorised("Not management user");
     }
