@@ -306,3 +306,130 @@ async fn idle_and_half_sent_http_requests_let_go_of_their_sockets() {
         assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
     }
 }
+
+/// The management API's write side, a full round as a test suite would use
+/// it: vhost, user, permissions, exchange, queue, binding; publish and get
+/// with each ackmode; purge; and the refusals, each RabbitMQ's.
+#[tokio::test]
+async fn topology_users_and_messages_can_be_set_up_and_read_over_http() {
+    let broker = EmbeddedBroker::builder().http(true).start().await.unwrap();
+    let http = broker.http_addr().unwrap();
+    let admin = Some(GUEST);
+    let put = |path: &'static str, body: &'static str| async move { call(http, "PUT", path, Some(body), admin).await };
+
+    assert_eq!(put("/api/vhosts/test-a", "").await.0, 201);
+    assert_eq!(put("/api/vhosts/test-a", "").await.0, 204);
+    assert!(get(http, "/api/vhosts").await.as_array().unwrap().iter().any(|v| v["name"] == "test-a"));
+    assert_eq!(put("/api/users/carol", r#"{"password": "pw", "tags": "management"}"#).await.0, 201);
+    assert_eq!(get(http, "/api/users/carol").await["tags"], serde_json::json!(["management"]));
+    let all = r#"{"configure": ".*", "write": ".*", "read": ".*"}"#;
+    assert_eq!(put("/api/permissions/test-a/carol", all).await.0, 201);
+    assert_eq!(put("/api/permissions/test-a/guest", all).await.0, 201);
+    let carol = Some(basic("carol", "pw"));
+
+    // Topology, as carol (permissions in test-a, tag management).
+    let as_carol = |method: &'static str, path: &'static str, body: Option<&'static str>| {
+        let carol = carol.clone();
+        async move { call(http, method, path, body, carol.as_deref()).await }
+    };
+    let exchange = r#"{"type": "topic", "durable": true, "arguments": {"alternate-exchange": "alt"}}"#;
+    assert_eq!(as_carol("PUT", "/api/exchanges/test-a/orders", Some(exchange)).await.0, 201);
+    assert_eq!(as_carol("PUT", "/api/exchanges/test-a/orders", Some(exchange)).await.0, 204);
+    let (status, refused) = as_carol("PUT", "/api/exchanges/test-a/orders", Some(r#"{"type": "fanout"}"#)).await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        refused["reason"],
+        "inequivalent arg 'type' for exchange 'orders' in vhost 'test-a': received 'fanout' but current is 'topic'"
+    );
+    let queue = r#"{"durable": true, "arguments": {"x-max-length": 10}}"#;
+    assert_eq!(as_carol("PUT", "/api/queues/test-a/eu", Some(queue)).await.0, 201);
+    assert_eq!(as_carol("PUT", "/api/queues/test-a/eu", Some(queue)).await.0, 204);
+    let (status, refused) =
+        as_carol("PUT", "/api/queues/test-a/bad", Some(r#"{"arguments": {"x-max-priority": 300}}"#)).await;
+    assert_eq!((status, refused["error"].as_str()), (400, Some("bad_request")), "{refused}");
+    let (status, _, _) = call_with_head(
+        http,
+        "POST",
+        "/api/bindings/test-a/e/orders/q/eu",
+        Some(r#"{"routing_key": "eu.#"}"#),
+        carol.as_deref(),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let bindings = as_carol("GET", "/api/queues/test-a/eu/bindings", None).await.1;
+    let keys: Vec<&str> = bindings.as_array().unwrap().iter().map(|b| b["routing_key"].as_str().unwrap()).collect();
+    assert_eq!(keys, ["eu", "eu.#"], "the default exchange's binding first, then ours: {bindings}");
+    assert_eq!(bindings[1]["properties_key"], "eu.#");
+
+    // Publish over HTTP, then get with each ackmode.
+    for n in 1..=3 {
+        let body = format!(
+            r#"{{"routing_key": "eu.fr", "payload": "order {n}", "payload_encoding": "string", "properties": {{"delivery_mode": 2, "headers": {{"n": {n}}}}}}}"#
+        );
+        let (status, routed) =
+            call(http, "POST", "/api/exchanges/test-a/orders/publish", Some(&body), carol.as_deref()).await;
+        assert_eq!((status, routed), (200, serde_json::json!({"routed": true})));
+    }
+    let unrouted = r#"{"routing_key": "us", "payload": "x", "payload_encoding": "string", "properties": {}}"#;
+    assert_eq!(as_carol("POST", "/api/exchanges/test-a/orders/publish", Some(unrouted)).await.1["routed"], false);
+    let get_with = |mode: &'static str, count: u32| {
+        let body = format!(r#"{{"count": {count}, "ackmode": "{mode}", "encoding": "auto", "truncate": 50000}}"#);
+        let carol = carol.clone();
+        async move { call(http, "POST", "/api/queues/test-a/eu/get", Some(&body), carol.as_deref()).await }
+    };
+    let (status, peeked) = get_with("ack_requeue_true", 2).await;
+    assert_eq!(status, 200);
+    assert_eq!(peeked[0]["payload"], "order 1");
+    assert_eq!(peeked[0]["payload_bytes"], 7);
+    assert_eq!(peeked[0]["payload_encoding"], "string");
+    assert_eq!(peeked[0]["redelivered"], false);
+    assert_eq!(peeked[0]["message_count"], 2);
+    assert_eq!(peeked[0]["routing_key"], "eu.fr");
+    assert_eq!(peeked[0]["properties"]["headers"]["n"], 1);
+    assert_eq!(peeked[1]["payload"], "order 2");
+    let (_, again) = get_with("reject_requeue_true", 1).await;
+    assert_eq!((again[0]["payload"].as_str(), again[0]["redelivered"].as_bool()), (Some("order 1"), Some(true)));
+    let (_, taken) = get_with("ack_requeue_false", 1).await;
+    assert_eq!(taken[0]["payload"], "order 1");
+    let (_, rejected) = get_with("reject_requeue_false", 1).await;
+    assert_eq!(rejected[0]["payload"], "order 2");
+    let queue_info = as_carol("GET", "/api/queues/test-a/eu", None).await.1;
+    assert_eq!(queue_info["messages"], 1, "{queue_info}");
+    assert_eq!(get_with("ack_requeue_maybe", 1).await.0, 400);
+    assert_eq!(as_carol("DELETE", "/api/queues/test-a/eu?if-empty=true", None).await.0, 400);
+    assert_eq!(as_carol("DELETE", "/api/queues/test-a/eu/contents", None).await.0, 204);
+    assert_eq!(get_with("ack_requeue_true", 1).await.1, serde_json::json!([]));
+
+    // Refusals: no permissions in the vhost, not an administrator, missing things.
+    let (status, refused) = call(http, "PUT", "/api/queues/%2F/q", Some("{}"), carol.as_deref()).await;
+    assert_eq!((status, refused["error"].as_str()), (401, Some("not_authorised")), "{refused}");
+    assert_eq!(as_carol("PUT", "/api/vhosts/mine", None).await.0, 401);
+    assert_eq!(as_carol("PUT", "/api/exchanges/nope/x", Some("{}")).await.0, 404);
+    assert_eq!(
+        as_carol("POST", "/api/queues/test-a/missing/get", Some(r#"{"ackmode": "ack_requeue_true"}"#)).await.0,
+        404
+    );
+
+    // The AMQP side sees what HTTP made: carol connects to test-a.
+    let mut client = RawClient::connect(broker.addr()).await;
+    client.handshake_to_tune_ok_as("carol", "pw", 2047, 131_072, 0).await;
+    client
+        .send(0, warren::protocol::methods::connection::Open { virtual_host: "test-a".into(), ..Default::default() })
+        .await;
+    assert!(matches!(client.expect_method(WAIT).await, (0, Method::ConnectionOpenOk(_))));
+
+    // Unbind, delete, and deleting the vhost closes carol's connection.
+    assert_eq!(as_carol("DELETE", "/api/bindings/test-a/e/orders/q/eu/eu.%23", None).await.0, 204);
+    assert_eq!(as_carol("GET", "/api/queues/test-a/eu/bindings", None).await.1.as_array().unwrap().len(), 1);
+    assert_eq!(as_carol("DELETE", "/api/exchanges/test-a/orders", None).await.0, 204);
+    assert_eq!(as_carol("DELETE", "/api/queues/test-a/eu", None).await.0, 204);
+    assert_eq!(as_carol("DELETE", "/api/queues/test-a/eu", None).await.0, 404);
+    assert_eq!(call(http, "DELETE", "/api/vhosts/test-a", None, admin).await.0, 204);
+    match client.expect_method(WAIT).await {
+        (0, Method::ConnectionClose(c)) => assert_eq!(c.reply_code, 320),
+        other => panic!("{other:?}"),
+    }
+    assert!(get(http, "/api/permissions").await.as_array().unwrap().iter().all(|p| p["vhost"] != "test-a"));
+    assert_eq!(call(http, "DELETE", "/api/users/carol", None, admin).await.0, 204);
+    assert_eq!(call(http, "GET", "/api/users/carol", None, admin).await.0, 404);
+}

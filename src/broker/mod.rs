@@ -78,6 +78,35 @@ impl Broker {
         self.vhosts.get(name).map(|v| v.clone())
     }
 
+    /// Adds a virtual host with RabbitMQ's standard exchanges; false if it
+    /// exists already.
+    pub fn add_vhost(&self, name: &ShortStr) -> bool {
+        let mut added = false;
+        self.vhosts.entry(name.clone()).or_insert_with(|| {
+            added = true;
+            VirtualHost::new(name.clone(), self.alarms.clone(), self.events.clone())
+        });
+        added
+    }
+
+    /// Deletes a virtual host with everything in it: its connections are
+    /// closed (320, as RabbitMQ closes them), its permissions go, and its
+    /// queues and exchanges go when the last connection using them has.
+    /// False if there was none.
+    pub fn delete_vhost(&self, name: &ShortStr) -> bool {
+        if self.vhosts.remove(name).is_none() {
+            return false;
+        }
+        let text = name.to_string();
+        self.access.forget_vhost(&text);
+        for c in self.connections.all() {
+            if c.details().is_some_and(|d| d.vhost == text) {
+                c.force_close(&format!("vhost '{text}' is deleted"));
+            }
+        }
+        true
+    }
+
     /// A server-generated name, RabbitMQ style: `prefix-` and 22 URL-safe
     /// base64 characters of 16 unpredictable octets (`amq.gen-…`, `amq.ctag-…`).
     pub fn generate_name(&self, prefix: &str) -> ShortStr {

@@ -44,8 +44,11 @@
 //! backlog, as cowboy and ranch bound RabbitMQ's. A long poll for events
 //! waits at most [`LONG_POLL_MAX`].
 
+mod admin;
 mod auth;
 mod listener;
+mod messages;
+mod topology;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -56,7 +59,7 @@ use axum::extract::{Extension, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -136,8 +139,29 @@ fn router(http: Arc<Http>) -> Router {
         .route("/api/connections/{name}", get(connection).delete(close_connection))
         .route("/api/queues", get(queues))
         .route("/api/queues/{vhost}", get(queues_in))
-        .route("/api/queues/{vhost}/{name}", get(queue))
+        .route("/api/queues/{vhost}/{name}", get(queue).put(topology::put_queue).delete(topology::delete_queue))
+        .route("/api/queues/{vhost}/{name}/contents", delete(topology::purge_queue))
+        .route("/api/queues/{vhost}/{name}/bindings", get(topology::queue_bindings))
+        .route("/api/queues/{vhost}/{name}/get", post(messages::get))
         .route("/api/exchanges", get(exchanges))
+        .route("/api/exchanges/{vhost}/{name}", put(topology::put_exchange).delete(topology::delete_exchange))
+        .route("/api/exchanges/{vhost}/{name}/publish", post(messages::publish))
+        .route("/api/bindings", get(topology::bindings))
+        .route("/api/bindings/{vhost}", get(topology::bindings_in))
+        .route(
+            "/api/bindings/{vhost}/e/{source}/{kind}/{destination}",
+            get(topology::bindings_between).post(topology::add_binding),
+        )
+        .route("/api/bindings/{vhost}/e/{source}/{kind}/{destination}/{props}", delete(topology::delete_binding))
+        .route("/api/vhosts", get(admin::vhosts))
+        .route("/api/vhosts/{name}", get(admin::vhost).put(admin::put_vhost).delete(admin::delete_vhost))
+        .route("/api/users", get(admin::users))
+        .route("/api/users/{name}", get(admin::user).put(admin::put_user).delete(admin::delete_user))
+        .route("/api/permissions", get(admin::permissions))
+        .route(
+            "/api/permissions/{vhost}/{user}",
+            get(admin::permission).put(admin::put_permission).delete(admin::delete_permission),
+        )
         .route("/api/warren/connections/{name}/faults", post(faults))
         .route("/api/warren/alarms/{resource}", put(raise_alarm).delete(clear_alarm))
         .route("/api/warren/events", get(events_since))

@@ -1,0 +1,224 @@
+//! The management API's virtual hosts, users and permissions, as RabbitMQ
+//! serves them: `GET`/`PUT`/`DELETE /api/vhosts/{name}`,
+//! `/api/users/{name}` and `/api/permissions/{vhost}/{user}`, and the lists
+//! `GET /api/vhosts`, `/api/users`, `/api/permissions`. Changes need
+//! `administrator`; `PUT` answers 201 when it created and 204 when it
+//! replaced, `DELETE` 204, or 404 for what is not there.
+
+use std::sync::Arc;
+
+use axum::extract::{Extension, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::auth::Caller;
+use super::{admin_refusal, bad_request, not_found, Http};
+use crate::broker::access::UserInfo;
+use crate::config::{PasswordConfig, PermissionConfig, UserConfig};
+
+/// Longest user or virtual host name accepted (RabbitMQ's are AMQP short strings).
+const MAX_NAME: usize = 255;
+
+fn created_or_replaced(created: bool) -> Response {
+    if created { StatusCode::CREATED } else { StatusCode::NO_CONTENT }.into_response()
+}
+
+fn name_refusal(name: &str) -> Option<Response> {
+    (name.is_empty() || name.len() > MAX_NAME).then(|| bad_request(&format!("names are 1 to {MAX_NAME} octets long")))
+}
+
+fn vhost_json(name: &str) -> Value {
+    json!({ "name": name, "description": "", "tags": [], "tracing": false })
+}
+
+pub(super) async fn vhosts(State(http): State<Arc<Http>>, Extension(caller): Extension<Caller>) -> Json<Value> {
+    let mut names: Vec<String> = http.broker.vhosts.iter().map(|v| v.key().to_string()).collect();
+    names.retain(|v| caller.sees_vhost(&http.broker, v));
+    names.sort();
+    Json(Value::Array(names.iter().map(|n| vhost_json(n)).collect()))
+}
+
+pub(super) async fn vhost(
+    State(http): State<Arc<Http>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Response {
+    if let Some(refused) = super::vhost_refusal(&http, &caller, &name) {
+        return refused;
+    }
+    Json(vhost_json(&name)).into_response()
+}
+
+pub(super) async fn put_vhost(
+    State(http): State<Arc<Http>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Response {
+    if let Some(refused) = admin_refusal(&caller).or_else(|| name_refusal(&name)) {
+        return refused;
+    }
+    created_or_replaced(http.broker.add_vhost(&name.as_str().into()))
+}
+
+pub(super) async fn delete_vhost(
+    State(http): State<Arc<Http>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Response {
+    if let Some(refused) = admin_refusal(&caller) {
+        return refused;
+    }
+    if !http.broker.delete_vhost(&name.as_str().into()) {
+        return not_found("Not Found");
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+fn user_json(u: &UserInfo) -> Value {
+    json!({
+        "name": u.name,
+        "tags": u.tags,
+        "password_hash": u.password_hash.clone().unwrap_or_default(),
+        "hashing_algorithm": "rabbit_password_hashing_sha256",
+        "limits": {},
+    })
+}
+
+pub(super) async fn users(State(http): State<Arc<Http>>, Extension(caller): Extension<Caller>) -> Response {
+    if let Some(refused) = admin_refusal(&caller) {
+        return refused;
+    }
+    Json(Value::Array(http.broker.access.users().iter().map(user_json).collect())).into_response()
+}
+
+pub(super) async fn user(
+    State(http): State<Arc<Http>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Response {
+    if let Some(refused) = admin_refusal(&caller) {
+        return refused;
+    }
+    match http.broker.access.user(&name) {
+        Some(u) => Json(user_json(&u)).into_response(),
+        None => not_found("Not Found"),
+    }
+}
+
+/// `tags` as RabbitMQ takes it: a comma-separated string or a list.
+fn tags(body: &Value) -> Result<Vec<String>, String> {
+    match body.get("tags") {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::String(s)) => Ok(s.split(',').map(str::trim).filter(|t| !t.is_empty()).map(String::from).collect()),
+        Some(Value::Array(list)) => list
+            .iter()
+            .map(|t| t.as_str().map(String::from).ok_or_else(|| "tags must be strings".to_string()))
+            .collect(),
+        Some(_) => Err("tags must be a comma-separated string or a list".into()),
+    }
+}
+
+/// `{"password": "…", "tags": "administrator"}` or `{"password_hash": "…"}`.
+pub(super) async fn put_user(
+    State(http): State<Arc<Http>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    Json(body): Json<Value>,
+) -> Response {
+    if let Some(refused) = admin_refusal(&caller).or_else(|| name_refusal(&name)) {
+        return refused;
+    }
+    let password =
+        match (body.get("password").and_then(Value::as_str), body.get("password_hash").and_then(Value::as_str)) {
+            (Some(p), _) => PasswordConfig::Plain(p.to_string()),
+            (None, Some(h)) => PasswordConfig::Sha256Base64(h.to_string()),
+            (None, None) => return bad_request("password or password_hash must be set"),
+        };
+    let tags = match tags(&body) {
+        Ok(t) => t,
+        Err(reason) => return bad_request(&reason),
+    };
+    match http.broker.access.put_user(&UserConfig { name, password, tags }) {
+        Ok(created) => created_or_replaced(created),
+        Err(reason) => bad_request(&reason),
+    }
+}
+
+pub(super) async fn delete_user(
+    State(http): State<Arc<Http>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Response {
+    if let Some(refused) = admin_refusal(&caller) {
+        return refused;
+    }
+    if !http.broker.access.delete_user(&name) {
+        return not_found("Not Found");
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+fn permission_json(p: &PermissionConfig) -> Value {
+    json!({ "user": p.user, "vhost": p.vhost, "configure": p.configure, "write": p.write, "read": p.read })
+}
+
+pub(super) async fn permissions(State(http): State<Arc<Http>>, Extension(caller): Extension<Caller>) -> Response {
+    if let Some(refused) = admin_refusal(&caller) {
+        return refused;
+    }
+    Json(Value::Array(http.broker.access.permissions().iter().map(permission_json).collect())).into_response()
+}
+
+pub(super) async fn permission(
+    State(http): State<Arc<Http>>,
+    Extension(caller): Extension<Caller>,
+    Path((vhost, user)): Path<(String, String)>,
+) -> Response {
+    if let Some(refused) = admin_refusal(&caller) {
+        return refused;
+    }
+    let all = http.broker.access.permissions();
+    match all.iter().find(|p| p.vhost == vhost && p.user == user) {
+        Some(p) => Json(permission_json(p)).into_response(),
+        None => not_found("Not Found"),
+    }
+}
+
+/// `{"configure": ".*", "write": ".*", "read": ".*"}`.
+pub(super) async fn put_permission(
+    State(http): State<Arc<Http>>,
+    Extension(caller): Extension<Caller>,
+    Path((vhost, user)): Path<(String, String)>,
+    Json(body): Json<Value>,
+) -> Response {
+    if let Some(refused) = admin_refusal(&caller) {
+        return refused;
+    }
+    if http.broker.vhost(&vhost.as_str().into()).is_none() || http.broker.access.user(&user).is_none() {
+        return bad_request("no such vhost or user");
+    }
+    let field = |key: &str| body.get(key).and_then(Value::as_str).map(String::from);
+    let (Some(configure), Some(write), Some(read)) = (field("configure"), field("write"), field("read")) else {
+        return bad_request("configure, write and read must be set (regular expressions)");
+    };
+    match http.broker.access.set_permission(&PermissionConfig { user, vhost, configure, write, read }) {
+        Ok(created) => created_or_replaced(created),
+        Err(reason) => bad_request(&reason),
+    }
+}
+
+pub(super) async fn delete_permission(
+    State(http): State<Arc<Http>>,
+    Extension(caller): Extension<Caller>,
+    Path((vhost, user)): Path<(String, String)>,
+) -> Response {
+    if let Some(refused) = admin_refusal(&caller) {
+        return refused;
+    }
+    if !http.broker.access.clear_permission(&user, &vhost) {
+        return not_found("Not Found");
+    }
+    StatusCode::NO_CONTENT.into_response()
+}

@@ -1,0 +1,251 @@
+//! Messages through the management API, as RabbitMQ's test tools use it:
+//! `POST /api/exchanges/{vhost}/{name}/publish` (answers `{"routed": bool}`)
+//! and `POST /api/queues/{vhost}/{name}/get` with `count`, `ackmode`
+//! (`ack_requeue_true`, `ack_requeue_false`, `reject_requeue_true`,
+//! `reject_requeue_false`), `encoding` (`auto` or `base64`) and `truncate`.
+
+use std::sync::Arc;
+
+use axum::extract::{Extension, Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::{Bytes, BytesMut};
+use serde_json::{json, Value};
+
+use super::auth::Caller;
+use super::topology::{json_table, refusal};
+use super::{bad_request, table_json, vhost_refusal, Http};
+use crate::broker::access::{base64_decode, base64_encode, Access};
+use crate::broker::connections::NO_CONNECTION;
+use crate::broker::events::Event;
+use crate::broker::message::{Body, Message};
+use crate::broker::queue::ChannelKey;
+use crate::protocol::{BasicProperties, ShortStr};
+
+/// Most messages one `get` may take.
+const MAX_GET: u64 = 10_000;
+
+/// `properties` as RabbitMQ's management API writes them.
+fn properties_json(p: &BasicProperties) -> Value {
+    let mut out = serde_json::Map::new();
+    let mut text = |key: &str, v: &Option<ShortStr>| {
+        if let Some(v) = v {
+            out.insert(key.into(), json!(v.to_string()));
+        }
+    };
+    text("content_type", &p.content_type);
+    text("content_encoding", &p.content_encoding);
+    text("correlation_id", &p.correlation_id);
+    text("reply_to", &p.reply_to);
+    text("expiration", &p.expiration);
+    text("message_id", &p.message_id);
+    text("type", &p.kind);
+    text("user_id", &p.user_id);
+    text("app_id", &p.app_id);
+    text("cluster_id", &p.cluster_id);
+    if let Some(h) = &p.headers {
+        out.insert("headers".into(), table_json(h));
+    }
+    if let Some(m) = p.delivery_mode {
+        out.insert("delivery_mode".into(), json!(m));
+    }
+    if let Some(pr) = p.priority {
+        out.insert("priority".into(), json!(pr));
+    }
+    if let Some(t) = p.timestamp {
+        out.insert("timestamp".into(), json!(t));
+    }
+    Value::Object(out)
+}
+
+/// `properties` from a publish request.
+fn properties_from(v: Option<&Value>) -> Result<BasicProperties, String> {
+    let mut p = BasicProperties::default();
+    let Some(v) = v.filter(|v| !v.is_null()) else { return Ok(p) };
+    let fields = v.as_object().ok_or("properties must be an object")?;
+    for (key, value) in fields {
+        let text = || -> Result<Option<ShortStr>, String> {
+            match value.as_str() {
+                Some(s) if s.len() <= ShortStr::MAX_LEN => Ok(Some(s.into())),
+                _ => Err(format!("property {key} must be a string of at most 255 octets")),
+            }
+        };
+        let number = |max: u64| {
+            value.as_u64().filter(|n| *n <= max).ok_or(format!("property {key} must be a number up to {max}"))
+        };
+        match key.as_str() {
+            "content_type" => p.content_type = text()?,
+            "content_encoding" => p.content_encoding = text()?,
+            "correlation_id" => p.correlation_id = text()?,
+            "reply_to" => p.reply_to = text()?,
+            "expiration" => p.expiration = text()?,
+            "message_id" => p.message_id = text()?,
+            "type" => p.kind = text()?,
+            "user_id" => p.user_id = text()?,
+            "app_id" => p.app_id = text()?,
+            "cluster_id" => p.cluster_id = text()?,
+            "headers" => p.headers = Some(json_table(value).map_err(|e| format!("headers: {e}"))?),
+            "delivery_mode" => p.delivery_mode = Some(number(2)? as u8),
+            "priority" => p.priority = Some(number(255)? as u8),
+            "timestamp" => p.timestamp = Some(number(u64::MAX)?),
+            other => return Err(format!("unknown property {other}")),
+        }
+    }
+    Ok(p)
+}
+
+/// `{"properties": {}, "routing_key": "k", "payload": "…", "payload_encoding": "string"}`.
+pub(super) async fn publish(
+    State(http): State<Arc<Http>>,
+    Extension(caller): Extension<Caller>,
+    Path((vhost, exchange)): Path<(String, String)>,
+    Json(body): Json<Value>,
+) -> Response {
+    if let Some(refused) = vhost_refusal(&http, &caller, &vhost) {
+        return refused;
+    }
+    let Some(v) = http.broker.vhost(&vhost.as_str().into()) else { return super::not_found("Not Found") };
+    let exchange_name = ShortStr::from(exchange.as_str());
+    if exchange.len() > ShortStr::MAX_LEN {
+        return bad_request("names are at most 255 octets long");
+    }
+    if let Err(e) = http.broker.access.check(&caller.name, &vhost, Access::Write, "exchange", &exchange_name) {
+        return refusal(e).into_response();
+    }
+    let routing_key = match body.get("routing_key").and_then(Value::as_str) {
+        Some(k) if k.len() <= ShortStr::MAX_LEN => ShortStr::from(k),
+        _ => return bad_request("routing_key must be a string of at most 255 octets"),
+    };
+    let payload = body.get("payload").and_then(Value::as_str).unwrap_or_default();
+    let payload = match body.get("payload_encoding").and_then(Value::as_str).unwrap_or("string") {
+        "string" => Bytes::from(payload.to_string()),
+        "base64" => match base64_decode(payload) {
+            Some(b) => Bytes::from(b),
+            None => return bad_request("payload is not base64"),
+        },
+        _ => return bad_request("payload_encoding must be string or base64"),
+    };
+    if payload.len() as u64 > http.broker.config.max_message_size {
+        return bad_request(&format!(
+            "message size {} is larger than configured max size {}",
+            payload.len(),
+            http.broker.config.max_message_size
+        ));
+    }
+    let properties = match properties_from(body.get("properties")) {
+        Ok(p) => p,
+        Err(reason) => return bad_request(&reason),
+    };
+    if let Some(text) = &properties.expiration {
+        if let Err(why) = crate::protocol::properties::parse_expiration(text.as_bytes()) {
+            return bad_request(&format!("invalid expiration '{text}': {why}"));
+        }
+    }
+    let mut raw = BytesMut::new();
+    properties.encode(&mut raw);
+    let raw = raw.freeze();
+    let mut queues = Vec::new();
+    if let Err(e) = v.route(&exchange_name, &routing_key, &raw, &mut queues) {
+        return refusal(e).into_response();
+    }
+    let size = payload.len() as u64;
+    let mut message = Message::new(&exchange_name, &routing_key, &raw, size, Body::One(payload));
+    message.charge = Some(v.alarms.charge(message.footprint()));
+    let message = Arc::new(message);
+    http.broker.events.emit(|| Event::Published {
+        connection: "HTTP API".into(),
+        exchange: exchange.clone(),
+        routing_key: routing_key.to_string(),
+        queues: queues.len(),
+    });
+    for q in &queues {
+        q.publish(message.clone());
+    }
+    Json(json!({ "routed": !queues.is_empty() })).into_response()
+}
+
+/// What a `get` does with the messages it took.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AckMode {
+    Ack,
+    Requeue,
+    Reject,
+}
+
+/// `{"count": 5, "ackmode": "ack_requeue_true", "encoding": "auto", "truncate": 50000}`.
+pub(super) async fn get(
+    State(http): State<Arc<Http>>,
+    Extension(caller): Extension<Caller>,
+    Path((vhost, name)): Path<(String, String)>,
+    Json(body): Json<Value>,
+) -> Response {
+    if let Some(refused) = vhost_refusal(&http, &caller, &vhost) {
+        return refused;
+    }
+    let Some(v) = http.broker.vhost(&vhost.as_str().into()) else { return super::not_found("Not Found") };
+    let queue_name = ShortStr::from(name.as_str());
+    if let Err(e) = http.broker.access.check(&caller.name, &vhost, Access::Read, "queue", &queue_name) {
+        return refusal(e).into_response();
+    }
+    let count = match body.get("count").map(Value::as_u64) {
+        None => 1,
+        Some(Some(n)) if (1..=MAX_GET).contains(&n) => n,
+        Some(_) => return bad_request(&format!("count must be a number from 1 to {MAX_GET}")),
+    };
+    let mode = match body.get("ackmode").and_then(Value::as_str) {
+        Some("ack_requeue_true") | Some("reject_requeue_true") => AckMode::Requeue,
+        Some("ack_requeue_false") => AckMode::Ack,
+        Some("reject_requeue_false") => AckMode::Reject,
+        _ => {
+            return bad_request(
+                "ackmode must be ack_requeue_true, ack_requeue_false, reject_requeue_true or reject_requeue_false",
+            )
+        }
+    };
+    let base64 = match body.get("encoding").and_then(Value::as_str).unwrap_or("auto") {
+        "auto" => false,
+        "base64" => true,
+        _ => return bad_request("encoding must be auto or base64"),
+    };
+    let truncate = body.get("truncate").and_then(Value::as_u64).map(|t| t as usize);
+    let q = match v.queue(&queue_name) {
+        Ok(q) => q,
+        Err(e) => return refusal(e).into_response(),
+    };
+    if let Err(e) = q.check_access(NO_CONNECTION) {
+        return refusal(e).into_response();
+    }
+    // Take them all first, then settle them together, so that a requeued
+    // message is not taken twice.
+    let mut taken = Vec::new();
+    let mut out = Vec::new();
+    for _ in 0..count {
+        let Some((m, left)) = q.get(false) else { break };
+        let body = m.message.body.to_bytes();
+        let payload_bytes = body.len();
+        let shown = truncate.map_or(&body[..], |t| &body[..body.len().min(t)]);
+        let (payload, encoding) = match std::str::from_utf8(shown) {
+            Ok(text) if !base64 => (text.to_string(), "string"),
+            _ => (base64_encode(shown), "base64"),
+        };
+        let properties = BasicProperties::decode(&m.message.properties).unwrap_or_default();
+        out.push(json!({
+            "payload_bytes": payload_bytes,
+            "redelivered": m.redelivered,
+            "exchange": m.message.exchange.to_string(),
+            "routing_key": m.message.routing_key.to_string(),
+            "message_count": left,
+            "properties": properties_json(&properties),
+            "payload": payload,
+            "payload_encoding": encoding,
+        }));
+        taken.push(m);
+    }
+    let key = ChannelKey { connection: NO_CONNECTION, channel: 0 };
+    match mode {
+        AckMode::Ack => q.settled(key, None, taken.len() as u32),
+        AckMode::Requeue => q.requeue(key, None, taken),
+        AckMode::Reject => q.rejected(key, None, taken),
+    }
+    Json(Value::Array(out)).into_response()
+}
