@@ -84,6 +84,11 @@ impl Broker {
         self.broker().connections()
     }
 
+    /// Puts the broker back as it started (see [`EmbeddedBroker::reset`]).
+    pub fn reset(&self) -> crate::broker::Reset {
+        self.runtime.block_on(self.broker().reset())
+    }
+
     /// Starts listening to events; subscribe before causing them.
     pub fn events(&self) -> Events<'_> {
         Events { stream: self.broker().events(), runtime: &self.runtime }

@@ -429,7 +429,18 @@ async fn topology_users_and_messages_can_be_set_up_and_read_over_http() {
         (0, Method::ConnectionClose(c)) => assert_eq!(c.reply_code, 320),
         other => panic!("{other:?}"),
     }
+    client.send(0, warren::protocol::methods::connection::CloseOk {}).await;
     assert!(get(http, "/api/permissions").await.as_array().unwrap().iter().all(|p| p["vhost"] != "test-a"));
     assert_eq!(call(http, "DELETE", "/api/users/carol", None, admin).await.0, 204);
     assert_eq!(call(http, "GET", "/api/users/carol", None, admin).await.0, 404);
+
+    // Reset over HTTP: what this test made goes; the broker's own stays.
+    assert_eq!(put("/api/queues/%2F/left-over", "{}").await.0, 201);
+    assert_eq!(put("/api/vhosts/left-over", "").await.0, 201);
+    let (status, done) = call(http, "POST", "/api/warren/reset", None, admin).await;
+    assert_eq!(status, 200);
+    assert_eq!(done["all_gone"], true, "{done}");
+    assert_eq!(call(http, "GET", "/api/queues/%2F/left-over", None, admin).await.0, 404);
+    assert_eq!(call(http, "GET", "/api/vhosts/left-over", None, admin).await.0, 404);
+    assert_eq!(call(http, "GET", "/api/vhosts/%2F", None, admin).await.0, 200);
 }

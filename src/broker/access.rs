@@ -161,6 +161,14 @@ impl AccessControl {
         Ok(access)
     }
 
+    /// The users and permissions of `config` again, and only those.
+    pub fn reset(&self, config: &Config) {
+        // The configuration was accepted at start-up, so it builds again.
+        if let Ok(fresh) = AccessControl::from_config(config) {
+            *self.write() = fresh.users.into_inner().unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
     fn read(&self) -> RwLockReadGuard<'_, HashMap<String, User>> {
         self.users.read().unwrap_or_else(|e| e.into_inner())
     }

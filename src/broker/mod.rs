@@ -107,6 +107,42 @@ impl Broker {
         true
     }
 
+    /// Puts the broker back as it started, for the next test: every
+    /// connection is sent `connection.close` 320 ("broker reset"), and their
+    /// ids returned; every
+    /// virtual host is replaced by a fresh one (so every queue, exchange and
+    /// binding not in the start-up configuration goes, and messages with
+    /// them), vhosts added since are removed; users and permissions are the
+    /// start-up ones again; alarms raised by hand are cleared. The
+    /// connections finish closing on their own tasks
+    /// ([`reset_and_wait`](Self::reset_and_wait) waits for them).
+    pub fn reset(&self) -> Vec<u64> {
+        let connections = self.connections.all();
+        for c in &connections {
+            c.force_close("broker reset");
+        }
+        self.vhosts.clear();
+        for name in &self.config.vhosts {
+            self.add_vhost(&ShortStr::from(name.as_str()));
+        }
+        self.access.reset(&self.config);
+        self.alarms.clear(alarm::Resource::Memory);
+        self.alarms.clear(alarm::Resource::Disk);
+        connections.iter().map(|c| c.id()).collect()
+    }
+
+    /// [`reset`](Self::reset), then waits until the connections it closed
+    /// have gone (a client that does not answer `close-ok` is dropped 3 s
+    /// later), or until `timeout`.
+    pub async fn reset_and_wait(&self, timeout: std::time::Duration) -> Reset {
+        let started = tokio::time::Instant::now();
+        let mut count = self.gauges.connections.subscribe();
+        let closed = self.reset();
+        let gone = |_: &usize| closed.iter().all(|id| !self.connections.contains(*id));
+        let all_gone = tokio::time::timeout(timeout, count.wait_for(gone)).await.is_ok();
+        Reset { closed_connections: closed.len(), all_gone, took: started.elapsed() }
+    }
+
     /// A server-generated name, RabbitMQ style: `prefix-` and 22 URL-safe
     /// base64 characters of 16 unpredictable octets (`amq.gen-…`, `amq.ctag-…`).
     pub fn generate_name(&self, prefix: &str) -> ShortStr {
@@ -120,6 +156,15 @@ impl Broker {
         }
         ShortStr::from(format!("{prefix}-{}", base64url(&octets)))
     }
+}
+
+/// What a [`Broker::reset_and_wait`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reset {
+    pub closed_connections: usize,
+    /// Every connection closed by the reset had gone before the timeout.
+    pub all_gone: bool,
+    pub took: std::time::Duration,
 }
 
 /// Counts of live things, each a `watch` so a test can await a value

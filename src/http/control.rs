@@ -249,3 +249,19 @@ fn event_json(seq: u64, e: &Event) -> Value {
     v["seq"] = json!(seq);
     v
 }
+
+/// `POST /api/warren/reset`: the broker as it started (see
+/// `Broker::reset`); answers once the closed connections have gone, with
+/// how many there were and how long it took.
+pub(super) async fn reset(State(http): State<Arc<Http>>, Extension(caller): Extension<Caller>) -> Response {
+    if let Some(refused) = admin_refusal(&caller) {
+        return refused;
+    }
+    let done = http.broker.reset_and_wait(Duration::from_secs(5)).await;
+    Json(json!({
+        "closed_connections": done.closed_connections,
+        "all_gone": done.all_gone,
+        "took_us": done.took.as_micros() as u64,
+    }))
+    .into_response()
+}

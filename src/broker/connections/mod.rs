@@ -201,6 +201,11 @@ impl Connections {
         self.map.is_empty()
     }
 
+    /// Whether the connection with this id is still open.
+    pub fn contains(&self, id: u64) -> bool {
+        self.map.contains_key(&id)
+    }
+
     pub fn all(&self) -> Vec<ConnectionHandle> {
         self.map.iter().map(|e| ConnectionHandle { entry: e.value().clone() }).collect()
     }
@@ -235,6 +240,10 @@ pub struct ConnectionStats {
 }
 
 impl ConnectionHandle {
+    pub fn id(&self) -> u64 {
+        self.entry.id
+    }
+
     /// `client -> server`, RabbitMQ's name for the connection.
     pub fn name(&self) -> &str {
         &self.entry.name
