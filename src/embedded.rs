@@ -254,6 +254,15 @@ impl EmbeddedBroker {
         format!("amqp://{user}:{password}@{}/{vhost}", self.addr)
     }
 
+    /// A virtual host of its own for one test, with every permission for
+    /// guest; it is deleted (its connections closed, its queues gone) when
+    /// the returned value is dropped.
+    pub fn fresh_vhost(&self) -> FreshVhost {
+        let name = self.broker.fresh_vhost("guest").expect("guest is a start-up user");
+        let url = self.url_for("guest", "guest", &name.to_string());
+        FreshVhost { broker: self.broker.clone(), name: name.to_string(), url }
+    }
+
     /// Raises a resource alarm by hand, as if memory (or disk) had run low:
     /// publishing connections get blocked, exactly as under a real alarm.
     pub fn raise_alarm(&self, resource: Resource) {
@@ -365,6 +374,31 @@ impl EmbeddedBroker {
 impl Drop for EmbeddedBroker {
     fn drop(&mut self) {
         self.shutdown.send_replace(true);
+    }
+}
+
+/// A virtual host for one test, from [`EmbeddedBroker::fresh_vhost`];
+/// deleted on drop.
+pub struct FreshVhost {
+    broker: Arc<Broker>,
+    name: String,
+    url: String,
+}
+
+impl FreshVhost {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `amqp://guest:guest@127.0.0.1:PORT/test-…`
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl Drop for FreshVhost {
+    fn drop(&mut self) {
+        self.broker.delete_vhost(&self.name.as_str().into());
     }
 }
 

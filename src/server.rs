@@ -19,6 +19,9 @@ use crate::connection;
 /// Accepts connections on `listener` until `shutdown` turns true (or its
 /// sender is dropped), then waits for the connections to close.
 pub async fn serve(listener: TcpListener, broker: Arc<Broker>, shutdown: watch::Receiver<bool>) {
+    if let Ok(addr) = listener.local_addr() {
+        let _ = broker.amqp_addr.set(addr);
+    }
     // The memory monitor lives as long as the listener (see `broker::alarm`).
     let config = &broker.config;
     let monitor = tokio::spawn(crate::broker::alarm::run_monitor(

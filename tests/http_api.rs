@@ -443,4 +443,13 @@ async fn topology_users_and_messages_can_be_set_up_and_read_over_http() {
     assert_eq!(call(http, "GET", "/api/queues/%2F/left-over", None, admin).await.0, 404);
     assert_eq!(call(http, "GET", "/api/vhosts/left-over", None, admin).await.0, 404);
     assert_eq!(call(http, "GET", "/api/vhosts/%2F", None, admin).await.0, 200);
+
+    // A fresh vhost per test, with every permission for the caller.
+    let (status, fresh) = call(http, "POST", "/api/warren/vhosts", None, admin).await;
+    assert_eq!(status, 201);
+    let name = fresh["name"].as_str().unwrap();
+    assert_eq!(fresh["url"], format!("amqp://guest@{}/{name}", broker.addr()));
+    let permitted = get(http, "/api/permissions").await;
+    assert!(permitted.as_array().unwrap().iter().any(|p| p["vhost"] == name && p["user"] == "guest"));
+    assert_eq!(call(http, "DELETE", &format!("/api/vhosts/{name}"), None, admin).await.0, 204);
 }

@@ -59,3 +59,37 @@ async fn reset_closes_connections_and_leaves_only_the_start_up_state() {
     let mut again = RawClient::open(broker.addr(), 0).await;
     again.declare_queue("made-by-a-test").await;
 }
+
+#[tokio::test]
+async fn each_test_can_have_a_vhost_of_its_own_removed_when_it_is_done() {
+    use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
+    use lapin::{BasicProperties, Connection, ConnectionProperties};
+
+    let broker = EmbeddedBroker::start().await.unwrap();
+    let (a, b) = (broker.fresh_vhost(), broker.fresh_vhost());
+    assert_ne!(a.name(), b.name());
+    assert!(a.name().starts_with("test-"), "{}", a.name());
+    let conn = Connection::connect(a.url(), ConnectionProperties::default()).await.expect("connect to a");
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_declare("q".into(), QueueDeclareOptions::default(), Default::default()).await.unwrap();
+    ch.basic_publish("".into(), "q".into(), BasicPublishOptions::default(), b"m", BasicProperties::default())
+        .await
+        .unwrap();
+    // The same name in the other vhost is another queue, empty.
+    let other = Connection::connect(b.url(), ConnectionProperties::default()).await.expect("connect to b");
+    let och = other.create_channel().await.unwrap();
+    let q = och.queue_declare("q".into(), QueueDeclareOptions::default(), Default::default()).await.unwrap();
+    assert_eq!(q.message_count(), 0);
+
+    let name = a.name().to_string();
+    let mut events = broker.events();
+    drop(a);
+    assert!(broker.broker().vhost(&name.as_str().into()).is_none());
+    assert!(broker.broker().queue_infos().iter().all(|q| q.vhost != name));
+    // Its connection is closed (320, answered by lapin); the other's is not.
+    let closed = events.wait_for(|e| matches!(e, warren::Event::ConnectionClosed { .. }), WAIT).await;
+    assert!(closed.is_some());
+    assert!(!conn.status().connected());
+    assert!(other.status().connected());
+    assert_eq!(broker.broker().connections.len(), 1);
+}

@@ -44,6 +44,9 @@ pub struct Broker {
     /// The open connections (see [`connections`]).
     pub connections: connections::Connections,
     pub vhosts: DashMap<ShortStr, Arc<VirtualHost>>,
+    /// Where AMQP clients reach this broker, once its listener is bound
+    /// (the HTTP API hands out URLs with it).
+    pub amqp_addr: std::sync::OnceLock<std::net::SocketAddr>,
     /// Keys for server-generated names; random per broker.
     name_seed: RandomState,
     name_counter: AtomicU64,
@@ -68,6 +71,7 @@ impl Broker {
             events,
             config,
             vhosts,
+            amqp_addr: std::sync::OnceLock::new(),
             name_seed: RandomState::new(),
             name_counter: AtomicU64::new(0),
             gauges: Gauges::default(),
@@ -141,6 +145,23 @@ impl Broker {
         let gone = |_: &usize| closed.iter().all(|id| !self.connections.contains(*id));
         let all_gone = tokio::time::timeout(timeout, count.wait_for(gone)).await.is_ok();
         Reset { closed_connections: closed.len(), all_gone, took: started.elapsed() }
+    }
+
+    /// A new virtual host for one test, named `test-…` (unpredictable), in
+    /// which `user` gets every permission. Delete it with
+    /// [`delete_vhost`](Self::delete_vhost) when the test is done.
+    pub fn fresh_vhost(&self, user: &str) -> Result<ShortStr, String> {
+        let name = loop {
+            let name = self.generate_name("test");
+            if self.add_vhost(&name) {
+                break name;
+            }
+        };
+        if let Err(e) = self.access.set_permission(&crate::config::PermissionConfig::full(user, &name.to_string())) {
+            self.delete_vhost(&name);
+            return Err(e);
+        }
+        Ok(name)
     }
 
     /// A server-generated name, RabbitMQ style: `prefix-` and 22 URL-safe

@@ -265,3 +265,19 @@ pub(super) async fn reset(State(http): State<Arc<Http>>, Extension(caller): Exte
     }))
     .into_response()
 }
+
+/// `POST /api/warren/vhosts`: a fresh virtual host for one test, in which
+/// the caller gets every permission; answers 201 with its name and an AMQP
+/// URL (without the password). `DELETE /api/vhosts/{name}` removes it.
+pub(super) async fn fresh_vhost(State(http): State<Arc<Http>>, Extension(caller): Extension<Caller>) -> Response {
+    if let Some(refused) = admin_refusal(&caller) {
+        return refused;
+    }
+    let name = match http.broker.fresh_vhost(&caller.name) {
+        Ok(name) => name.to_string(),
+        Err(reason) => return bad_request(&reason),
+    };
+    let addr = http.broker.amqp_addr.get().map(|a| a.to_string()).unwrap_or_default();
+    let url = format!("amqp://{}@{addr}/{}", caller.name, name.replace('%', "%25").replace('/', "%2f"));
+    (StatusCode::CREATED, Json(json!({ "name": name, "url": url }))).into_response()
+}
