@@ -453,3 +453,52 @@ async fn topology_users_and_messages_can_be_set_up_and_read_over_http() {
     assert!(permitted.as_array().unwrap().iter().any(|p| p["vhost"] == name && p["user"] == "guest"));
     assert_eq!(call(http, "DELETE", &format!("/api/vhosts/{name}"), None, admin).await.0, 204);
 }
+
+#[tokio::test]
+async fn prometheus_metrics_use_rabbitmqs_names_and_need_no_credentials() {
+    let broker = EmbeddedBroker::builder().http(true).start().await.unwrap();
+    let http = broker.http_addr().unwrap();
+    let mut client = RawClient::open(broker.addr(), 0).await;
+    client.declare_queue("q").await;
+    let mut frames = BytesMut::new();
+    publish_frames(&mut frames, "q", false, b"one");
+    publish_frames(&mut frames, "q", false, b"two");
+    client.send_raw(&frames).await;
+    client
+        .send(1, warren::protocol::methods::basic::Get { queue: "q".into(), no_ack: false, ..Default::default() })
+        .await;
+    let tag = match client.expect_method(WAIT).await {
+        (1, Method::BasicGetOk(ok)) => ok.delivery_tag,
+        other => panic!("{other:?}"),
+    };
+    // Its content header and body.
+    client.read(WAIT).await;
+    client.read(WAIT).await;
+    client.send(1, warren::protocol::methods::basic::Ack { delivery_tag: tag, multiple: false }).await;
+    // A round trip, so that the ack has been handled before the scrape.
+    client.declare_queue("q").await;
+
+    let (status, head, _) = call_with_head(http, "GET", "/metrics", None, None).await;
+    assert_eq!(status, 200);
+    assert!(head.contains("application/openmetrics-text"), "{head}");
+    let mut stream = tokio::net::TcpStream::connect(http).await.unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    for line in [
+        "rabbitmq_queue_messages_ready{vhost=\"/\",queue=\"q\"} 1",
+        "rabbitmq_queue_messages_unacked{vhost=\"/\",queue=\"q\"} 0",
+        "rabbitmq_queue_messages{vhost=\"/\",queue=\"q\"} 1",
+        "rabbitmq_queues 1",
+        "rabbitmq_connections 1",
+        "rabbitmq_channels 1",
+        "rabbitmq_global_messages_received_total 2",
+        "rabbitmq_global_messages_delivered_total 1",
+        "rabbitmq_global_messages_acknowledged_total 1",
+        "rabbitmq_alarms_memory_used_watermark 0",
+        "# TYPE rabbitmq_process_resident_memory_bytes gauge",
+        "# EOF",
+    ] {
+        assert!(response.lines().any(|l| l == line), "no line {line:?} in:\n{response}");
+    }
+}

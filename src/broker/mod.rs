@@ -35,6 +35,8 @@ pub struct Broker {
     pub config: Config,
     /// Live counts, watchable (tests await them; the management API will read them).
     pub gauges: Gauges,
+    /// Running totals since start, for metrics.
+    pub totals: Arc<Totals>,
     /// Users, passwords and permissions.
     pub access: AccessControl,
     /// Memory accounting and resource alarms (flow control).
@@ -75,6 +77,7 @@ impl Broker {
             name_seed: RandomState::new(),
             name_counter: AtomicU64::new(0),
             gauges: Gauges::default(),
+            totals: Arc::default(),
         }))
     }
 
@@ -112,13 +115,12 @@ impl Broker {
     }
 
     /// Puts the broker back as it started, for the next test: every
-    /// connection is sent `connection.close` 320 ("broker reset"), and their
-    /// ids returned; every
-    /// virtual host is replaced by a fresh one (so every queue, exchange and
-    /// binding not in the start-up configuration goes, and messages with
-    /// them), vhosts added since are removed; users and permissions are the
-    /// start-up ones again; alarms raised by hand are cleared. The
-    /// connections finish closing on their own tasks
+    /// connection is sent `connection.close` 320 ("broker reset") and its id
+    /// returned; every virtual host is replaced by a fresh one (so every
+    /// queue, exchange and binding not in the start-up configuration goes,
+    /// and messages with them), vhosts added since are removed; users and
+    /// permissions are the start-up ones again; alarms raised by hand are
+    /// cleared. The connections finish closing on their own tasks
     /// ([`reset_and_wait`](Self::reset_and_wait) waits for them).
     pub fn reset(&self) -> Vec<u64> {
         let connections = self.connections.all();
@@ -195,6 +197,27 @@ pub struct Gauges {
     pub connections: Arc<watch::Sender<usize>>,
     /// Heartbeat sender and monitor tasks running, over all connections.
     pub heartbeat_tasks: Arc<watch::Sender<usize>>,
+}
+
+/// Counts since the broker started (RabbitMQ's `rabbitmq_global_*_total`
+/// and connection churn), bumped where each thing happens.
+#[derive(Debug, Default)]
+pub struct Totals {
+    /// Messages published (over AMQP or the HTTP API).
+    pub received: AtomicU64,
+    /// Deliveries and `basic.get-ok`s.
+    pub delivered: AtomicU64,
+    pub acknowledged: AtomicU64,
+    pub connections_opened: AtomicU64,
+    pub connections_closed: AtomicU64,
+    /// Connections dropped for missed heartbeats.
+    pub heartbeat_timeouts: AtomicU64,
+}
+
+impl Totals {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
 }
 
 /// Counts one live thing for as long as it is held.

@@ -66,7 +66,7 @@ use self::transport::{ReadSide, WriteSide};
 use self::writer::{Outbound, Outlet};
 use crate::broker::connections::{ConnectionEntry, FaultCommand, Registration};
 use crate::broker::events::Event;
-use crate::broker::{Broker, GaugeGuard};
+use crate::broker::{Broker, GaugeGuard, Totals};
 use crate::error::AmqpError;
 use crate::logging::Escaped;
 use crate::protocol::frame::{check_protocol_header, ProtocolHeader, PROTOCOL_HEADER};
@@ -204,6 +204,7 @@ async fn serve_halves(
     // Counted first and uncounted last, after the registry entry is gone.
     let _alive = GaugeGuard::new(&broker.gauges.connections);
     let registration = broker.connections.register(format!("{peer} -> {local}"));
+    Totals::add(&broker.totals.connections_opened, 1);
     let span = tracing::info_span!("connection", id = registration.entry.id, %peer);
     async move {
         let entry = registration.entry.clone();
@@ -396,7 +397,10 @@ impl Connection {
     /// the socket (by dropping both halves).
     async fn finish(mut self, end: End) {
         let name = &self.entry.name;
+        let totals = &self.broker.totals;
+        Totals::add(&totals.connections_closed, 1);
         if let End::MissedHeartbeats(m) = &end {
+            Totals::add(&totals.heartbeat_timeouts, 1);
             let (timeout, silence) = (self.heartbeat, m.silence);
             self.broker.events.emit(|| Event::HeartbeatTimeout { connection: name.clone(), timeout, silence });
         }

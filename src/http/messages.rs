@@ -20,6 +20,7 @@ use crate::broker::connections::NO_CONNECTION;
 use crate::broker::events::Event;
 use crate::broker::message::{Body, Message};
 use crate::broker::queue::ChannelKey;
+use crate::broker::Totals;
 use crate::protocol::{BasicProperties, ShortStr};
 
 /// Most messages one `get` may take.
@@ -152,6 +153,7 @@ pub(super) async fn publish(
     let mut message = Message::new(&exchange_name, &routing_key, &raw, size, Body::One(payload));
     message.charge = Some(v.alarms.charge(message.footprint()));
     let message = Arc::new(message);
+    Totals::add(&http.broker.totals.received, 1);
     http.broker.events.emit(|| Event::Published {
         connection: "HTTP API".into(),
         exchange: exchange.clone(),

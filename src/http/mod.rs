@@ -48,6 +48,7 @@ mod auth;
 mod control;
 mod listener;
 mod messages;
+mod metrics;
 mod topology;
 
 use std::net::SocketAddr;
@@ -138,6 +139,8 @@ fn router(http: Arc<Http>) -> Router {
         .route("/api/warren/reset", post(control::reset))
         .route("/api/warren/vhosts", post(control::fresh_vhost))
         .layer(middleware::from_fn_with_state(http.clone(), authenticate))
+        // Scrapers, like RabbitMQ's Prometheus endpoint, give no credentials.
+        .route("/metrics", get(metrics::metrics))
         .with_state(http)
 }
 

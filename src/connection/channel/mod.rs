@@ -31,7 +31,7 @@ use crate::broker::access::Access;
 use crate::broker::events::{Event, Events};
 use crate::broker::message::{Body, QueuedMessage};
 use crate::broker::queue::{ChannelKey, Consumer, DeliveryTarget, Queue, Refusal};
-use crate::broker::{Broker, VirtualHost};
+use crate::broker::{Broker, Totals, VirtualHost};
 use crate::connection::timeouts::DeliveryDeadlines;
 use crate::connection::writer::{Delivery, DeliveryKind, Outbound, Outlet};
 use crate::error::{AmqpError, AmqpResult};
@@ -170,6 +170,8 @@ pub struct ChannelShared {
     events: Arc<Events>,
     connection_name: Arc<str>,
     deadlines: Arc<DeliveryDeadlines>,
+    /// The broker's running totals (deliveries are counted here).
+    totals: Arc<Totals>,
     deliveries: Mutex<Deliveries>,
 }
 
@@ -206,6 +208,7 @@ impl ChannelShared {
         no_ack: bool,
     ) {
         d.last_tag += 1;
+        Totals::add(&self.totals.delivered, 1);
         self.events.emit(|| Event::Delivered {
             connection: self.connection_name.to_string(),
             channel: self.key.channel,
@@ -346,6 +349,7 @@ impl Channel {
                 events: s.broker.events.clone(),
                 connection_name: s.connection_name.clone(),
                 deadlines: s.deadlines.clone(),
+                totals: s.broker.totals.clone(),
                 deliveries: Mutex::new(Deliveries::default()),
             }),
             closing: false,
@@ -518,7 +522,10 @@ impl Channel {
             Settled::One(u) => {
                 let consumer = u.consumer_tag.as_ref();
                 match outcome {
-                    Outcome::Ack => u.queue.settled(key, consumer, 1),
+                    Outcome::Ack => {
+                        Totals::add(&self.shared.totals.acknowledged, 1);
+                        u.queue.settled(key, consumer, 1)
+                    }
                     Outcome::Requeue => u.queue.requeue(key, consumer, vec![u.message]),
                     Outcome::Reject => u.queue.rejected(key, consumer, vec![u.message]),
                 }
@@ -537,6 +544,9 @@ impl Channel {
                 messages.push(next.message);
             }
             let consumer = first.consumer_tag.as_ref();
+            if outcome == Outcome::Ack {
+                Totals::add(&self.shared.totals.acknowledged, messages.len() as u64);
+            }
             match outcome {
                 Outcome::Ack => first.queue.settled(key, consumer, messages.len() as u32),
                 Outcome::Requeue => first.queue.requeue(key, consumer, messages),

@@ -8,6 +8,7 @@ use crate::broker::access::Access;
 use crate::broker::events::Event;
 use crate::broker::message::{Body, Message};
 use crate::broker::queue::{Consumer, Enqueued, Queue};
+use crate::broker::Totals;
 use crate::connection::writer::{Delivery, DeliveryKind, Outbound};
 use crate::error::{AmqpError, AmqpResult};
 use crate::protocol::methods::basic;
@@ -69,6 +70,7 @@ impl Channel {
                 message: message.clone(),
             }));
         }
+        Totals::add(&s.broker.totals.received, 1);
         s.broker.events.emit(|| Event::Published {
             connection: s.connection_name.to_string(),
             exchange: message.exchange.to_string(),
