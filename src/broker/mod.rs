@@ -115,8 +115,8 @@ impl Broker {
     }
 
     /// Puts the broker back as it started, for the next test: every
-    /// connection is sent `connection.close` 320 ("broker reset") and its id
-    /// returned; every virtual host is replaced by a fresh one (so every
+    /// connection is sent `connection.close` 320 ("broker reset") and closed
+    /// without waiting for `close-ok`, and its id returned; every virtual host is replaced by a fresh one (so every
     /// queue, exchange and binding not in the start-up configuration goes,
     /// and messages with them), vhosts added since are removed; users and
     /// permissions are the start-up ones again; alarms raised by hand are
@@ -125,7 +125,7 @@ impl Broker {
     pub fn reset(&self) -> Vec<u64> {
         let connections = self.connections.all();
         for c in &connections {
-            c.force_close("broker reset");
+            c.close_now("broker reset");
         }
         self.vhosts.clear();
         for name in &self.config.vhosts {
@@ -138,8 +138,7 @@ impl Broker {
     }
 
     /// [`reset`](Self::reset), then waits until the connections it closed
-    /// have gone (a client that does not answer `close-ok` is dropped 3 s
-    /// later), or until `timeout`.
+    /// have gone (they do not wait for `close-ok`), or until `timeout`.
     pub async fn reset_and_wait(&self, timeout: std::time::Duration) -> Reset {
         let started = tokio::time::Instant::now();
         let mut count = self.gauges.connections.subscribe();

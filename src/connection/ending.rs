@@ -40,6 +40,8 @@ pub enum End {
     CloseTimeout,
     Silent(String),
     Shutdown,
+    /// Closed by a broker reset, without waiting for `close-ok`.
+    Reset,
 }
 
 /// What the last log line says about the connection.
@@ -70,12 +72,13 @@ impl End {
             End::CloseTimeout => "no connection.close-ok in time".into(),
             End::Silent(reason) => reason.clone(),
             End::Shutdown => "broker shutdown".into(),
+            End::Reset => "broker reset".into(),
         }
     }
 
     /// Whether what is queued for the client is still worth writing.
     pub fn flushes(&self) -> bool {
-        matches!(self, End::Closed | End::Silent(_) | End::Shutdown)
+        matches!(self, End::Closed | End::Silent(_) | End::Shutdown | End::Reset)
     }
 
     /// Writes the last log line, in RabbitMQ's words.
@@ -109,7 +112,8 @@ impl End {
             End::Silent(reason) => {
                 error!("closing AMQP connection {log_name}, duration: '{duration}'): {}", Escaped(reason))
             }
-            End::Shutdown => {}
+            // begin_close has logged the 320 already.
+            End::Shutdown | End::Reset => {}
             End::Killed => warn!(
                 "closing AMQP connection {log_name}{who}, duration: '{duration}'): killed (TCP reset) by fault injection"
             ),

@@ -355,6 +355,10 @@ impl Connection {
             Wake::Fault(FaultCommand::ForceClose(text)) => {
                 self.begin_close(AmqpError::new(ReplyCode::ConnectionForced, text));
             }
+            Wake::Fault(FaultCommand::CloseNow(text)) => {
+                self.begin_close(AmqpError::new(ReplyCode::ConnectionForced, text));
+                return Err(End::Reset);
+            }
             Wake::Shutdown => {
                 self.shutting_down = true;
                 if self.phase() != Phase::Running {

@@ -14,7 +14,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::auth::Caller;
-use super::{admin_refusal, bad_request, not_found, Http};
+use super::{admin_refusal, bad_request, not_found, Http, JsonBody};
 use crate::broker::access::UserInfo;
 use crate::config::{PasswordConfig, PermissionConfig, UserConfig};
 
@@ -125,7 +125,7 @@ pub(super) async fn put_user(
     State(http): State<Arc<Http>>,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
-    Json(body): Json<Value>,
+    JsonBody(body): JsonBody,
 ) -> Response {
     if let Some(refused) = admin_refusal(&caller).or_else(|| name_refusal(&name)) {
         return refused;
@@ -191,7 +191,7 @@ pub(super) async fn put_permission(
     State(http): State<Arc<Http>>,
     Extension(caller): Extension<Caller>,
     Path((vhost, user)): Path<(String, String)>,
-    Json(body): Json<Value>,
+    JsonBody(body): JsonBody,
 ) -> Response {
     if let Some(refused) = admin_refusal(&caller) {
         return refused;

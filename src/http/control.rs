@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use super::auth::Caller;
-use super::{admin_refusal, bad_request, not_authorised, not_found, table_json, Http, LONG_POLL_MAX};
+use super::{admin_refusal, bad_request, not_authorised, not_found, table_json, Http, JsonBody, LONG_POLL_MAX};
 use crate::broker::alarm::Resource;
 use crate::broker::events::Event;
 
@@ -107,7 +107,7 @@ pub(super) async fn faults(
     State(http): State<Arc<Http>>,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
-    Json(body): Json<Value>,
+    JsonBody(body): JsonBody,
 ) -> Response {
     if let Some(refused) = admin_refusal(&caller) {
         return refused;

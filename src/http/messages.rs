@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use super::auth::Caller;
 use super::topology::{json_table, refusal};
-use super::{bad_request, table_json, vhost_refusal, Http};
+use super::{bad_request, table_json, vhost_refusal, Http, JsonBody};
 use crate::broker::access::{base64_decode, base64_encode, Access};
 use crate::broker::connections::NO_CONNECTION;
 use crate::broker::events::Event;
@@ -100,7 +100,7 @@ pub(super) async fn publish(
     State(http): State<Arc<Http>>,
     Extension(caller): Extension<Caller>,
     Path((vhost, exchange)): Path<(String, String)>,
-    Json(body): Json<Value>,
+    JsonBody(body): JsonBody,
 ) -> Response {
     if let Some(refused) = vhost_refusal(&http, &caller, &vhost) {
         return refused;
@@ -179,7 +179,7 @@ pub(super) async fn get(
     State(http): State<Arc<Http>>,
     Extension(caller): Extension<Caller>,
     Path((vhost, name)): Path<(String, String)>,
-    Json(body): Json<Value>,
+    JsonBody(body): JsonBody,
 ) -> Response {
     if let Some(refused) = vhost_refusal(&http, &caller, &vhost) {
         return refused;

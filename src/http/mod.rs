@@ -115,7 +115,11 @@ fn router(http: Arc<Http>) -> Router {
         .route("/api/queues/{vhost}/{name}/bindings", get(topology::queue_bindings))
         .route("/api/queues/{vhost}/{name}/get", post(messages::get))
         .route("/api/exchanges", get(exchanges))
-        .route("/api/exchanges/{vhost}/{name}", put(topology::put_exchange).delete(topology::delete_exchange))
+        .route("/api/exchanges/{vhost}", get(exchanges_in))
+        .route(
+            "/api/exchanges/{vhost}/{name}",
+            get(exchange).put(topology::put_exchange).delete(topology::delete_exchange),
+        )
         .route("/api/exchanges/{vhost}/{name}/publish", post(messages::publish))
         .route("/api/bindings", get(topology::bindings))
         .route("/api/bindings/{vhost}", get(topology::bindings_in))
@@ -352,20 +356,60 @@ async fn queue(
     }
 }
 
+fn exchange_json(x: &crate::broker::inspect::ExchangeInfo) -> Value {
+    json!({
+        "name": x.name, "vhost": x.vhost, "type": x.kind, "durable": x.durable,
+        "auto_delete": x.auto_delete, "internal": x.internal, "arguments": table_json(&x.arguments),
+    })
+}
+
 async fn exchanges(State(http): State<Arc<Http>>, Extension(caller): Extension<Caller>) -> Json<Value> {
-    Json(Value::Array(
-        http.broker
-            .exchange_infos()
-            .iter()
-            .filter(|x| caller.sees_vhost(&http.broker, &x.vhost))
-            .map(|x| {
-                json!({
-                    "name": x.name, "vhost": x.vhost, "type": x.kind, "durable": x.durable,
-                    "auto_delete": x.auto_delete, "internal": x.internal, "arguments": table_json(&x.arguments),
-                })
-            })
-            .collect(),
-    ))
+    let all = http.broker.exchange_infos();
+    Json(Value::Array(all.iter().filter(|x| caller.sees_vhost(&http.broker, &x.vhost)).map(exchange_json).collect()))
+}
+
+async fn exchanges_in(
+    State(http): State<Arc<Http>>,
+    Extension(caller): Extension<Caller>,
+    Path(vhost): Path<String>,
+) -> Response {
+    if let Some(refused) = vhost_refusal(&http, &caller, &vhost) {
+        return refused;
+    }
+    let all = http.broker.exchange_infos();
+    Json(Value::Array(all.iter().filter(|x| x.vhost == vhost).map(exchange_json).collect())).into_response()
+}
+
+async fn exchange(
+    State(http): State<Arc<Http>>,
+    Extension(caller): Extension<Caller>,
+    Path((vhost, name)): Path<(String, String)>,
+) -> Response {
+    if let Some(refused) = vhost_refusal(&http, &caller, &vhost) {
+        return refused;
+    }
+    // The default exchange is `amq.default` in URLs.
+    let name = if name == "amq.default" { String::new() } else { name };
+    match http.broker.exchange_infos().iter().find(|x| x.vhost == vhost && x.name == name) {
+        Some(x) => Json(exchange_json(x)).into_response(),
+        None => not_found("Not Found"),
+    }
+}
+
+/// A JSON request body, whatever its `Content-Type` says (RabbitMQ's API
+/// reads JSON from clients that send none); a body that is not JSON is a 400.
+struct JsonBody(Value);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for JsonBody {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = axum::body::Bytes::from_request(request, state).await.map_err(IntoResponse::into_response)?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(JsonBody(Value::Object(Default::default())));
+        }
+        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| bad_request(&format!("not JSON: {e}")))
+    }
 }
 
 /// warren's control endpoints change what every client sees.

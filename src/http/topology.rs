@@ -21,7 +21,7 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 
 use super::auth::Caller;
-use super::{table_json, Http};
+use super::{table_json, Http, JsonBody};
 use crate::broker::access::Access;
 use crate::broker::connections::NO_CONNECTION;
 use crate::broker::declare::ExchangeSpec;
@@ -69,6 +69,11 @@ pub(super) fn refusal(e: AmqpError) -> ApiError {
 /// strings become long strings, integers signed 64-bit, other numbers
 /// doubles, `null` void. (The JSON parser already bounds the nesting.)
 pub(super) fn json_table(v: &Value) -> Result<FieldTable, String> {
+    // An empty list is an empty table, as RabbitMQ reads it (clients such as
+    // pyrabbit2 send `"arguments": []`).
+    if v.as_array().is_some_and(Vec::is_empty) {
+        return Ok(FieldTable::new());
+    }
     let Some(fields) = v.as_object() else { return Err("expected a JSON object".into()) };
     let mut table = FieldTable::new();
     for (key, value) in fields {
@@ -151,7 +156,7 @@ pub(super) async fn put_exchange(
     State(http): State<Arc<Http>>,
     Extension(caller): Extension<Caller>,
     Path((vhost, name)): Path<(String, String)>,
-    Json(body): Json<Value>,
+    JsonBody(body): JsonBody,
 ) -> Response {
     let result = (|| -> Result<_, ApiError> {
         let v = vhost_for(&http, &caller, &vhost)?;
@@ -203,7 +208,7 @@ pub(super) async fn put_queue(
     State(http): State<Arc<Http>>,
     Extension(caller): Extension<Caller>,
     Path((vhost, name)): Path<(String, String)>,
-    Json(body): Json<Value>,
+    JsonBody(body): JsonBody,
 ) -> Response {
     let result = (|| -> Result<_, ApiError> {
         let v = vhost_for(&http, &caller, &vhost)?;
@@ -396,7 +401,7 @@ pub(super) async fn add_binding(
     State(http): State<Arc<Http>>,
     Extension(caller): Extension<Caller>,
     Path((vhost, source, kind, dest)): Path<(String, String, String, String)>,
-    Json(body): Json<Value>,
+    JsonBody(body): JsonBody,
 ) -> Response {
     let result = (|| -> Result<_, ApiError> {
         let v = vhost_for(&http, &caller, &vhost)?;

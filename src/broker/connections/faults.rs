@@ -45,6 +45,10 @@ pub enum Command {
     Kill,
     /// `connection.close` 320 CONNECTION_FORCED with this text.
     ForceClose(String),
+    /// The same, then close the socket at once instead of waiting for the
+    /// client's `close-ok` (a broker reset: a client that is not reading
+    /// must not hold it up).
+    CloseNow(String),
 }
 
 impl Faults {

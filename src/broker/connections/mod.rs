@@ -336,4 +336,10 @@ impl ConnectionHandle {
     pub fn force_close(&self, text: &str) {
         let _ = self.entry.commands.send(FaultCommand::ForceClose(text.to_string()));
     }
+
+    /// Sends `connection.close` 320 with `text` and closes the socket
+    /// without waiting for `close-ok`.
+    pub fn close_now(&self, text: &str) {
+        let _ = self.entry.commands.send(FaultCommand::CloseNow(text.to_string()));
+    }
 }
