@@ -399,6 +399,10 @@ async fn topology_users_and_messages_can_be_set_up_and_read_over_http() {
     assert_eq!(as_carol("DELETE", "/api/queues/test-a/eu?if-empty=true", None).await.0, 400);
     assert_eq!(as_carol("DELETE", "/api/queues/test-a/eu/contents", None).await.0, 204);
     assert_eq!(get_with("ack_requeue_true", 1).await.1, serde_json::json!([]));
+    let direct = r#"{"routing_key": "eu", "payload": "order 0", "payload_encoding": "string", "properties": {}}"#;
+    let (status, routed) = as_carol("POST", "/api/exchanges/test-a/amq.default/publish", Some(direct)).await;
+    assert_eq!((status, routed["routed"].as_bool()), (200, Some(true)), "the default exchange is amq.default");
+    assert_eq!(get_with("ack_requeue_false", 1).await.1[0]["payload"], "order 0");
 
     // Refusals: no permissions in the vhost, not an administrator, missing things.
     let (status, refused) = call(http, "PUT", "/api/queues/%2F/q", Some("{}"), carol.as_deref()).await;

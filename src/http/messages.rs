@@ -106,7 +106,8 @@ pub(super) async fn publish(
         return refused;
     }
     let Some(v) = http.broker.vhost(&vhost.as_str().into()) else { return super::not_found("Not Found") };
-    let exchange_name = ShortStr::from(exchange.as_str());
+    // The default exchange is `amq.default` in URLs, as in RabbitMQ's.
+    let exchange_name = if exchange == "amq.default" { ShortStr::default() } else { ShortStr::from(exchange.as_str()) };
     if exchange.len() > ShortStr::MAX_LEN {
         return bad_request("names are at most 255 octets long");
     }
