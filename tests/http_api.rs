@@ -506,3 +506,29 @@ async fn prometheus_metrics_use_rabbitmqs_names_and_need_no_credentials() {
         assert!(response.lines().any(|l| l == line), "no line {line:?} in:\n{response}");
     }
 }
+
+#[tokio::test]
+async fn channels_and_consumers_are_listed_with_rabbitmqs_fields() {
+    let broker = EmbeddedBroker::builder().http(true).start().await.unwrap();
+    let http = broker.http_addr().unwrap();
+    let mut client = RawClient::open(broker.addr(), 0).await;
+    client.declare_queue("q").await;
+    let consume = warren::protocol::methods::basic::Consume {
+        queue: "q".into(),
+        consumer_tag: "c1".into(),
+        ..Default::default()
+    };
+    client.send(1, consume).await;
+    assert!(matches!(client.expect_method(WAIT).await, (1, Method::BasicConsumeOk(_))));
+
+    let consumers = get(http, "/api/consumers").await;
+    let c = &consumers[0];
+    assert_eq!((c["consumer_tag"].as_str(), c["queue"]["name"].as_str()), (Some("c1"), Some("q")), "{consumers}");
+    assert_eq!(c["channel_details"]["number"], 1);
+    assert_eq!(c["ack_required"], true);
+    let channels = get(http, "/api/channels").await;
+    assert_eq!(channels.as_array().unwrap().len(), 1, "{channels}");
+    assert!(channels[0]["name"].as_str().unwrap().ends_with(" (1)"));
+    assert_eq!(channels[0]["consumer_count"], 1);
+    assert_eq!(channels[0]["vhost"], "/");
+}

@@ -45,6 +45,7 @@
 
 mod admin;
 mod auth;
+mod channels;
 mod control;
 mod listener;
 mod messages;
@@ -108,6 +109,8 @@ fn router(http: Arc<Http>) -> Router {
         .route("/api/whoami", get(whoami))
         .route("/api/connections", get(connections))
         .route("/api/connections/{name}", get(connection).delete(close_connection))
+        .route("/api/channels", get(channels::channels))
+        .route("/api/consumers", get(channels::consumers))
         .route("/api/queues", get(queues))
         .route("/api/queues/{vhost}", get(queues_in))
         .route("/api/queues/{vhost}/{name}", get(queue).put(topology::put_queue).delete(topology::delete_queue))
