@@ -33,6 +33,7 @@ pub mod connection;
 pub mod embedded;
 pub mod error;
 pub mod http;
+pub mod json;
 pub mod logging;
 pub mod protocol;
 pub mod server;

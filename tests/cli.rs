@@ -128,25 +128,38 @@ fn sigint_stops_the_broker_cleanly() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn load_definitions_brings_users_with_rabbitmq_password_hashes_vhosts_and_permissions() {
-    // RabbitMQ's documented example: password "test12", salted SHA-256.
+async fn load_definitions_brings_users_with_rabbitmq_password_hashes_vhosts_permissions_and_topology() {
+    // Shaped as RabbitMQ 3.10's export; its documented example password
+    // "test12", salted SHA-256.
     let definitions = config_file(
-        r#"{"users": [{"name": "hashed", "password_hash": "kI3GCqW5JLMJa4iX1lo7X4D6XbYqlLgxIs30+P6tENUV2POR",
-                     "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": ""}],
-            "vhosts": [{"name": "dev"}],
+        r#"{"rabbit_version": "3.10.8", "rabbitmq_version": "3.10.8", "product_name": "RabbitMQ",
+            "users": [{"name": "hashed", "password_hash": "kI3GCqW5JLMJa4iX1lo7X4D6XbYqlLgxIs30+P6tENUV2POR",
+                     "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": [], "limits": {}}],
+            "vhosts": [{"name": "dev", "limits": [], "metadata": {"description": "", "tags": []}}],
             "permissions": [{"user": "hashed", "vhost": "dev", "configure": ".*", "write": ".*", "read": ".*"}],
-            "queues": [{"name": "q", "vhost": "dev"}]}"#,
+            "topic_permissions": [], "parameters": [],
+            "global_parameters": [{"name": "cluster_name", "value": "rabbit@host"}],
+            "policies": [{"vhost": "dev", "name": "ttl", "pattern": ".*", "apply-to": "queues", "definition": {"message-ttl": 1000}, "priority": 0}],
+            "queues": [{"name": "q", "vhost": "dev", "durable": true, "auto_delete": false, "arguments": {"x-queue-type": "classic"}}],
+            "exchanges": [{"name": "x", "vhost": "dev", "type": "topic", "durable": true, "auto_delete": false, "internal": false, "arguments": {}}],
+            "bindings": [{"source": "x", "vhost": "dev", "destination": "q", "destination_type": "queue", "routing_key": "a.#", "arguments": {}}]}"#,
     );
     let conf = config_file(&format!("load_definitions = {}\n", definitions.path()));
     let (mut child, rx) = start(&["--config", conf.path(), "--port", "0"]);
-    let warning = wait_for(&rx, "load_definitions: queues");
+    let warning = wait_for(&rx, "load_definitions: policies");
     assert!(warning.contains("not imported"), "{warning}");
     let line = wait_for(&rx, "started TCP listener on ");
     let addr = line.rsplit(' ').next().unwrap().to_string();
     let url = format!("amqp://hashed:test12@{addr}/dev");
     let conn =
         lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await.expect("login with the hash");
-    conn.create_channel().await.unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    // The queue, the exchange and the binding are there: a publish routes.
+    ch.basic_publish("x".into(), "a.b".into(), Default::default(), b"m", Default::default()).await.unwrap();
+    let passive = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
+    // Frames on one channel are handled in order: the publish is in by now.
+    let q = ch.queue_declare("q".into(), passive, Default::default()).await.expect("q exists");
+    assert_eq!(q.message_count(), 1);
     let refused = lapin::Connection::connect(&format!("amqp://hashed:wrong@{addr}/dev"), Default::default()).await;
     assert!(refused.is_err());
     child.kill().unwrap();

@@ -532,3 +532,55 @@ async fn channels_and_consumers_are_listed_with_rabbitmqs_fields() {
     assert_eq!(channels[0]["consumer_count"], 1);
     assert_eq!(channels[0]["vhost"], "/");
 }
+
+/// Export definitions, reset, import them back: everything is there again.
+#[tokio::test]
+async fn definitions_export_and_import_round_trip_through_a_reset() {
+    let broker = EmbeddedBroker::builder().http(true).start().await.unwrap();
+    let http = broker.http_addr().unwrap();
+    let admin = Some(GUEST);
+    for (path, body) in [
+        ("/api/vhosts/shop", ""),
+        ("/api/users/app", r#"{"password": "pw", "tags": "management"}"#),
+        ("/api/permissions/shop/app", r#"{"configure": "^app-", "write": ".*", "read": ".*"}"#),
+        ("/api/permissions/shop/guest", r#"{"configure": ".*", "write": ".*", "read": ".*"}"#),
+        ("/api/exchanges/shop/orders", r#"{"type": "topic", "durable": true}"#),
+        ("/api/queues/shop/eu", r#"{"durable": true, "arguments": {"x-max-length": 10}}"#),
+    ] {
+        let (status, body) = call(http, "PUT", path, Some(body), admin).await;
+        assert!(status == 201 || status == 204, "{path}: {status} {body}");
+    }
+    let binding = Some(r#"{"routing_key": "eu.#"}"#);
+    assert_eq!(call(http, "POST", "/api/bindings/shop/e/orders/q/eu", binding, admin).await.0, 201);
+
+    let exported = get(http, "/api/definitions").await;
+    assert_eq!(
+        exported["queues"],
+        serde_json::json!([{"name": "eu", "vhost": "shop", "durable": true, "auto_delete": false, "arguments": {"x-max-length": 10}}])
+    );
+    assert_eq!(exported["exchanges"][0]["name"], "orders");
+    assert!(exported["bindings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|b| b["routing_key"] == "eu.#" && b["destination"] == "eu"));
+    let app = exported["users"].as_array().unwrap().iter().find(|u| u["name"] == "app").unwrap().clone();
+    assert_eq!(app["hashing_algorithm"], "rabbit_password_hashing_sha256");
+    assert!(app["password_hash"].as_str().unwrap().len() > 40, "plain passwords are exported hashed: {app}");
+    let shop_only = get(http, "/api/definitions/shop").await;
+    assert!(shop_only.get("users").is_none() && shop_only["queues"].as_array().unwrap().len() == 1);
+
+    assert_eq!(call(http, "POST", "/api/warren/reset", None, admin).await.0, 200);
+    assert_eq!(call(http, "GET", "/api/vhosts/shop", None, admin).await.0, 404);
+
+    let (status, body) = call(http, "POST", "/api/definitions", Some(&exported.to_string()), admin).await;
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(get(http, "/api/queues/shop/eu").await["arguments"]["x-max-length"], 10);
+    let bindings = get(http, "/api/queues/shop/eu/bindings").await;
+    assert!(bindings.as_array().unwrap().iter().any(|b| b["source"] == "orders" && b["routing_key"] == "eu.#"));
+    // The hashed password still logs in.
+    let (status, _) = call(http, "GET", "/api/whoami", None, Some(&basic("app", "pw"))).await;
+    assert_eq!(status, 200);
+    let (status, refused) = call(http, "POST", "/api/definitions", Some(r#"{"queues": [{"name": "q"}]}"#), admin).await;
+    assert_eq!((status, refused["reason"].as_str()), (400, Some("a queue without 'vhost'")));
+}

@@ -215,6 +215,26 @@ impl AccessControl {
         })
     }
 
+    /// The user's password as RabbitMQ's `password_hash` (base64 of a 4-octet
+    /// salt and the SHA-256 of salt and password), for export: kept as given,
+    /// or computed, with a fresh salt, from a plain password.
+    pub fn password_hash(&self, name: &str) -> Option<String> {
+        let users = self.read();
+        Some(match &users.get(name)?.password {
+            Password::Sha256 { salt, hash } => base64_encode(&[salt.as_slice(), hash.as_slice()].concat()),
+            Password::Plain(p) => {
+                use std::hash::{BuildHasher, Hasher};
+                let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+                h.write(name.as_bytes());
+                let salt = (h.finish() as u32).to_be_bytes();
+                let mut sha = Sha256::new();
+                sha.update(salt);
+                sha.update(p.as_bytes());
+                base64_encode(&[&salt[..], sha.finalize().as_slice()].concat())
+            }
+        })
+    }
+
     /// Every user, by name.
     pub fn users(&self) -> Vec<UserInfo> {
         let mut names: Vec<String> = self.read().keys().cloned().collect();

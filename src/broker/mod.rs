@@ -8,6 +8,7 @@ pub mod access;
 pub mod alarm;
 pub mod connections;
 pub mod declare;
+pub mod definitions;
 pub mod events;
 pub mod exchange;
 pub mod headers;
@@ -66,7 +67,7 @@ impl Broker {
             let name = ShortStr::from(name.as_str());
             vhosts.insert(name.clone(), VirtualHost::new(name, alarms.clone(), events.clone()));
         }
-        Ok(Arc::new(Broker {
+        let broker = Arc::new(Broker {
             access,
             alarms,
             connections: connections::Connections::default(),
@@ -78,7 +79,9 @@ impl Broker {
             name_counter: AtomicU64::new(0),
             gauges: Gauges::default(),
             totals: Arc::default(),
-        }))
+        });
+        broker.apply_topology(&broker.config.topology).map_err(|e| format!("load_definitions: {e}"))?;
+        Ok(broker)
     }
 
     pub fn vhost(&self, name: &ShortStr) -> Option<Arc<VirtualHost>> {
@@ -120,7 +123,8 @@ impl Broker {
     /// queue, exchange and binding not in the start-up configuration goes,
     /// and messages with them), vhosts added since are removed; users and
     /// permissions are the start-up ones again; alarms raised by hand are
-    /// cleared. The connections finish closing on their own tasks
+    /// cleared; the start-up definitions' exchanges, queues and bindings are
+    /// declared again. The connections finish closing on their own tasks
     /// ([`reset_and_wait`](Self::reset_and_wait) waits for them).
     pub fn reset(&self) -> Vec<u64> {
         let connections = self.connections.all();
@@ -132,6 +136,8 @@ impl Broker {
             self.add_vhost(&ShortStr::from(name.as_str()));
         }
         self.access.reset(&self.config);
+        // It applied at start-up, on the same fresh vhosts.
+        let _ = self.apply_topology(&self.config.topology);
         self.alarms.clear(alarm::Resource::Memory);
         self.alarms.clear(alarm::Resource::Disk);
         connections.iter().map(|c| c.id()).collect()

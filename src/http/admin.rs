@@ -107,19 +107,6 @@ pub(super) async fn user(
     }
 }
 
-/// `tags` as RabbitMQ takes it: a comma-separated string or a list.
-fn tags(body: &Value) -> Result<Vec<String>, String> {
-    match body.get("tags") {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::String(s)) => Ok(s.split(',').map(str::trim).filter(|t| !t.is_empty()).map(String::from).collect()),
-        Some(Value::Array(list)) => list
-            .iter()
-            .map(|t| t.as_str().map(String::from).ok_or_else(|| "tags must be strings".to_string()))
-            .collect(),
-        Some(_) => Err("tags must be a comma-separated string or a list".into()),
-    }
-}
-
 /// `{"password": "…", "tags": "administrator"}` or `{"password_hash": "…"}`.
 pub(super) async fn put_user(
     State(http): State<Arc<Http>>,
@@ -136,10 +123,7 @@ pub(super) async fn put_user(
             (None, Some(h)) => PasswordConfig::Sha256Base64(h.to_string()),
             (None, None) => return bad_request("password or password_hash must be set"),
         };
-    let tags = match tags(&body) {
-        Ok(t) => t,
-        Err(reason) => return bad_request(&reason),
-    };
+    let tags = crate::config::parse_tags(body.get("tags"));
     match http.broker.access.put_user(&UserConfig { name, password, tags }) {
         Ok(created) => created_or_replaced(created),
         Err(reason) => bad_request(&reason),
@@ -221,4 +205,42 @@ pub(super) async fn delete_permission(
         return not_found("Not Found");
     }
     StatusCode::NO_CONTENT.into_response()
+}
+
+/// `GET /api/definitions`: users, vhosts, permissions, exchanges, queues
+/// and bindings, in RabbitMQ's format (administrators only).
+pub(super) async fn definitions(State(http): State<Arc<Http>>, Extension(caller): Extension<Caller>) -> Response {
+    if let Some(refused) = admin_refusal(&caller) {
+        return refused;
+    }
+    Json(http.broker.export_definitions(None)).into_response()
+}
+
+/// `GET /api/definitions/{vhost}`: one vhost's exchanges, queues and bindings.
+pub(super) async fn vhost_definitions(
+    State(http): State<Arc<Http>>,
+    Extension(caller): Extension<Caller>,
+    Path(vhost): Path<String>,
+) -> Response {
+    if let Some(refused) = admin_refusal(&caller).or_else(|| super::vhost_refusal(&http, &caller, &vhost)) {
+        return refused;
+    }
+    Json(http.broker.export_definitions(Some(&vhost))).into_response()
+}
+
+/// `POST /api/definitions`: imports a definitions document (one exported
+/// by RabbitMQ or by warren). Sections warren has nothing for are ignored.
+pub(super) async fn import_definitions(
+    State(http): State<Arc<Http>>,
+    Extension(caller): Extension<Caller>,
+    JsonBody(body): JsonBody,
+) -> Response {
+    if let Some(refused) = admin_refusal(&caller) {
+        return refused;
+    }
+    let imported = crate::config::definitions::parse(&body).and_then(|d| http.broker.import_definitions(&d));
+    match imported {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(reason) => bad_request(&reason),
+    }
 }

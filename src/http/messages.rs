@@ -13,7 +13,7 @@ use bytes::{Bytes, BytesMut};
 use serde_json::{json, Value};
 
 use super::auth::Caller;
-use super::topology::{json_table, refusal};
+use super::topology::refusal;
 use super::{bad_request, table_json, vhost_refusal, Http, JsonBody};
 use crate::broker::access::{base64_decode, base64_encode, Access};
 use crate::broker::connections::NO_CONNECTION;
@@ -21,6 +21,7 @@ use crate::broker::events::Event;
 use crate::broker::message::{Body, Message};
 use crate::broker::queue::ChannelKey;
 use crate::broker::Totals;
+use crate::json::json_table;
 use crate::protocol::{BasicProperties, ShortStr};
 
 /// Most messages one `get` may take.

@@ -67,7 +67,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
 use crate::broker::Broker;
-use crate::protocol::{FieldTable, FieldValue};
+pub use crate::json::table_json;
 use auth::{authenticate, not_authorised, Caller};
 use listener::accept_loop;
 
@@ -131,6 +131,8 @@ fn router(http: Arc<Http>) -> Router {
             get(topology::bindings_between).post(topology::add_binding),
         )
         .route("/api/bindings/{vhost}/e/{source}/{kind}/{destination}/{props}", delete(topology::delete_binding))
+        .route("/api/definitions", get(admin::definitions).post(admin::import_definitions))
+        .route("/api/definitions/{vhost}", get(admin::vhost_definitions))
         .route("/api/vhosts", get(admin::vhosts))
         .route("/api/vhosts/{name}", get(admin::vhost).put(admin::put_vhost).delete(admin::delete_vhost))
         .route("/api/users", get(admin::users))
@@ -153,26 +155,6 @@ fn router(http: Arc<Http>) -> Router {
 
 fn not_found(what: &str) -> Response {
     (StatusCode::NOT_FOUND, Json(json!({"error": "Object Not Found", "reason": what}))).into_response()
-}
-
-/// A field table as the management API shows it: a JSON object.
-pub fn table_json(t: &FieldTable) -> Value {
-    Value::Object(t.iter().map(|(k, v)| (k.to_string(), value_json(v))).collect())
-}
-
-fn value_json(v: &FieldValue) -> Value {
-    match v {
-        FieldValue::Bool(b) => json!(b),
-        FieldValue::F32(f) => json!(f),
-        FieldValue::F64(f) => json!(f),
-        FieldValue::Decimal { scale, value } => json!(f64::from(*value) / 10f64.powi(i32::from(*scale))),
-        FieldValue::LongStr(b) | FieldValue::Bytes(b) => json!(String::from_utf8_lossy(b)),
-        FieldValue::Array(a) => Value::Array(a.iter().map(value_json).collect()),
-        FieldValue::Timestamp(t) => json!(t),
-        FieldValue::Table(t) => table_json(t),
-        FieldValue::Void => Value::Null,
-        other => json!(other.as_i64()),
-    }
 }
 
 fn connection_json(c: &crate::broker::inspect::ConnectionInfo) -> Value {

@@ -17,7 +17,6 @@ use axum::extract::{Extension, Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use bytes::Bytes;
 use serde_json::{json, Value};
 
 use super::auth::Caller;
@@ -29,7 +28,8 @@ use crate::broker::exchange::{Destination, Exchange, ExchangeKind};
 use crate::broker::queue::QueueOptions;
 use crate::broker::VirtualHost;
 use crate::error::AmqpError;
-use crate::protocol::{FieldTable, FieldValue, ReplyCode, ShortStr};
+use crate::json::json_table;
+use crate::protocol::{FieldTable, ReplyCode, ShortStr};
 
 /// A refusal, as RabbitMQ's management API words it: the status, and
 /// `{"error": …, "reason": …}`.
@@ -63,40 +63,6 @@ pub(super) fn refusal(e: AmqpError) -> ApiError {
         }
         _ => bad_request(&e.message),
     }
-}
-
-/// A JSON object as a field table, as RabbitMQ reads arguments and headers:
-/// strings become long strings, integers signed 64-bit, other numbers
-/// doubles, `null` void. (The JSON parser already bounds the nesting.)
-pub(super) fn json_table(v: &Value) -> Result<FieldTable, String> {
-    // An empty list is an empty table, as RabbitMQ reads it (clients such as
-    // pyrabbit2 send `"arguments": []`).
-    if v.as_array().is_some_and(Vec::is_empty) {
-        return Ok(FieldTable::new());
-    }
-    let Some(fields) = v.as_object() else { return Err("expected a JSON object".into()) };
-    let mut table = FieldTable::new();
-    for (key, value) in fields {
-        if key.len() > ShortStr::MAX_LEN {
-            return Err(format!("a table key is at most {} octets long", ShortStr::MAX_LEN));
-        }
-        table.insert(key.as_str(), json_value(value)?);
-    }
-    Ok(table)
-}
-
-fn json_value(v: &Value) -> Result<FieldValue, String> {
-    Ok(match v {
-        Value::Null => FieldValue::Void,
-        Value::Bool(b) => FieldValue::Bool(*b),
-        Value::Number(n) => match n.as_i64() {
-            Some(i) => FieldValue::I64(i),
-            None => FieldValue::F64(n.as_f64().unwrap_or_default()),
-        },
-        Value::String(s) => FieldValue::LongStr(Bytes::from(s.clone())),
-        Value::Array(items) => FieldValue::Array(items.iter().map(json_value).collect::<Result<_, _>>()?),
-        Value::Object(_) => FieldValue::Table(json_table(v)?),
-    })
 }
 
 /// A queue or exchange name from a URL: at most 255 octets.

@@ -31,6 +31,8 @@
 //! | `management.tcp.idle_timeout` | `60000` | ms an HTTP connection may stay silent |
 //! | `management.tcp.max_connections` | `1024` | most HTTP connections at once (warren's key; RabbitMQ's is fixed at 1024) |
 
+pub mod definitions;
+
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -81,6 +83,9 @@ pub struct Config {
     pub management_listen: SocketAddr,
     /// Limits of the HTTP API's connections.
     pub http_limits: HttpLimits,
+    /// Exchanges, queues and bindings declared at start-up (and again at
+    /// each reset), from `load_definitions`.
+    pub topology: definitions::Topology,
     /// Log every frame in and out of every connection, readably
     /// (`<- basic.publish exchange="" routing_key="q"`, `-> heartbeat`).
     pub trace_frames: bool,
@@ -232,6 +237,7 @@ impl Default for Config {
             max_message_size: 128 << 20,
             management_listen: SocketAddr::from(([127, 0, 0, 1], 15672)),
             http_limits: HttpLimits::default(),
+            topology: definitions::Topology::default(),
             trace_frames: false,
         }
     }
@@ -451,55 +457,37 @@ impl Config {
         let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let json: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| format!("{} is not valid JSON: {e}", path.display()))?;
-        let list = |key: &str| json.get(key).and_then(|v| v.as_array()).cloned().unwrap_or_default();
-        let text_of = |v: &serde_json::Value, key: &str| v.get(key).and_then(|x| x.as_str()).map(str::to_string);
-        for v in list("vhosts") {
-            let name = text_of(&v, "name").ok_or("a vhost without a name")?;
+        let d = definitions::parse(&json)?;
+        self.merge(d.vhosts, d.users, d.permissions);
+        self.topology.exchanges.extend(d.topology.exchanges);
+        self.topology.queues.extend(d.topology.queues);
+        self.topology.bindings.extend(d.topology.bindings);
+        for section in d.ignored {
+            warnings.push(ConfigWarning {
+                line,
+                key: format!("load_definitions: {section}"),
+                reason: "not imported by warren yet, ignored:",
+            });
+        }
+        Ok(())
+    }
+
+    /// Adds vhosts, users and permissions; a user or permission given again
+    /// replaces the earlier one.
+    fn merge(&mut self, vhosts: Vec<String>, users: Vec<UserConfig>, permissions: Vec<PermissionConfig>) {
+        for name in vhosts {
             if !self.vhosts.contains(&name) {
                 self.vhosts.push(name);
             }
         }
-        for u in list("users") {
-            let name = text_of(&u, "name").ok_or("a user without a name")?;
-            let password = match (text_of(&u, "password"), text_of(&u, "password_hash")) {
-                (Some(p), _) => PasswordConfig::Plain(p),
-                (None, Some(h)) => {
-                    let algorithm = text_of(&u, "hashing_algorithm").unwrap_or_default();
-                    if !algorithm.is_empty() && algorithm != "rabbit_password_hashing_sha256" {
-                        return Err(format!("user '{name}': hashing_algorithm {algorithm} is not supported"));
-                    }
-                    PasswordConfig::Sha256Base64(h)
-                }
-                (None, None) => return Err(format!("user '{name}' has neither password nor password_hash")),
-            };
-            let tags = parse_tags(u.get("tags"));
-            self.users.retain(|x| x.name != name);
-            self.users.push(UserConfig { name, password, tags });
+        for u in users {
+            self.users.retain(|x| x.name != u.name);
+            self.users.push(u);
         }
-        for p in list("permissions") {
-            let get = |k: &str| text_of(&p, k).ok_or_else(|| format!("a permission without '{k}'"));
-            let entry = PermissionConfig {
-                user: get("user")?,
-                vhost: get("vhost")?,
-                configure: get("configure")?,
-                write: get("write")?,
-                read: get("read")?,
-            };
-            self.permissions.retain(|x| !(x.user == entry.user && x.vhost == entry.vhost));
-            self.permissions.push(entry);
+        for p in permissions {
+            self.permissions.retain(|x| !(x.user == p.user && x.vhost == p.vhost));
+            self.permissions.push(p);
         }
-        for section in
-            ["queues", "exchanges", "bindings", "policies", "parameters", "global_parameters", "topic_permissions"]
-        {
-            if !list(section).is_empty() {
-                warnings.push(ConfigWarning {
-                    line,
-                    key: format!("load_definitions: {section}"),
-                    reason: "not imported by warren yet, ignored:",
-                });
-            }
-        }
-        Ok(())
     }
 }
 
@@ -542,7 +530,7 @@ mod tests {
     #[test]
     fn the_example_file_is_read_without_a_warning() {
         let mut c = Config::default();
-        let warnings = c.apply(include_str!("../rabbitmq.conf.example")).unwrap();
+        let warnings = c.apply(include_str!("../../rabbitmq.conf.example")).unwrap();
         assert!(warnings.is_empty(), "{warnings:?}");
         assert_eq!(c, Config::default(), "the example documents the defaults");
     }
