@@ -1,7 +1,11 @@
 //! The standalone binary: configuration file, flags, readable errors, and a
 //! clean stop on SIGINT.
 
+#[path = "common/binary.rs"]
+mod binary;
 mod common;
+
+use binary::Warren;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
@@ -226,29 +230,6 @@ async fn port_zero_announces_the_address_on_stdout_and_in_the_ready_file() {
     let _ = std::fs::remove_file(ready_file);
 }
 
-/// Starts warren; returns it, its ready line, and a channel of its log lines.
-fn launch(args: &[&str]) -> (Child, serde_json::Value, mpsc::Receiver<String>) {
-    let mut child = Command::new(WARREN)
-        .args(args)
-        .env("RUST_LOG", "info")
-        .env_remove("RABBITMQ_CONFIG_FILE")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run warren");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let line = BufReader::new(child.stdout.take().unwrap()).lines().next().expect("a ready line").unwrap();
-    (child, serde_json::from_str(&line).expect("JSON"), rx)
-}
-
 /// The status line of `GET /api/overview` as guest.
 async fn overview_status(http: std::net::SocketAddr) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -264,31 +245,25 @@ async fn overview_status(http: std::net::SocketAddr) -> String {
 async fn the_http_api_is_on_by_default_off_with_no_http_and_skipped_when_its_port_is_taken() {
     // On by default, where management.tcp.port says (0 here, so that tests
     // running at once do not compete for 15672).
-    let conf = config_file("management.tcp.port = 0\n");
-    let (mut child, ready, _) = launch(&["--config", conf.path(), "--port", "0"]);
-    let http: std::net::SocketAddr = ready["http"].as_str().expect("an HTTP address").parse().unwrap();
+    let warren = Warren::start(&[], "management.tcp.port = 0\n");
+    let http = warren.http.expect("an HTTP address");
     assert!(http.ip().is_loopback(), "{http}");
     assert_eq!(overview_status(http).await, "HTTP/1.1 200 OK");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(warren);
 
-    let (mut child, ready, _) = launch(&["--config", conf.path(), "--port", "0", "--no-http"]);
-    assert!(ready["http"].is_null(), "{ready}");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let warren = Warren::start(&["--no-http"], "management.tcp.port = 0\n");
+    assert_eq!(warren.http, None);
+    drop(warren);
 
     // A taken port is said plainly, and the broker goes on without its API.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let conf = config_file(&format!("management.tcp.port = {port}\n"));
-    let (mut child, ready, rx) = launch(&["--config", conf.path(), "--port", "0"]);
-    assert!(ready["http"].is_null(), "{ready}");
-    let warning = wait_for(&rx, "cannot serve the HTTP API");
+    let warren = Warren::start(&[], &format!("management.tcp.port = {port}\n"));
+    assert_eq!(warren.http, None);
+    let (warning, _) = warren.wait_for_log("cannot serve the HTTP API");
     assert!(warning.contains(&format!("127.0.0.1:{port}")) && warning.contains("going on without it"), "{warning}");
-    let amqp: std::net::SocketAddr = ready["amqp"].as_str().unwrap().parse().unwrap();
-    common::RawClient::open(amqp, 0).await;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    common::RawClient::open(warren.amqp, 0).await;
+    drop(warren);
 
     // Asked for by flag, the port must be free.
     let status = Command::new(WARREN)
