@@ -360,6 +360,17 @@ async fn topology_users_and_messages_can_be_set_up_and_read_over_http() {
     let keys: Vec<&str> = bindings.as_array().unwrap().iter().map(|b| b["routing_key"].as_str().unwrap()).collect();
     assert_eq!(keys, ["eu", "eu.#"], "the default exchange's binding first, then ours: {bindings}");
     assert_eq!(bindings[1]["properties_key"], "eu.#");
+    let from_orders = as_carol("GET", "/api/exchanges/test-a/orders/bindings/source", None).await.1;
+    assert_eq!(from_orders.as_array().unwrap().len(), 1, "{from_orders}");
+    assert_eq!(
+        as_carol("GET", "/api/exchanges/test-a/orders/bindings/destination", None).await.1,
+        serde_json::json!([])
+    );
+    assert_eq!(as_carol("GET", "/api/exchanges/test-a/orders/bindings/sideways", None).await.0, 404);
+    assert_eq!(as_carol("GET", "/api/aliveness-test/test-a", None).await.1, serde_json::json!({"status": "ok"}));
+    assert_eq!(as_carol("DELETE", "/api/queues/test-a/aliveness-test", None).await.0, 204);
+    assert_eq!(get(http, "/api/vhosts/test-a/permissions").await.as_array().unwrap().len(), 2);
+    assert_eq!(get(http, "/api/users/carol/permissions").await[0]["vhost"], "test-a");
 
     // Publish over HTTP, then get with each ackmode.
     for n in 1..=3 {

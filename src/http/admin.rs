@@ -244,3 +244,32 @@ pub(super) async fn import_definitions(
         Err(reason) => bad_request(&reason),
     }
 }
+
+/// `GET /api/users/{name}/permissions`: that user's permissions.
+pub(super) async fn user_permissions(
+    State(http): State<Arc<Http>>,
+    Extension(caller): Extension<Caller>,
+    Path(user): Path<String>,
+) -> Response {
+    if let Some(refused) = admin_refusal(&caller) {
+        return refused;
+    }
+    if http.broker.access.user(&user).is_none() {
+        return not_found("Not Found");
+    }
+    let all = http.broker.access.permissions();
+    Json(Value::Array(all.iter().filter(|p| p.user == user).map(permission_json).collect())).into_response()
+}
+
+/// `GET /api/vhosts/{name}/permissions`: every user's permissions there.
+pub(super) async fn vhost_permissions(
+    State(http): State<Arc<Http>>,
+    Extension(caller): Extension<Caller>,
+    Path(vhost): Path<String>,
+) -> Response {
+    if let Some(refused) = admin_refusal(&caller).or_else(|| super::vhost_refusal(&http, &caller, &vhost)) {
+        return refused;
+    }
+    let all = http.broker.access.permissions();
+    Json(Value::Array(all.iter().filter(|p| p.vhost == vhost).map(permission_json).collect())).into_response()
+}

@@ -253,3 +253,36 @@ pub(super) async fn get(
     }
     Json(Value::Array(out)).into_response()
 }
+
+/// `GET /api/aliveness-test/{vhost}`, as RabbitMQ does it: declares the
+/// queue `aliveness-test`, publishes a message to it and gets it back.
+pub(super) async fn aliveness_test(
+    State(http): State<Arc<Http>>,
+    Extension(caller): Extension<Caller>,
+    Path(vhost): Path<String>,
+) -> Response {
+    if let Some(refused) = vhost_refusal(&http, &caller, &vhost) {
+        return refused;
+    }
+    let Some(v) = http.broker.vhost(&vhost.as_str().into()) else { return super::not_found("Not Found") };
+    let name = ShortStr::from_static("aliveness-test");
+    let options = crate::broker::queue::QueueOptions {
+        durable: false,
+        exclusive_owner: None,
+        auto_delete: false,
+        arguments: Default::default(),
+    };
+    let q = match v.declare_queue(name.clone(), options, NO_CONNECTION) {
+        Ok((q, _)) => q,
+        Err(e) => return refusal(e).into_response(),
+    };
+    let body = Bytes::from_static(b"test_message");
+    let raw = Bytes::from_static(&[0, 0]);
+    let message = Message::new(&ShortStr::default(), &name, &raw, body.len() as u64, Body::One(body.clone()));
+    q.publish(Arc::new(message));
+    let alive = q.get(true).is_some_and(|(m, _)| m.message.body.to_bytes() == body);
+    if !alive {
+        return (axum::http::StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "failed"}))).into_response();
+    }
+    Json(json!({"status": "ok"})).into_response()
+}

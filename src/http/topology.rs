@@ -322,16 +322,47 @@ pub(super) async fn queue_bindings(
     Extension(caller): Extension<Caller>,
     Path((vhost, name)): Path<(String, String)>,
 ) -> Response {
-    let v = match vhost_for(&http, &caller, &vhost) {
+    bindings_where(
+        &http,
+        &caller,
+        &vhost,
+        |v| v.queue(&name.as_str().into()).is_ok(),
+        |b| b["destination_type"] == "queue" && b["destination"] == name.as_str(),
+    )
+}
+
+/// The bindings an exchange is the source of
+/// (`GET /api/exchanges/{vhost}/{name}/bindings/source`) or the destination of (`…/destination`).
+pub(super) async fn exchange_bindings(
+    State(http): State<Arc<Http>>,
+    Extension(caller): Extension<Caller>,
+    Path((vhost, name, side)): Path<(String, String, String)>,
+) -> Response {
+    let exists =
+        |v: &VirtualHost| v.exchange(&name.as_str().into()).is_ok() && (side == "source" || side == "destination");
+    bindings_where(&http, &caller, &vhost, exists, |b| match side.as_str() {
+        "source" => b["source"] == name.as_str(),
+        _ => b["destination_type"] == "exchange" && b["destination"] == name.as_str(),
+    })
+}
+
+/// The bindings of a vhost that `keep` accepts, once `exists` says the
+/// object asked about is there (404 otherwise).
+fn bindings_where(
+    http: &Http,
+    caller: &Caller,
+    vhost: &str,
+    exists: impl Fn(&VirtualHost) -> bool,
+    keep: impl Fn(&Value) -> bool,
+) -> Response {
+    let v = match vhost_for(http, caller, vhost) {
         Ok(v) => v,
         Err(refused) => return refused.into_response(),
     };
-    if v.queue(&name.as_str().into()).is_err() {
+    if !exists(&v) {
         return not_found("Not Found").into_response();
     }
-    let all = vhost_bindings(&v);
-    let mine = all.into_iter().filter(|b| b["destination_type"] == "queue" && b["destination"] == name.as_str());
-    Json(Value::Array(mine.collect())).into_response()
+    Json(Value::Array(vhost_bindings(&v).into_iter().filter(|b| keep(b)).collect())).into_response()
 }
 
 /// `q` or `e`, as the binding URLs name the destination's kind.

@@ -20,11 +20,15 @@ def test_a_full_round_with_pyrabbit2(broker):
     c.set_vhost_permissions("shop", "app", ".*", ".*", ".*")
     c.set_vhost_permissions("shop", "guest", ".*", ".*", ".*")
     assert "shop" in c.get_vhost_names()
+    assert c.is_alive("shop")
+    assert sorted(p["user"] for p in c.get_vhost_permissions("shop")) == ["app", "guest"]
+    assert [p["vhost"] for p in c.get_user_permissions("app")] == ["shop"]
 
     c.create_exchange("shop", "orders", "topic")
     assert c.get_exchange("shop", "orders")["type"] == "topic"
     c.create_queue("shop", "eu", durable=True)
     c.create_binding("shop", "orders", "eu", "eu.#")
+    assert [b["routing_key"] for b in c.get_queue_bindings("shop", "eu")] == ["eu", "eu.#"]
     assert c.publish("shop", "orders", "eu.fr", "order 1")
     assert c.publish("shop", "orders", "eu.de", "order 2")
     assert not c.publish("shop", "orders", "us.ny", "nobody wants this")
@@ -48,6 +52,7 @@ def test_a_full_round_with_pyrabbit2(broker):
     c.purge_queue("shop", "eu")
     assert c.get_queue_depth("shop", "eu") == 0
     c.delete_queue("shop", "eu")
+    c.delete_queue("shop", "aliveness-test")
     c.delete_exchange("shop", "orders")
     c.delete_vhost("shop")
     c.delete_user("app")
