@@ -324,7 +324,8 @@ async fn topology_users_and_messages_can_be_set_up_and_read_over_http() {
     assert_eq!(get(http, "/api/users/carol").await["tags"], serde_json::json!(["management"]));
     let all = r#"{"configure": ".*", "write": ".*", "read": ".*"}"#;
     assert_eq!(put("/api/permissions/test-a/carol", all).await.0, 201);
-    assert_eq!(put("/api/permissions/test-a/guest", all).await.0, 201);
+    // Creating the vhost gave guest, its creator, every permission there (as RabbitMQ).
+    assert_eq!(put("/api/permissions/test-a/guest", all).await.0, 204);
     let carol = Some(basic("carol", "pw"));
 
     // Topology, as carol (permissions in test-a, tag management).
@@ -359,7 +360,7 @@ async fn topology_users_and_messages_can_be_set_up_and_read_over_http() {
     let bindings = as_carol("GET", "/api/queues/test-a/eu/bindings", None).await.1;
     let keys: Vec<&str> = bindings.as_array().unwrap().iter().map(|b| b["routing_key"].as_str().unwrap()).collect();
     assert_eq!(keys, ["eu", "eu.#"], "the default exchange's binding first, then ours: {bindings}");
-    assert_eq!(bindings[1]["properties_key"], "eu.#");
+    assert_eq!(bindings[1]["properties_key"], "eu.%23", "percent-encoded, as RabbitMQ");
     let from_orders = as_carol("GET", "/api/exchanges/test-a/orders/bindings/source", None).await.1;
     assert_eq!(from_orders.as_array().unwrap().len(), 1, "{from_orders}");
     assert_eq!(
@@ -592,6 +593,31 @@ async fn definitions_export_and_import_round_trip_through_a_reset() {
     // The hashed password still logs in.
     let (status, _) = call(http, "GET", "/api/whoami", None, Some(&basic("app", "pw"))).await;
     assert_eq!(status, 200);
+    // One vhost's definitions, as RabbitMQ exports them (no vhost in the entries), into another.
+    assert!(shop_only["queues"][0].get("vhost").is_none(), "{shop_only}");
+    assert_eq!(call(http, "PUT", "/api/vhosts/copy", None, admin).await.0, 201);
+    let (status, body) = call(http, "POST", "/api/definitions/copy", Some(&shop_only.to_string()), admin).await;
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(get(http, "/api/queues/copy/eu").await["arguments"]["x-max-length"], 10);
     let (status, refused) = call(http, "POST", "/api/definitions", Some(r#"{"queues": [{"name": "q"}]}"#), admin).await;
     assert_eq!((status, refused["reason"].as_str()), (400, Some("a queue without 'vhost'")));
+}
+
+/// A definitions file exported by a real RabbitMQ 3.10.8 (its management
+/// plugin's `GET /api/definitions`) imports into warren.
+#[tokio::test]
+async fn a_definitions_file_exported_by_rabbitmq_imports() {
+    let broker = EmbeddedBroker::builder().http(true).start().await.unwrap();
+    let http = broker.http_addr().unwrap();
+    let exported = include_str!("fixtures/rabbitmq-3.10-definitions.json");
+    let (status, body) = call(http, "POST", "/api/definitions", Some(exported), Some(GUEST)).await;
+    assert_eq!(status, 204, "{body}");
+    let eu = get(http, "/api/queues/defs/eu").await;
+    assert_eq!(eu["arguments"]["x-max-length"], 10);
+    assert_eq!(get(http, "/api/exchanges/defs/orders").await["arguments"]["alternate-exchange"], "unrouted");
+    let to_exchanges = get(http, "/api/exchanges/defs/unrouted/bindings/destination").await;
+    assert_eq!(to_exchanges[0]["routing_key"], "all", "{to_exchanges}");
+    // RabbitMQ's password hash for app ("pw") logs in.
+    assert_eq!(call(http, "GET", "/api/whoami", None, Some(&basic("app", "pw"))).await.0, 200);
+    assert_eq!(get(http, "/api/permissions/defs/app").await["configure"], "^app-");
 }

@@ -104,7 +104,16 @@ impl Broker {
             })
             .collect();
         let mut out = json!({ "queues": queues, "exchanges": exchanges, "bindings": bindings });
-        if only.is_none() {
+        if only.is_some() {
+            // A per-vhost export names no vhost in its entries, as RabbitMQ's.
+            for section in ["queues", "exchanges", "bindings"] {
+                for entry in out[section].as_array_mut().into_iter().flatten() {
+                    entry.as_object_mut().map(|e| e.remove("vhost"));
+                }
+            }
+            out["parameters"] = json!([]);
+            out["policies"] = json!([]);
+        } else {
             let mut vhosts: Vec<String> = self.vhosts.iter().map(|v| v.key().to_string()).collect();
             vhosts.sort();
             let users: Vec<Value> = self

@@ -48,6 +48,8 @@ pub struct QueueInfo {
     pub auto_delete: bool,
     pub arguments: FieldTable,
     pub messages_ready: usize,
+    /// Body octets of the ready messages.
+    pub message_bytes_ready: usize,
     pub messages_unacknowledged: usize,
     pub consumers: Vec<ConsumerInfo>,
 }
@@ -101,6 +103,7 @@ impl Broker {
                     auto_delete: q.options.auto_delete,
                     arguments: q.options.arguments.clone(),
                     messages_ready: ready as usize,
+                    message_bytes_ready: q.ready_bytes(),
                     messages_unacknowledged: q.unacked_count(),
                     consumers: q.consumers(),
                 });

@@ -29,15 +29,23 @@ fn name_refusal(name: &str) -> Option<Response> {
     (name.is_empty() || name.len() > MAX_NAME).then(|| bad_request(&format!("names are 1 to {MAX_NAME} octets long")))
 }
 
-fn vhost_json(name: &str) -> Value {
-    json!({ "name": name, "description": "", "tags": [], "tracing": false })
+fn vhost_json(http: &Http, name: &str) -> Value {
+    let queues = http.broker.queue_infos();
+    let (ready, unacked) = queues
+        .iter()
+        .filter(|q| q.vhost == name)
+        .fold((0, 0), |(r, u), q| (r + q.messages_ready, u + q.messages_unacknowledged));
+    json!({
+        "name": name, "description": "", "tags": [], "metadata": { "description": "", "tags": [] },
+        "tracing": false, "messages": ready + unacked, "messages_ready": ready, "messages_unacknowledged": unacked,
+    })
 }
 
 pub(super) async fn vhosts(State(http): State<Arc<Http>>, Extension(caller): Extension<Caller>) -> Json<Value> {
     let mut names: Vec<String> = http.broker.vhosts.iter().map(|v| v.key().to_string()).collect();
     names.retain(|v| caller.sees_vhost(&http.broker, v));
     names.sort();
-    Json(Value::Array(names.iter().map(|n| vhost_json(n)).collect()))
+    Json(Value::Array(names.iter().map(|n| vhost_json(&http, n)).collect()))
 }
 
 pub(super) async fn vhost(
@@ -48,7 +56,7 @@ pub(super) async fn vhost(
     if let Some(refused) = super::vhost_refusal(&http, &caller, &name) {
         return refused;
     }
-    Json(vhost_json(&name)).into_response()
+    Json(vhost_json(&http, &name)).into_response()
 }
 
 pub(super) async fn put_vhost(
@@ -59,7 +67,12 @@ pub(super) async fn put_vhost(
     if let Some(refused) = admin_refusal(&caller).or_else(|| name_refusal(&name)) {
         return refused;
     }
-    created_or_replaced(http.broker.add_vhost(&name.as_str().into()))
+    let created = http.broker.add_vhost(&name.as_str().into());
+    if created {
+        // As RabbitMQ's API does: whoever creates a vhost may use it.
+        let _ = http.broker.access.set_permission(&PermissionConfig::full(&caller.name, &name));
+    }
+    created_or_replaced(created)
 }
 
 pub(super) async fn delete_vhost(
@@ -272,4 +285,30 @@ pub(super) async fn vhost_permissions(
     }
     let all = http.broker.access.permissions();
     Json(Value::Array(all.iter().filter(|p| p.vhost == vhost).map(permission_json).collect())).into_response()
+}
+
+/// `POST /api/definitions/{vhost}`: imports one vhost's exchanges, queues
+/// and bindings (entries name no vhost, as RabbitMQ's per-vhost export).
+pub(super) async fn import_vhost_definitions(
+    State(http): State<Arc<Http>>,
+    Extension(caller): Extension<Caller>,
+    Path(vhost): Path<String>,
+    JsonBody(mut body): JsonBody,
+) -> Response {
+    if let Some(refused) = admin_refusal(&caller).or_else(|| super::vhost_refusal(&http, &caller, &vhost)) {
+        return refused;
+    }
+    for section in ["queues", "exchanges", "bindings"] {
+        for entry in body.get_mut(section).and_then(Value::as_array_mut).into_iter().flatten() {
+            if let Some(e) = entry.as_object_mut() {
+                e.entry("vhost").or_insert_with(|| json!(vhost));
+            }
+        }
+    }
+    let imported =
+        crate::config::definitions::parse(&body).map(|d| d.topology).and_then(|t| http.broker.apply_topology(&t));
+    match imported {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(reason) => bad_request(&reason),
+    }
 }

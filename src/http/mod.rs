@@ -132,7 +132,7 @@ fn router(http: Arc<Http>) -> Router {
         )
         .route("/api/bindings/{vhost}/e/{source}/{kind}/{destination}/{props}", delete(topology::delete_binding))
         .route("/api/definitions", get(admin::definitions).post(admin::import_definitions))
-        .route("/api/definitions/{vhost}", get(admin::vhost_definitions))
+        .route("/api/definitions/{vhost}", get(admin::vhost_definitions).post(admin::import_vhost_definitions))
         .route("/api/exchanges/{vhost}/{name}/bindings/{side}", get(topology::exchange_bindings))
         .route("/api/users/{name}/permissions", get(admin::user_permissions))
         .route("/api/vhosts/{name}/permissions", get(admin::vhost_permissions))
@@ -205,7 +205,11 @@ fn queue_json(q: &crate::broker::inspect::QueueInfo) -> Value {
         "messages": q.messages_ready + q.messages_unacknowledged,
         "messages_ready": q.messages_ready,
         "messages_unacknowledged": q.messages_unacknowledged,
+        "message_bytes_ready": q.message_bytes_ready,
         "consumers": q.consumers.len(),
+        "exclusive_consumer_tag": q.consumers.iter().find(|c| c.exclusive).map(|c| c.tag.to_string()),
+        "policy": null,
+        "operator_policy": null,
         "type": "classic",
         "state": "running",
     })

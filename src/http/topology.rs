@@ -57,7 +57,8 @@ fn not_found(reason: &str) -> ApiError {
 /// is missing, 401 for what is not permitted, 400 for the rest.
 pub(super) fn refusal(e: AmqpError) -> ApiError {
     match e.code {
-        ReplyCode::NotFound => not_found(&e.message),
+        // RabbitMQ's API says no more than this, whatever is missing.
+        ReplyCode::NotFound => not_found("Not Found"),
         ReplyCode::AccessRefused => {
             ApiError { status: StatusCode::UNAUTHORIZED, error: "not_authorised", reason: e.message }
         }
@@ -246,17 +247,36 @@ pub(super) async fn purge_queue(
     result.map_or_else(IntoResponse::into_response, |()| StatusCode::NO_CONTENT.into_response())
 }
 
-/// RabbitMQ's name for one binding in URLs: the routing key, `~` for an
-/// empty one, and with arguments a `~` and a digest of them. (RabbitMQ's
-/// digest is Erlang's `phash2`; warren's is its own, so a key with
-/// arguments differs between the two.)
+/// RabbitMQ's name for one binding in URLs: the routing key
+/// percent-encoded (`a.#` is `a.%23`), `~` for an empty one, and with
+/// arguments a `~` and a digest of them. (RabbitMQ's digest is Erlang's
+/// `phash2`; warren's is its own, so a key with arguments differs.)
 pub(super) fn properties_key(routing_key: &str, arguments: &FieldTable) -> String {
+    let mut key = String::new();
+    for b in routing_key.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => key.push(b as char),
+            _ => key.push_str(&format!("%{b:02X}")),
+        }
+    }
     if arguments.is_empty() {
-        return if routing_key.is_empty() { "~".into() } else { routing_key.to_string() };
+        return if key.is_empty() { "~".into() } else { key };
     }
     let mut h = std::collections::hash_map::DefaultHasher::new();
     table_json(arguments).to_string().hash(&mut h);
-    format!("{routing_key}~{:x}", h.finish())
+    format!("{key}~{:x}", h.finish())
+}
+
+/// Whether a binding is the one a URL names: the URL's last segment arrives
+/// decoded (`a.#`), so it is encoded again to compare.
+fn names_binding(props: &str, routing_key: &str, arguments: &FieldTable) -> bool {
+    let again = properties_key(props.split('~').next().unwrap_or(""), &FieldTable::new());
+    let wanted = match props.split_once('~') {
+        Some((_, digest)) if !digest.is_empty() => format!("{}~{digest}", if again == "~" { "" } else { &again }),
+        _ if props.is_empty() || props == "~" => "~".to_string(),
+        _ => again,
+    };
+    properties_key(routing_key, arguments) == wanted
 }
 
 fn binding_json(vhost: &str, source: &str, kind: &str, destination: &str, key: &str, args: &FieldTable) -> Value {
@@ -449,7 +469,7 @@ pub(super) async fn delete_binding(
             Destination::Exchange(e) => ("exchange", e.name.clone()),
         };
         let found = x.bindings().into_iter().find(|(k, name, key, args)| {
-            *k == dest_kind && *name == dest_name && properties_key(&key.to_string(), args) == props
+            *k == dest_kind && *name == dest_name && names_binding(&props, &key.to_string(), args)
         });
         let Some((_, _, key, args)) = found else { return Err(not_found("Not Found")) };
         v.unbind(&x, &d, &key, &args);

@@ -288,6 +288,11 @@ impl Queue {
     }
 
     /// Ready messages and consumers.
+    /// Body octets of the ready messages.
+    pub fn ready_bytes(&self) -> usize {
+        self.lock().ready.bytes()
+    }
+
     pub fn counts(&self) -> (u32, u32) {
         let st = self.lock();
         (st.ready.len() as u32, st.consumers.len() as u32)
