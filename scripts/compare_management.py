@@ -2,7 +2,10 @@
 """Runs the same management-API requests against RabbitMQ and warren and prints where the
 answers differ: status codes, JSON keys one has and the other lacks, and values that differ.
 
-    python3 scripts/compare_management.py http://127.0.0.1:15672 http://127.0.0.1:15673
+    python3 scripts/compare_management.py http://127.0.0.1:15672 http://127.0.0.1:15673 [5672 5673]
+
+With the two AMQP ports too (and pika installed), it also opens a connection with a consumer on
+each broker and compares /api/overview, /api/connections, /api/channels and /api/consumers.
 
 Both brokers need the user guest/guest (administrator). The script creates and then deletes
 the vhost `compare`. Standard library only. Statistics that RabbitMQ refreshes every 5 s
@@ -25,7 +28,11 @@ VOLATILE = {"node", "pid", "reductions", "garbage_collection", "message_stats", 
             "erlang_version", "erlang_full_version", "cluster_name", "idle_since", "memory",
             "messages_details", "messages_ready_details", "messages_unacknowledged_details",
             "backing_queue_status", "effective_policy_definition", "head_message_timestamp",
-            "password_hash", "Location", "name_hash"}
+            "password_hash", "Location", "name_hash", "connected_at", "peer_port", "port", "name",
+            "connection_name", "client_properties", "recv_oct", "send_oct", "recv_cnt", "send_cnt",
+            "recv_oct_details", "send_oct_details", "garbage_collection", "listeners", "contexts",
+            "object_totals", "queue_totals", "churn_rates", "message_stats", "statistics_db_event_queue",
+            "sample_retention_policies", "exchange_types", "exchange_types"}
 
 
 def call(base, method, path, body=None):
@@ -104,9 +111,38 @@ def shape(a, b, where, out):
         out.append(f"{where}: RabbitMQ {json.dumps(a)[:80]}, warren {json.dumps(b)[:80]}")
 
 
-def main(rabbit, warren):
+CLIENT_STEPS = [
+    ("GET", "/api/connections", None),
+    ("GET", "/api/channels", None),
+    ("GET", "/api/consumers", None),
+    ("GET", "/api/overview", None),
+]
+
+
+def with_clients(ports):
+    """Opens a pika connection with a consumer on each broker; returns them."""
+    import pika  # only needed for this part
+
+    clients = []
+    for port in ports:
+        params = pika.ConnectionParameters("127.0.0.1", int(port), client_properties={"connection_name": "compare"})
+        conn = pika.BlockingConnection(params)
+        ch = conn.channel()
+        ch.queue_declare("compare-q", exclusive=True)
+        ch.basic_qos(prefetch_count=5)
+        ch.basic_consume("compare-q", lambda *a: None, consumer_tag="compare-c")
+        clients.append(conn)
+    time.sleep(6)  # RabbitMQ's statistics interval
+    return clients
+
+
+def main(rabbit, warren, ports=None):
     differences = 0
-    for method, path, body in STEPS:
+    steps = STEPS
+    if ports:
+        clients = with_clients(ports)
+        steps = CLIENT_STEPS + STEPS
+    for method, path, body in steps:
         if method == "WAIT":
             time.sleep(6)  # RabbitMQ's statistics interval: 5 s
             continue
@@ -120,7 +156,10 @@ def main(rabbit, warren):
             print("    " + line)
         differences += len(out)
     print(f"{differences} difference(s) in all")
+    if ports:
+        for c in clients:
+            c.close()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1].rstrip("/"), sys.argv[2].rstrip("/"))
+    main(sys.argv[1].rstrip("/"), sys.argv[2].rstrip("/"), sys.argv[3:5] or None)

@@ -14,6 +14,8 @@ use crate::protocol::{BasicProperties, FieldTable, ShortStr};
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConnectionDetails {
     pub user: String,
+    /// The SASL mechanism it logged in with (`PLAIN`, `AMQPLAIN`).
+    pub mechanism: String,
     pub vhost: String,
     pub client_properties: FieldTable,
     pub channel_max: u16,

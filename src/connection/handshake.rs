@@ -203,6 +203,7 @@ impl Handshake {
         );
         let details = ConnectionDetails {
             user: self.user.clone(),
+            mechanism: self.mechanism.clone(),
             vhost: m.virtual_host.to_string(),
             client_properties: std::mem::take(&mut self.client_properties),
             channel_max: self.tuned.channel_max,

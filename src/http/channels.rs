@@ -59,6 +59,10 @@ pub(super) async fn channels(State(http): State<Arc<Http>>, Extension(caller): E
                 "state": "running",
             });
             if let (Value::Object(channel), Value::Object(extra)) = (&mut channel, extra) {
+                // At the top level RabbitMQ names the peer in connection_details only.
+                for key in ["peer_host", "peer_port", "connection_name"] {
+                    channel.remove(key);
+                }
                 channel.extend(extra);
             }
             out.push(channel);

@@ -175,6 +175,9 @@ fn connection_json(c: &crate::broker::inspect::ConnectionInfo) -> Value {
         "state": c.state.name(),
         "user": d.map(|d| d.user.clone()),
         "vhost": d.map(|d| d.vhost.clone()),
+        "auth_mechanism": d.map(|d| d.mechanism.clone()),
+        // TLS arrives with issue 14; until then no connection uses it.
+        "ssl": false,
         "client_properties": d.map(|d| table_json(&d.client_properties)),
         "channel_max": d.map(|d| d.channel_max),
         "frame_max": d.map(|d| d.frame_max),
