@@ -517,6 +517,23 @@ async fn prometheus_metrics_use_rabbitmqs_names_and_need_no_credentials() {
     ] {
         assert!(response.lines().any(|l| l == line), "no line {line:?} in:\n{response}");
     }
+
+    // Counts are per connection; a closed connection's stay in the totals.
+    drop(client);
+    let mut open = broker.broker().gauges.connections.subscribe();
+    tokio::time::timeout(WAIT, open.wait_for(|n| *n == 0)).await.unwrap().unwrap();
+    let mut stream = tokio::net::TcpStream::connect(http).await.unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut after = String::new();
+    stream.read_to_string(&mut after).await.unwrap();
+    for line in [
+        "rabbitmq_global_messages_received_total 2",
+        "rabbitmq_global_messages_acknowledged_total 1",
+        "rabbitmq_connections 0",
+        "rabbitmq_connections_closed_total 1",
+    ] {
+        assert!(after.lines().any(|l| l == line), "no line {line:?} in:\n{after}");
+    }
 }
 
 #[tokio::test]

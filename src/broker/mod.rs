@@ -204,15 +204,12 @@ pub struct Gauges {
     pub heartbeat_tasks: Arc<watch::Sender<usize>>,
 }
 
-/// Counts since the broker started (RabbitMQ's `rabbitmq_global_*_total`
-/// and connection churn), bumped where each thing happens.
+/// Counts since the broker started that belong to no connection (message
+/// counts are per connection, in `connections::Counters`).
 #[derive(Debug, Default)]
 pub struct Totals {
-    /// Messages published (over AMQP or the HTTP API).
-    pub received: AtomicU64,
-    /// Deliveries and `basic.get-ok`s.
-    pub delivered: AtomicU64,
-    pub acknowledged: AtomicU64,
+    /// Messages published through the HTTP API.
+    pub http_published: AtomicU64,
     pub connections_opened: AtomicU64,
     pub connections_closed: AtomicU64,
     /// Connections dropped for missed heartbeats.

@@ -155,7 +155,7 @@ pub(super) async fn publish(
     let mut message = Message::new(&exchange_name, &routing_key, &raw, size, Body::One(payload));
     message.charge = Some(v.alarms.charge(message.footprint()));
     let message = Arc::new(message);
-    Totals::add(&http.broker.totals.received, 1);
+    Totals::add(&http.broker.totals.http_published, 1);
     http.broker.events.emit(|| Event::Published {
         connection: "HTTP API".into(),
         exchange: exchange.clone(),

@@ -30,9 +30,9 @@ fn gauge(registry: &mut Registry, name: &str, help: &str, value: i64) {
 }
 
 /// A counter named without its `_total`, which the encoder adds.
-fn counter(registry: &mut Registry, name: &str, help: &str, value: &AtomicU64) {
+fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
     let c = Counter::<u64, AtomicU64>::default();
-    c.inc_by(value.load(Ordering::Relaxed));
+    c.inc_by(value);
     registry.register(name, help, c);
 }
 
@@ -72,37 +72,26 @@ pub(super) async fn metrics(State(http): State<Arc<Http>>) -> Response {
     let consumers: usize = queues.iter().map(|q| q.consumers.len()).sum();
     gauge(&mut registry, "rabbitmq_consumers", "Consumers currently connected", consumers as i64);
     let t = &b.totals;
-    counter(
-        &mut registry,
-        "rabbitmq_global_messages_received",
-        "Total number of messages received from publishers",
-        &t.received,
-    );
-    counter(
-        &mut registry,
-        "rabbitmq_global_messages_delivered",
-        "Total number of messages delivered to consumers",
-        &t.delivered,
-    );
-    counter(
-        &mut registry,
-        "rabbitmq_global_messages_acknowledged",
-        "Total number of messages acknowledged by consumers",
-        &t.acknowledged,
-    );
-    counter(&mut registry, "rabbitmq_connections_opened", "Total number of connections opened", &t.connections_opened);
-    counter(
-        &mut registry,
-        "rabbitmq_connections_closed",
-        "Total number of connections closed or terminated",
-        &t.connections_closed,
-    );
-    counter(
-        &mut registry,
-        "warren_heartbeat_timeouts",
-        "Connections closed for missed heartbeats",
-        &t.heartbeat_timeouts,
-    );
+    let m = b.connections.messages();
+    let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    for (name, help, value) in [
+        (
+            "rabbitmq_global_messages_received",
+            "Total number of messages received from publishers",
+            m.published + load(&t.http_published),
+        ),
+        ("rabbitmq_global_messages_delivered", "Total number of messages delivered to consumers", m.delivered),
+        ("rabbitmq_global_messages_acknowledged", "Total number of messages acknowledged by consumers", m.acknowledged),
+        ("rabbitmq_connections_opened", "Total number of connections opened", load(&t.connections_opened)),
+        (
+            "rabbitmq_connections_closed",
+            "Total number of connections closed or terminated",
+            load(&t.connections_closed),
+        ),
+        ("warren_heartbeat_timeouts", "Connections closed for missed heartbeats", load(&t.heartbeat_timeouts)),
+    ] {
+        counter(&mut registry, name, help, value);
+    }
     let alarm = b.alarms.current().memory;
     gauge(
         &mut registry,

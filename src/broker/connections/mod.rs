@@ -84,6 +84,12 @@ pub struct Counters {
     pub heartbeats_sent: AtomicU64,
     pub frames_in: AtomicU64,
     pub frames_out: AtomicU64,
+    /// Messages this connection published, had delivered (or got), and
+    /// acknowledged: per connection, so that no two connections contend on
+    /// one counter; the registry sums them (see [`Connections::messages`]).
+    pub published: AtomicU64,
+    pub delivered: AtomicU64,
+    pub acknowledged: AtomicU64,
     /// When the client last sent anything, in ms since the connection was
     /// accepted (one clock read per socket read, not per frame).
     pub last_read_ms: AtomicU64,
@@ -147,11 +153,31 @@ impl ConnectionEntry {
 /// API): connection ids start at 1, so no exclusive queue belongs to it.
 pub const NO_CONNECTION: u64 = 0;
 
+/// Message counts over all connections, open and closed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MessageCounts {
+    pub published: u64,
+    pub delivered: u64,
+    pub acknowledged: u64,
+}
+
+impl MessageCounts {
+    fn add(&mut self, c: &Counters) {
+        self.published += c.published.load(Ordering::Relaxed);
+        self.delivered += c.delivered.load(Ordering::Relaxed);
+        self.acknowledged += c.acknowledged.load(Ordering::Relaxed);
+    }
+}
+
 /// Every open connection of one broker, by id.
 #[derive(Default)]
 pub struct Connections {
     map: Arc<DashMap<u64, Arc<ConnectionEntry>>>,
     next_id: AtomicU64,
+    /// The counts of the connections that have closed. A connection's counts
+    /// move here and it leaves the map under this lock, and a sum is taken
+    /// under it, so a sum never counts a connection twice or not at all.
+    retired: Arc<Mutex<MessageCounts>>,
 }
 
 /// A connection's place in the registry, held by its task: dropping it marks
@@ -161,11 +187,14 @@ pub struct Registration {
     /// Where one-shot faults arrive.
     pub commands: mpsc::UnboundedReceiver<FaultCommand>,
     map: Arc<DashMap<u64, Arc<ConnectionEntry>>>,
+    retired: Arc<Mutex<MessageCounts>>,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
         self.entry.set_state(ConnectionState::Closing);
+        let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        retired.add(&self.entry.counters);
         self.map.remove(&self.entry.id);
     }
 }
@@ -188,7 +217,7 @@ impl Connections {
             accepted: Instant::now(),
         });
         self.map.insert(id, entry.clone());
-        Registration { entry, commands, map: self.map.clone() }
+        Registration { entry, commands, map: self.map.clone(), retired: self.retired.clone() }
     }
 
     /// How many connections are open (handshaking ones included, as
@@ -199,6 +228,17 @@ impl Connections {
 
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
+    }
+
+    /// Messages published, delivered and acknowledged over every connection
+    /// since the broker started.
+    pub fn messages(&self) -> MessageCounts {
+        let retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        let mut sum = *retired;
+        for e in self.map.iter() {
+            sum.add(&e.counters);
+        }
+        sum
     }
 
     /// Whether the connection with this id is still open.

@@ -22,6 +22,7 @@ mod on_queue;
 mod on_tx;
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -31,7 +32,7 @@ use crate::broker::access::Access;
 use crate::broker::events::{Event, Events};
 use crate::broker::message::{Body, QueuedMessage};
 use crate::broker::queue::{ChannelKey, Consumer, DeliveryTarget, Queue, Refusal};
-use crate::broker::{Broker, Totals, VirtualHost};
+use crate::broker::{Broker, VirtualHost};
 use crate::connection::timeouts::DeliveryDeadlines;
 use crate::connection::writer::{Delivery, DeliveryKind, Outbound, Outlet};
 use crate::error::{AmqpError, AmqpResult};
@@ -170,8 +171,6 @@ pub struct ChannelShared {
     events: Arc<Events>,
     connection_name: Arc<str>,
     deadlines: Arc<DeliveryDeadlines>,
-    /// The broker's running totals (deliveries are counted here).
-    totals: Arc<Totals>,
     deliveries: Mutex<Deliveries>,
 }
 
@@ -208,7 +207,7 @@ impl ChannelShared {
         no_ack: bool,
     ) {
         d.last_tag += 1;
-        Totals::add(&self.totals.delivered, 1);
+        self.outlet.counters.delivered.fetch_add(1, Ordering::Relaxed);
         self.events.emit(|| Event::Delivered {
             connection: self.connection_name.to_string(),
             channel: self.key.channel,
@@ -349,7 +348,6 @@ impl Channel {
                 events: s.broker.events.clone(),
                 connection_name: s.connection_name.clone(),
                 deadlines: s.deadlines.clone(),
-                totals: s.broker.totals.clone(),
                 deliveries: Mutex::new(Deliveries::default()),
             }),
             closing: false,
@@ -523,7 +521,7 @@ impl Channel {
                 let consumer = u.consumer_tag.as_ref();
                 match outcome {
                     Outcome::Ack => {
-                        Totals::add(&self.shared.totals.acknowledged, 1);
+                        self.shared.outlet.counters.acknowledged.fetch_add(1, Ordering::Relaxed);
                         u.queue.settled(key, consumer, 1)
                     }
                     Outcome::Requeue => u.queue.requeue(key, consumer, vec![u.message]),
@@ -545,7 +543,7 @@ impl Channel {
             }
             let consumer = first.consumer_tag.as_ref();
             if outcome == Outcome::Ack {
-                Totals::add(&self.shared.totals.acknowledged, messages.len() as u64);
+                self.shared.outlet.counters.acknowledged.fetch_add(messages.len() as u64, Ordering::Relaxed);
             }
             match outcome {
                 Outcome::Ack => first.queue.settled(key, consumer, messages.len() as u32),

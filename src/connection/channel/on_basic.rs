@@ -8,7 +8,6 @@ use crate::broker::access::Access;
 use crate::broker::events::Event;
 use crate::broker::message::{Body, Message};
 use crate::broker::queue::{Consumer, Enqueued, Queue};
-use crate::broker::Totals;
 use crate::connection::writer::{Delivery, DeliveryKind, Outbound};
 use crate::error::{AmqpError, AmqpResult};
 use crate::protocol::methods::basic;
@@ -70,7 +69,7 @@ impl Channel {
                 message: message.clone(),
             }));
         }
-        Totals::add(&s.broker.totals.received, 1);
+        s.outlet.counters.published.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         s.broker.events.emit(|| Event::Published {
             connection: s.connection_name.to_string(),
             exchange: message.exchange.to_string(),
