@@ -638,3 +638,34 @@ async fn a_definitions_file_exported_by_rabbitmq_imports() {
     assert_eq!(call(http, "GET", "/api/whoami", None, Some(&basic("app", "pw"))).await.0, 200);
     assert_eq!(get(http, "/api/permissions/defs/app").await["configure"], "^app-");
 }
+
+/// Every input of the management API's write side has a bound, answered
+/// with a 400 (or 413 for a body too large), and nothing is changed.
+#[tokio::test]
+async fn management_inputs_are_bounded() {
+    let broker = EmbeddedBroker::builder().http(true).start().await.unwrap();
+    let http = broker.http_addr().unwrap();
+    let admin = Some(GUEST);
+    let long = "q".repeat(256);
+    assert_eq!(call(http, "PUT", &format!("/api/queues/%2F/{long}"), Some("{}"), admin).await.0, 400);
+    assert_eq!(call(http, "PUT", &format!("/api/vhosts/{long}"), None, admin).await.0, 400);
+    let key = "k".repeat(256);
+    let args = format!(r#"{{"arguments": {{"{key}": 1}}}}"#);
+    assert_eq!(call(http, "PUT", "/api/queues/%2F/q", Some(&args), admin).await.0, 400);
+    let regex = format!(r#"{{"configure": "{}", "write": "", "read": ""}}"#, "a".repeat(5000));
+    assert_eq!(call(http, "PUT", "/api/permissions/%2F/guest", Some(&regex), admin).await.0, 400);
+    assert_eq!(call(http, "PUT", "/api/queues/%2F/q", Some("{}"), admin).await.0, 201);
+    let get_many = r#"{"count": 10001, "ackmode": "ack_requeue_true"}"#;
+    assert_eq!(call(http, "POST", "/api/queues/%2F/q/get", Some(get_many), admin).await.0, 400);
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    let nested = format!(r#"{{"arguments": {{"x": {deep}}}}}"#);
+    assert_eq!(
+        call(http, "PUT", "/api/queues/%2F/deep", Some(&nested), admin).await.0,
+        400,
+        "JSON nests at most 128 deep"
+    );
+    let big = format!(r#"{{"queues": [], "padding": "{}"}}"#, "x".repeat(3 << 20));
+    assert_eq!(call(http, "POST", "/api/definitions", Some(&big), admin).await.0, 413);
+    let names: Vec<String> = broker.broker().queue_infos().into_iter().map(|q| q.name).collect();
+    assert_eq!(names, ["q"]);
+}
