@@ -470,6 +470,15 @@ async fn topology_users_and_messages_can_be_set_up_and_read_over_http() {
     assert_eq!(call(http, "DELETE", &format!("/api/vhosts/{name}"), None, admin).await.0, 204);
 }
 
+/// The whole `/metrics` response (head and text), asked without credentials.
+async fn metrics_text(http: SocketAddr) -> String {
+    let mut stream = tokio::net::TcpStream::connect(http).await.unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}
+
 #[tokio::test]
 async fn prometheus_metrics_use_rabbitmqs_names_and_need_no_credentials() {
     let broker = EmbeddedBroker::builder().http(true).start().await.unwrap();
@@ -497,10 +506,7 @@ async fn prometheus_metrics_use_rabbitmqs_names_and_need_no_credentials() {
     let (status, head, _) = call_with_head(http, "GET", "/metrics", None, None).await;
     assert_eq!(status, 200);
     assert!(head.contains("application/openmetrics-text"), "{head}");
-    let mut stream = tokio::net::TcpStream::connect(http).await.unwrap();
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
+    let response = metrics_text(http).await;
     for line in [
         "rabbitmq_queue_messages_ready{vhost=\"/\",queue=\"q\"} 1",
         "rabbitmq_queue_messages_unacked{vhost=\"/\",queue=\"q\"} 0",
@@ -522,10 +528,7 @@ async fn prometheus_metrics_use_rabbitmqs_names_and_need_no_credentials() {
     drop(client);
     let mut open = broker.broker().gauges.connections.subscribe();
     tokio::time::timeout(WAIT, open.wait_for(|n| *n == 0)).await.unwrap().unwrap();
-    let mut stream = tokio::net::TcpStream::connect(http).await.unwrap();
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
-    let mut after = String::new();
-    stream.read_to_string(&mut after).await.unwrap();
+    let after = metrics_text(http).await;
     for line in [
         "rabbitmq_global_messages_received_total 2",
         "rabbitmq_global_messages_acknowledged_total 1",

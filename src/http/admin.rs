@@ -25,6 +25,15 @@ fn created_or_replaced(created: bool) -> Response {
     if created { StatusCode::CREATED } else { StatusCode::NO_CONTENT }.into_response()
 }
 
+/// 204 when something was deleted, RabbitMQ's 404 when there was nothing.
+fn deleted(found: bool) -> Response {
+    if found {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        not_found("Not Found")
+    }
+}
+
 fn name_refusal(name: &str) -> Option<Response> {
     (name.is_empty() || name.len() > MAX_NAME).then(|| bad_request(&format!("names are 1 to {MAX_NAME} octets long")))
 }
@@ -151,10 +160,7 @@ pub(super) async fn delete_user(
     if let Some(refused) = admin_refusal(&caller) {
         return refused;
     }
-    if !http.broker.access.delete_user(&name) {
-        return not_found("Not Found");
-    }
-    StatusCode::NO_CONTENT.into_response()
+    deleted(http.broker.access.delete_user(&name))
 }
 
 fn permission_json(p: &PermissionConfig) -> Value {
@@ -214,10 +220,7 @@ pub(super) async fn delete_permission(
     if let Some(refused) = admin_refusal(&caller) {
         return refused;
     }
-    if !http.broker.access.clear_permission(&user, &vhost) {
-        return not_found("Not Found");
-    }
-    StatusCode::NO_CONTENT.into_response()
+    deleted(http.broker.access.clear_permission(&user, &vhost))
 }
 
 /// `GET /api/definitions`: users, vhosts, permissions, exchanges, queues
