@@ -49,4 +49,20 @@ if [ -z "${WARREN_BIN:-}" ]; then
 fi
 echo "interop: testing $WARREN_BIN"
 
+# The Python package: a wheel built with maturin, installed into a venv of its
+# own, tested with no cargo on PATH and no WARREN_BIN: the binary it runs is
+# the one inside the wheel.
+echo "interop: building the warren-broker wheel"
+WHEELS="$REPO/target/wheels"
+rm -f "$WHEELS"/warren_broker-*.whl
+(cd python && "$VENV/bin/maturin" build --release --quiet -o "$WHEELS")
+PLUGIN_VENV="$REPO/target/plugin-venv"
+rm -rf "$PLUGIN_VENV"
+python3 -m venv "$PLUGIN_VENV"
+"$PLUGIN_VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+    "$WHEELS"/warren_broker-*.whl pika==1.4.4 pytest==9.2.0
+echo "interop: the pytest plugin, from the installed wheel"
+(cd python && env -i PATH="$PLUGIN_VENV/bin:/usr/bin:/bin" HOME="${HOME:-/tmp}" \
+    "$PLUGIN_VENV/bin/python" -m pytest tests -v -p no:cacheprovider)
+
 exec "$VENV/bin/python" -m pytest tests/interop -v -rxX -p no:cacheprovider "$@"

@@ -1,0 +1,267 @@
+"""Start warren from Python and drive it through its HTTP control API.
+
+Standard library only. A sketch of a test::
+
+    from warren_broker import Broker
+
+    with Broker.start(heartbeat=1) as broker:
+        # ... connect pika / kombu / Celery to broker.url ...
+        conn = broker.connection("my-worker")          # by client-provided name
+        conn.withhold_heartbeats()                      # inject a fault
+        broker.events().wait_for(lambda e: e["type"] == "connection.closed", timeout=10)
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+
+
+class BrokerError(RuntimeError):
+    """warren could not start, or the control API refused a request."""
+
+
+def find_binary(explicit: Optional[str] = None) -> str:
+    """The `warren` binary: `explicit`, else $WARREN_BIN, else the one this package installed
+    next to the running Python, else the first on PATH."""
+    candidates = [explicit, os.environ.get("WARREN_BIN"), str(Path(sys.executable).parent / "warren")]
+    for c in candidates:
+        if c and os.path.isfile(c) and os.access(c, os.X_OK):
+            return c
+    found = shutil.which("warren")
+    if found:
+        return found
+    raise BrokerError("the warren binary was not found: install this package (pip install warren-broker), "
+                      "set $WARREN_BIN, or pass binary=")
+
+
+class Broker:
+    """A running warren process: its AMQP URL and its HTTP control API."""
+
+    def __init__(self, process: subprocess.Popen, ready: Dict[str, Any], log_path: Path):
+        self.process = process
+        self.log_path = log_path
+        self.amqp = ready["amqp"]
+        self.amqp_port = int(ready["amqp_port"])
+        self.host = self.amqp.rsplit(":", 1)[0]
+        self.http = f"http://{ready['http']}"
+        self.url = f"amqp://guest:guest@{self.amqp}/%2f"
+        self._auth = "Basic " + base64.b64encode(b"guest:guest").decode()
+
+    @classmethod
+    def start(cls, heartbeat: Optional[int] = None, config: Optional[str] = None,
+              definitions: Optional[Dict[str, Any]] = None, binary: Optional[str] = None,
+              args: Sequence[str] = (), timeout: float = 10.0) -> "Broker":
+        """Starts warren on free loopback ports. `heartbeat`: the T it proposes (seconds);
+        `config`: rabbitmq.conf text; `definitions`: a RabbitMQ definitions document loaded
+        at start-up. If warren cannot start, the error carries what it printed."""
+        workdir = Path(tempfile.mkdtemp(prefix="warren-"))
+        command = [find_binary(binary), "--port", "0", "--http-port", "0", *args]
+        if heartbeat is not None:
+            command += ["--heartbeat", str(heartbeat)]
+        conf_text = config or ""
+        if definitions is not None:
+            defs = workdir / "definitions.json"
+            defs.write_text(json.dumps(definitions))
+            conf_text += f"\nload_definitions = {defs}\n"
+        if conf_text:
+            conf = workdir / "rabbitmq.conf"
+            conf.write_text(conf_text)
+            command += ["--config", str(conf)]
+        log_path = workdir / "warren.log"
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
+                                       env={**os.environ, "NO_COLOR": "1"})
+        deadline = time.monotonic() + timeout
+        line = b""
+        while time.monotonic() < deadline:
+            line = process.stdout.readline() if process.stdout else b""
+            if line or process.poll() is not None:
+                break
+        try:
+            ready = json.loads(line)
+        except ValueError:
+            process.kill()
+            process.wait()
+            said = log_path.read_text(errors="replace").strip() or "(nothing)"
+            raise BrokerError(f"warren did not start ({' '.join(command)}); it said:\n{said}") from None
+        return cls(process, ready, log_path)
+
+    def stop(self) -> None:
+        """Stops warren (SIGTERM, then SIGKILL after 5 s)."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def __enter__(self) -> "Broker":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def log(self) -> str:
+        """What warren has logged so far."""
+        return self.log_path.read_text(errors="replace")
+
+    # -- the HTTP control API ---------------------------------------------------
+    def api(self, method: str, path: str, body: Any = None, timeout: float = 35.0) -> Any:
+        """One request as guest; the parsed JSON answer, or None. A refusal raises BrokerError
+        with RabbitMQ's reason."""
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.http + path, data=data, method=method,
+                                         headers={"Authorization": self._auth, "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as e:
+            raise BrokerError(f"{method} {path}: {e.code} {e.read().decode(errors='replace')}") from None
+        return json.loads(raw) if raw else None
+
+    def connections(self) -> List[Dict[str, Any]]:
+        return self.api("GET", "/api/connections")
+
+    def connection(self, name: str, timeout: float = 5.0) -> "Connection":
+        """The open connection with this name (`client:port -> server:port`) or client-provided
+        `connection_name`, waiting for it up to `timeout`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for c in self.connections():
+                if name in (c["name"], c.get("user_provided_name")) and c.get("state") != "starting":
+                    return Connection(self, c["name"])
+            if time.monotonic() >= deadline:
+                raise BrokerError(f"no connection named {name!r} within {timeout}s")
+            time.sleep(0.02)
+
+    def queues(self) -> List[Dict[str, Any]]:
+        return self.api("GET", "/api/queues")
+
+    def queue(self, name: str, vhost: str = "/") -> Dict[str, Any]:
+        return self.api("GET", f"/api/queues/{_q(vhost)}/{_q(name)}")
+
+    def peek(self, queue: str, count: int = 1, vhost: str = "/") -> List[Dict[str, Any]]:
+        """Up to `count` messages of a queue, left there (marked redelivered, as RabbitMQ's
+        management `get` with requeue does)."""
+        body = {"count": count, "ackmode": "ack_requeue_true", "encoding": "auto"}
+        return self.api("POST", f"/api/queues/{_q(vhost)}/{_q(queue)}/get", body)
+
+    def raise_alarm(self, resource: str = "memory") -> None:
+        """Blocks publishers as a resource alarm does."""
+        self.api("PUT", f"/api/warren/alarms/{resource}")
+
+    def clear_alarm(self, resource: str = "memory") -> None:
+        self.api("DELETE", f"/api/warren/alarms/{resource}")
+
+    def reset(self) -> Dict[str, Any]:
+        """Back to the start-up state: connections closed (320), everything made since gone."""
+        return self.api("POST", "/api/warren/reset")
+
+    def fresh_vhost(self) -> "FreshVhost":
+        """A vhost of its own for one test; use as a context manager to delete it after."""
+        made = self.api("POST", "/api/warren/vhosts")
+        return FreshVhost(self, made["name"])
+
+    def events(self) -> "Events":
+        """Events from now on (connection.opened/closed, heartbeat.timeout, …)."""
+        return Events(self)
+
+
+class Connection:
+    """One open connection and the faults that can be injected into it."""
+
+    def __init__(self, broker: Broker, name: str):
+        self.broker = broker
+        self.name = name
+
+    def _faults(self, **switches: Any) -> None:
+        self.broker.api("POST", f"/api/warren/connections/{_q(self.name)}/faults", switches)
+
+    def withhold_heartbeats(self, on: bool = True) -> None:
+        """The broker stops sending heartbeats: the client must notice."""
+        self._faults(withhold_heartbeats=on)
+
+    def ignore_client(self, on: bool = True) -> None:
+        """The client's traffic stops counting: dropped 2T..3T later, as after missed heartbeats."""
+        self._faults(ignore_client=on)
+
+    def black_hole(self, on: bool = True) -> None:
+        """Nothing is read or written while the TCP connection stays open."""
+        self._faults(black_hole=on)
+
+    def block(self, on: bool = True) -> None:
+        """Blocked as under a resource alarm (connection.blocked at its next publish)."""
+        self._faults(block=on)
+
+    def delivery_latency(self, milliseconds: int) -> None:
+        self._faults(delivery_latency_ms=milliseconds)
+
+    def kill(self) -> None:
+        """A TCP reset, without a word."""
+        self._faults(kill=True)
+
+    def force_close(self, reason: str = "Closed via management plugin") -> None:
+        """connection.close 320 CONNECTION_FORCED, as rabbitmqctl close_connection."""
+        self._faults(force_close=reason)
+
+
+class FreshVhost:
+    def __init__(self, broker: Broker, name: str):
+        self.broker = broker
+        self.name = name
+        self.url = f"amqp://guest:guest@{broker.amqp}/{_q(name)}"
+
+    def delete(self) -> None:
+        self.broker.api("DELETE", f"/api/vhosts/{_q(self.name)}")
+
+    def __enter__(self) -> "FreshVhost":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.delete()
+
+
+class Events:
+    """Events after the moment this was made, by long polling."""
+
+    def __init__(self, broker: Broker):
+        self.broker = broker
+        self.since = broker.api("GET", "/api/warren/events?since=0&timeout_ms=0")["last"]
+
+    def __iter__(self) -> Iterator[Dict[str, Any]]:
+        while True:
+            got = self.broker.api("GET", f"/api/warren/events?since={self.since}&timeout_ms=30000")
+            for event in got["events"]:
+                self.since = event["seq"]
+                yield event
+
+    def wait_for(self, predicate: Callable[[Dict[str, Any]], bool], timeout: float = 10.0) -> Dict[str, Any]:
+        """The first event `predicate` accepts; BrokerError after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BrokerError(f"no matching event within {timeout}s")
+            wait_ms = int(min(left, 30) * 1000)
+            got = self.broker.api("GET", f"/api/warren/events?since={self.since}&timeout_ms={wait_ms}")
+            for event in got["events"]:
+                self.since = event["seq"]
+                if predicate(event):
+                    return event
+
+
+def _q(text: str) -> str:
+    return urllib.parse.quote(text, safe="")
