@@ -60,7 +60,7 @@ PLUGIN_VENV="$REPO/target/plugin-venv"
 rm -rf "$PLUGIN_VENV"
 python3 -m venv "$PLUGIN_VENV"
 "$PLUGIN_VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
-    "$WHEELS"/warren_broker-*.whl pika==1.4.4 pytest==9.2.0
+    "$WHEELS"/warren_broker-*.whl pika==1.4.4 pytest==9.2.0 kombu==5.7.0 amqp==5.4.2 vine==5.1.0
 echo "interop: the pytest plugin, from the installed wheel"
 (cd python && env -i PATH="$PLUGIN_VENV/bin:/usr/bin:/bin" HOME="${HOME:-/tmp}" \
     "$PLUGIN_VENV/bin/python" -m pytest tests -v -p no:cacheprovider)

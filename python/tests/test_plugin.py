@@ -1,6 +1,8 @@
 """The plugin's fixtures against the installed warren: a pika consumer dropped after missed
 heartbeats (the seed's story, with a fault instead of a long task), reset and fresh vhosts."""
 
+import time
+
 import pika
 import pytest
 
@@ -41,3 +43,67 @@ def test_a_vhost_of_its_own(warren_vhost):
 def test_a_broker_that_cannot_start_says_why(tmp_path):
     with pytest.raises(BrokerError, match="invalid value 'lots' for 'heartbeat'"):
         Broker.start(config="heartbeat = lots\n")
+
+
+def _connect(warren, name, heartbeat=0, **kwargs):
+    params = pika.URLParameters(f"{warren.url}?heartbeat={heartbeat}")
+    params.client_properties = {"connection_name": name}
+    for key, value in kwargs.items():
+        setattr(params, key, value)
+    return pika.BlockingConnection(params)
+
+
+def test_every_fault_reaches_a_pika_client(warren):
+    # force_close: connection.close 320 with the reason, as rabbitmqctl close_connection.
+    conn = _connect(warren, "closed")
+    warren.connection("closed").force_close("maintenance")
+    with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as closed:
+        conn.process_data_events(time_limit=2)
+    assert closed.value.reply_code == 320 and "maintenance" in closed.value.reply_text
+
+    # kill: a TCP reset, without a word.
+    conn = _connect(warren, "killed")
+    warren.connection("killed").kill()
+    with pytest.raises(pika.exceptions.AMQPConnectionError):
+        conn.process_data_events(time_limit=2)
+        conn.channel().queue_declare("after-kill")
+
+    # block: connection.blocked at the next publish.
+    conn = _connect(warren, "blocked")
+    blocked = []
+    conn.add_on_connection_blocked_callback(lambda *a: blocked.append(True))
+    ch = conn.channel()
+    warren.connection("blocked").block()
+    ch.basic_publish("", "nowhere", b"m")
+    conn.process_data_events(time_limit=1)
+    assert blocked == [True]
+    warren.connection("blocked").block(False)
+    conn.close()
+
+    # delivery latency: a get waits for it.
+    conn = _connect(warren, "slow")
+    ch = conn.channel()
+    ch.queue_declare("slow-q")
+    ch.basic_publish("", "slow-q", b"m")
+    warren.connection("slow").delivery_latency(300)
+    started = time.monotonic()
+    _, _, body = ch.basic_get("slow-q", auto_ack=True)
+    assert body == b"m" and time.monotonic() - started >= 0.3
+    conn.close()
+
+    # withhold heartbeats and black hole: pika (heartbeat 1) finds the broker gone. pika
+    # checks every T + 5 s and gives up at the second silent check: about 12 s.
+    for fault in ("withhold_heartbeats", "black_hole"):
+        conn = _connect(warren, fault, heartbeat=1)
+        getattr(warren.connection(fault), fault)()
+        with pytest.raises(pika.exceptions.AMQPConnectionError):
+            conn.process_data_events(time_limit=20)
+
+
+def test_a_kombu_round_trip(warren):
+    import kombu
+    with kombu.Connection(warren.url) as conn:
+        queue = conn.SimpleQueue("kombu-q")
+        queue.put({"n": 1})
+        assert queue.get(timeout=5).payload == {"n": 1}
+        queue.close()
