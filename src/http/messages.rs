@@ -13,8 +13,8 @@ use bytes::{Bytes, BytesMut};
 use serde_json::{json, Value};
 
 use super::auth::Caller;
-use super::topology::refusal;
-use super::{bad_request, table_json, vhost_refusal, Http, JsonBody};
+use super::topology::{refusal, vhost_for};
+use super::{bad_request, table_json, Http, JsonBody};
 use crate::broker::access::{base64_decode, base64_encode, Access};
 use crate::broker::connections::NO_CONNECTION;
 use crate::broker::events::Event;
@@ -103,10 +103,10 @@ pub(super) async fn publish(
     Path((vhost, exchange)): Path<(String, String)>,
     JsonBody(body): JsonBody,
 ) -> Response {
-    if let Some(refused) = vhost_refusal(&http, &caller, &vhost) {
-        return refused;
-    }
-    let Some(v) = http.broker.vhost(&vhost.as_str().into()) else { return super::not_found("Not Found") };
+    let v = match vhost_for(&http, &caller, &vhost) {
+        Ok(v) => v,
+        Err(refused) => return refused.into_response(),
+    };
     // The default exchange is `amq.default` in URLs, as in RabbitMQ's.
     let exchange_name = if exchange == "amq.default" { ShortStr::default() } else { ShortStr::from(exchange.as_str()) };
     if exchange.len() > ShortStr::MAX_LEN {
@@ -183,10 +183,10 @@ pub(super) async fn get(
     Path((vhost, name)): Path<(String, String)>,
     JsonBody(body): JsonBody,
 ) -> Response {
-    if let Some(refused) = vhost_refusal(&http, &caller, &vhost) {
-        return refused;
-    }
-    let Some(v) = http.broker.vhost(&vhost.as_str().into()) else { return super::not_found("Not Found") };
+    let v = match vhost_for(&http, &caller, &vhost) {
+        Ok(v) => v,
+        Err(refused) => return refused.into_response(),
+    };
     let queue_name = ShortStr::from(name.as_str());
     if let Err(e) = http.broker.access.check(&caller.name, &vhost, Access::Read, "queue", &queue_name) {
         return refusal(e).into_response();
@@ -261,10 +261,10 @@ pub(super) async fn aliveness_test(
     Extension(caller): Extension<Caller>,
     Path(vhost): Path<String>,
 ) -> Response {
-    if let Some(refused) = vhost_refusal(&http, &caller, &vhost) {
-        return refused;
-    }
-    let Some(v) = http.broker.vhost(&vhost.as_str().into()) else { return super::not_found("Not Found") };
+    let v = match vhost_for(&http, &caller, &vhost) {
+        Ok(v) => v,
+        Err(refused) => return refused.into_response(),
+    };
     let name = ShortStr::from_static("aliveness-test");
     let options = crate::broker::queue::QueueOptions {
         durable: false,

@@ -241,13 +241,7 @@ fn visible_queues(http: &Http, caller: &Caller) -> Vec<crate::broker::inspect::Q
 /// A virtual host named in a URL: 404 if there is none, 401 if the caller
 /// may not see it (RabbitMQ checks in that order for a vhost that exists).
 fn vhost_refusal(http: &Http, caller: &Caller, vhost: &str) -> Option<Response> {
-    if http.broker.vhost(&vhost.into()).is_none() {
-        return Some(not_found("Not Found"));
-    }
-    if !caller.sees_vhost(&http.broker, vhost) {
-        return Some(not_authorised("User not authorised to access virtual host"));
-    }
-    None
+    topology::vhost_for(http, caller, vhost).err().map(IntoResponse::into_response)
 }
 
 async fn overview(State(http): State<Arc<Http>>, Extension(caller): Extension<Caller>) -> Json<Value> {
@@ -326,16 +320,36 @@ async fn queues(State(http): State<Arc<Http>>, Extension(caller): Extension<Call
     Json(Value::Array(visible_queues(&http, &caller).iter().map(queue_json).collect()))
 }
 
+/// What one vhost holds, as JSON, once the caller may see the vhost: all
+/// of `items` in it, or (with `name`) the one so named, 404 if none.
+fn in_vhost<T>(
+    http: &Http,
+    caller: &Caller,
+    vhost: &str,
+    name: Option<&str>,
+    items: Vec<T>,
+    key: impl Fn(&T) -> (&str, &str),
+    to_json: impl Fn(&T) -> Value,
+) -> Response {
+    if let Some(refused) = vhost_refusal(http, caller, vhost) {
+        return refused;
+    }
+    let mut mine = items.iter().filter(|t| key(t).0 == vhost);
+    match name {
+        None => Json(Value::Array(mine.map(to_json).collect())).into_response(),
+        Some(name) => match mine.find(|t| key(t).1 == name) {
+            Some(t) => Json(to_json(t)).into_response(),
+            None => not_found("Not Found"),
+        },
+    }
+}
+
 async fn queues_in(
     State(http): State<Arc<Http>>,
     Extension(caller): Extension<Caller>,
     Path(vhost): Path<String>,
 ) -> Response {
-    if let Some(refused) = vhost_refusal(&http, &caller, &vhost) {
-        return refused;
-    }
-    let all = http.broker.queue_infos();
-    Json(Value::Array(all.iter().filter(|q| q.vhost == vhost).map(queue_json).collect())).into_response()
+    in_vhost(&http, &caller, &vhost, None, http.broker.queue_infos(), |q| (&q.vhost, &q.name), queue_json)
 }
 
 async fn queue(
@@ -343,13 +357,7 @@ async fn queue(
     Extension(caller): Extension<Caller>,
     Path((vhost, name)): Path<(String, String)>,
 ) -> Response {
-    if let Some(refused) = vhost_refusal(&http, &caller, &vhost) {
-        return refused;
-    }
-    match http.broker.queue_infos().iter().find(|q| q.vhost == vhost && q.name == name) {
-        Some(q) => Json(queue_json(q)).into_response(),
-        None => not_found("Not Found"),
-    }
+    in_vhost(&http, &caller, &vhost, Some(&name), http.broker.queue_infos(), |q| (&q.vhost, &q.name), queue_json)
 }
 
 fn exchange_json(x: &crate::broker::inspect::ExchangeInfo) -> Value {
@@ -369,11 +377,7 @@ async fn exchanges_in(
     Extension(caller): Extension<Caller>,
     Path(vhost): Path<String>,
 ) -> Response {
-    if let Some(refused) = vhost_refusal(&http, &caller, &vhost) {
-        return refused;
-    }
-    let all = http.broker.exchange_infos();
-    Json(Value::Array(all.iter().filter(|x| x.vhost == vhost).map(exchange_json).collect())).into_response()
+    in_vhost(&http, &caller, &vhost, None, http.broker.exchange_infos(), |x| (&x.vhost, &x.name), exchange_json)
 }
 
 async fn exchange(
@@ -381,15 +385,9 @@ async fn exchange(
     Extension(caller): Extension<Caller>,
     Path((vhost, name)): Path<(String, String)>,
 ) -> Response {
-    if let Some(refused) = vhost_refusal(&http, &caller, &vhost) {
-        return refused;
-    }
     // The default exchange is `amq.default` in URLs.
-    let name = if name == "amq.default" { String::new() } else { name };
-    match http.broker.exchange_infos().iter().find(|x| x.vhost == vhost && x.name == name) {
-        Some(x) => Json(exchange_json(x)).into_response(),
-        None => not_found("Not Found"),
-    }
+    let name = if name == "amq.default" { "" } else { &name };
+    in_vhost(&http, &caller, &vhost, Some(name), http.broker.exchange_infos(), |x| (&x.vhost, &x.name), exchange_json)
 }
 
 /// A JSON request body, whatever its `Content-Type` says (RabbitMQ's API

@@ -75,7 +75,7 @@ fn resource_name(name: &str) -> Result<ShortStr, ApiError> {
 }
 
 /// The virtual host named in a URL, if the caller may use it.
-fn vhost_for(http: &Http, caller: &Caller, vhost: &str) -> Result<Arc<VirtualHost>, ApiError> {
+pub(super) fn vhost_for(http: &Http, caller: &Caller, vhost: &str) -> Result<Arc<VirtualHost>, ApiError> {
     let v = http.broker.vhost(&vhost.into()).ok_or_else(|| not_found("Not Found"))?;
     if !caller.sees_vhost(&http.broker, vhost) {
         return Err(ApiError {
