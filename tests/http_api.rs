@@ -669,6 +669,12 @@ async fn management_inputs_are_bounded() {
     );
     let big = format!(r#"{{"queues": [], "padding": "{}"}}"#, "x".repeat(3 << 20));
     assert_eq!(call(http, "POST", "/api/definitions", Some(&big), admin).await.0, 413);
-    let names: Vec<String> = broker.broker().queue_infos().into_iter().map(|q| q.name).collect();
-    assert_eq!(names, ["q"]);
+    // Control characters in a name are data, not markup: kept as given and
+    // escaped in the JSON (log lines escape them too, see src/logging.rs).
+    assert_eq!(call(http, "PUT", "/api/queues/%2F/a%0Ab%1B", Some("{}"), admin).await.0, 201);
+    let odd = get(http, "/api/queues/%2F/a%0Ab%1B").await;
+    assert_eq!(odd["name"], "a\nb\u{1b}");
+    let mut names: Vec<String> = broker.broker().queue_infos().into_iter().map(|q| q.name).collect();
+    names.sort();
+    assert_eq!(names, ["a\nb\u{1b}", "q"]);
 }

@@ -139,13 +139,17 @@ class Broker:
         """The open connection with this name (`client:port -> server:port`) or client-provided
         `connection_name`, waiting for it up to `timeout`."""
         deadline = time.monotonic() + timeout
+        # Events are taken first, so that a connection opening between the
+        # listing and the wait still wakes the wait.
+        events = self.events()
         while True:
             for c in self.connections():
                 if name in (c["name"], c.get("user_provided_name")) and c.get("state") != "starting":
                     return Connection(self, c["name"])
-            if time.monotonic() >= deadline:
-                raise BrokerError(f"no connection named {name!r} within {timeout}s")
-            time.sleep(0.02)
+            try:
+                events.wait_for(lambda e: e["type"] == "connection.opened", deadline - time.monotonic())
+            except BrokerError:
+                raise BrokerError(f"no connection named {name!r} within {timeout}s") from None
 
     def queues(self) -> List[Dict[str, Any]]:
         return self.api("GET", "/api/queues")
@@ -239,7 +243,8 @@ class Events:
 
     def __init__(self, broker: Broker):
         self.broker = broker
-        self.since = broker.api("GET", "/api/warren/events?since=0&timeout_ms=0")["last"]
+        # Asking past the end returns no events, only the number of the last one.
+        self.since = broker.api("GET", f"/api/warren/events?since={2**64 - 1}&timeout_ms=0")["last"]
 
     def __iter__(self) -> Iterator[Dict[str, Any]]:
         while True:
