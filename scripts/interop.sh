@@ -49,20 +49,23 @@ if [ -z "${WARREN_BIN:-}" ]; then
 fi
 echo "interop: testing $WARREN_BIN"
 
-# The Python package: a wheel built with maturin, installed into a venv of its
-# own, tested with no cargo on PATH and no WARREN_BIN: the binary it runs is
-# the one inside the wheel.
+# The Python package: a wheel built with maturin. It goes into .venv (the
+# interop suite's fixtures are built on it) and into a venv of its own where
+# the plugin's suite runs with no cargo on PATH and no WARREN_BIN: the binary
+# it runs is the one inside the wheel. -n 4: parallel tests, a broker each.
 echo "interop: building the warren-broker wheel"
 WHEELS="$REPO/target/wheels"
 rm -f "$WHEELS"/warren_broker-*.whl
 (cd python && "$VENV/bin/maturin" build --release --quiet -o "$WHEELS")
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --force-reinstall \
+    "$WHEELS"/warren_broker-*.whl
 PLUGIN_VENV="$REPO/target/plugin-venv"
 rm -rf "$PLUGIN_VENV"
 python3 -m venv "$PLUGIN_VENV"
 "$PLUGIN_VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
-    "$WHEELS"/warren_broker-*.whl pika==1.4.4 pytest==9.2.0 kombu==5.7.0 amqp==5.4.2 vine==5.1.0
+    "$WHEELS"/warren_broker-*.whl -r python/tests/requirements.txt
 echo "interop: the pytest plugin, from the installed wheel"
 (cd python && env -i PATH="$PLUGIN_VENV/bin:/usr/bin:/bin" HOME="${HOME:-/tmp}" \
-    "$PLUGIN_VENV/bin/python" -m pytest tests -v -p no:cacheprovider)
+    "$PLUGIN_VENV/bin/python" -m pytest tests -v -p no:cacheprovider -n 4)
 
 exec "$VENV/bin/python" -m pytest tests/interop -v -rxX -p no:cacheprovider "$@"

@@ -14,6 +14,7 @@ Proves that warren:
 """
 
 import time
+import urllib.parse
 import uuid
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -401,12 +402,14 @@ def test_silent_loss_through_the_control_api_makes_pika_fail(broker, qname):
     """Fault injection over HTTP: a black hole (nothing read or written, TCP kept open) on
     pika's connection; pika's own heartbeat check gives up. pika checks every T + 5 s and
     fails on the second check that saw nothing (about 12 s with T=1)."""
-    conn = connect(broker, heartbeat=1)
+    params = pika.URLParameters(f"{broker.url}?heartbeat=1&socket_timeout=5&connection_attempts=1")
+    params.client_properties = {"connection_name": "black-holed"}
+    conn = pika.BlockingConnection(params)
     ch = conn.channel()
     ch.queue_declare(qname)
-    c = broker.connection_named(lambda c: c["client_properties"].get("product") == "Pika Python Client Library")
-    assert c["timeout"] == 1
-    broker.fault(c["name"], black_hole=True)
+    c = broker.connection("black-holed")
+    assert broker.api("GET", f"/api/connections/{urllib.parse.quote(c.name, safe='')}")["timeout"] == 1
+    c.black_hole()
     started = time.monotonic()
     with pytest.raises(PIKA_CONN_ERRORS):
         while time.monotonic() - started < 30:

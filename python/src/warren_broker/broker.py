@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -56,17 +57,22 @@ class Broker:
         self.amqp_port = int(ready["amqp_port"])
         self.host = self.amqp.rsplit(":", 1)[0]
         self.http = f"http://{ready['http']}"
+        self.http_port = int(ready["http"].rsplit(":", 1)[1])
         self.url = f"amqp://guest:guest@{self.amqp}/%2f"
         self._auth = "Basic " + base64.b64encode(b"guest:guest").decode()
 
     @classmethod
     def start(cls, heartbeat: Optional[int] = None, config: Optional[str] = None,
               definitions: Optional[Dict[str, Any]] = None, binary: Optional[str] = None,
-              args: Sequence[str] = (), timeout: float = 10.0) -> "Broker":
+              args: Sequence[str] = (), timeout: float = 10.0,
+              workdir: Optional[Path] = None) -> "Broker":
         """Starts warren on free loopback ports. `heartbeat`: the T it proposes (seconds);
         `config`: rabbitmq.conf text; `definitions`: a RabbitMQ definitions document loaded
-        at start-up. If warren cannot start, the error carries what it printed."""
-        workdir = Path(tempfile.mkdtemp(prefix="warren-"))
+        at start-up; `args`: more command-line arguments; `workdir`: the directory in which
+        it gets a folder of its own for its log and generated files (the system's temporary
+        directory by default). If warren cannot start,
+        the error carries what it printed."""
+        workdir = Path(tempfile.mkdtemp(prefix="warren-", dir=workdir))
         command = [find_binary(binary), "--port", "0", "--http-port", "0", *args]
         if heartbeat is not None:
             command += ["--heartbeat", str(heartbeat)]
@@ -117,6 +123,25 @@ class Broker:
     def log(self) -> str:
         """What warren has logged so far."""
         return self.log_path.read_text(errors="replace")
+
+    def log_lines(self, pattern: str) -> List[str]:
+        """The log lines so far that match the regular expression `pattern`."""
+        rx = re.compile(pattern)
+        return [line for line in self.log().splitlines() if rx.search(line)]
+
+    def wait_for_log(self, pattern: str, timeout: float = 5.0) -> str:
+        """The first log line matching `pattern`, waiting up to `timeout` seconds for it to be
+        written; BrokerError, with the log's tail, if none is. (A log file offers nothing to
+        wait on, so this looks again every 50 ms; `events()` is the way to wait on the broker.)"""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.log_lines(pattern)
+            if found:
+                return found[0]
+            if time.monotonic() >= deadline:
+                raise BrokerError(f"no log line matched {pattern!r} within {timeout}s; "
+                                  f"the log so far:\n{self.log()[-8000:]}")
+            time.sleep(0.05)
 
     # -- the HTTP control API ---------------------------------------------------
     def api(self, method: str, path: str, body: Any = None, timeout: float = 35.0) -> Any:

@@ -5,7 +5,14 @@
   made removed): the usual fixture.
 - `warren_vhost`: a vhost of the test's own on the session broker, deleted after it; its AMQP
   URL is `warren_vhost.url`.
-- `warren_celery_config`: a Celery configuration dict pointing at `warren` with heartbeats on.
+- `warren_celery_config`: a Celery configuration dict pointing at the session broker with
+  heartbeats on (T = 1 s), for Celery's `celery_config` fixture::
+
+      pytest_plugins = ("celery.contrib.pytest",)
+
+      @pytest.fixture(scope="session")
+      def celery_config(warren_celery_config):
+          return {**warren_celery_config, "task_acks_late": True}
 
 Options: `--warren-binary PATH`, `--warren-heartbeat SECONDS` (the T warren proposes; 60 by
 default, as RabbitMQ).
@@ -48,10 +55,12 @@ def warren_vhost(warren_session: Broker) -> Iterator[FreshVhost]:
         yield vhost
 
 
-@pytest.fixture
-def warren_celery_config(warren: Broker) -> Dict[str, Any]:
+@pytest.fixture(scope="session")
+def warren_celery_config(warren_session: Broker) -> Dict[str, Any]:
+    """Session-scoped, like Celery's own `celery_config`, which it is made to be returned by;
+    ask for `warren` in the test as well, so that the test starts clean."""
     return {
-        "broker_url": warren.url,
+        "broker_url": warren_session.url,
         "result_backend": "rpc://",
         "broker_heartbeat": 1,
         "broker_connection_retry_on_startup": True,

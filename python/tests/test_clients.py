@@ -1,0 +1,58 @@
+"""pika and py-amqp through the plugin, and the seed's story with a real long task in a pika
+consumer: its callback blocks the connection's I/O, warren drops it after missed heartbeats,
+the late ack fails with pika's own error, and the message comes back redelivered."""
+
+import socket
+import time
+
+import amqp
+import pika
+import pytest
+
+from warren_broker import Broker
+
+
+def test_a_pika_consumer_with_a_long_task_loses_its_ack(warren: Broker):
+    params = pika.URLParameters(warren.url + "?heartbeat=1")
+    conn = pika.BlockingConnection(params)
+    ch = conn.channel()
+    ch.queue_declare("tasks")
+    ch.basic_publish("", "tasks", b"job")
+    events = warren.events()
+    seen = []
+
+    def long_task(ch, method, properties, body):
+        seen.append(method.redelivered)
+        # The long task: pika's I/O waits while this runs, so no heartbeats go out. It lasts
+        # until warren has dropped the connection.
+        events.wait_for(lambda e: e["type"] == "connection.closed", timeout=10)
+        ch.basic_ack(method.delivery_tag)
+
+    ch.basic_consume("tasks", long_task)
+    with pytest.raises(pika.exceptions.AMQPConnectionError):
+        ch.start_consuming()
+    assert seen == [False]
+    assert warren.wait_for_log(r"missed heartbeats from client, timeout: 1s")
+    again = warren.peek("tasks")
+    assert again[0]["payload"] == "job" and again[0]["redelivered"] is True
+
+
+def test_py_amqp_round_trip_and_heartbeat(warren: Broker):
+    conn = amqp.Connection(f"{warren.host}:{warren.amqp_port}", heartbeat=1,
+                           client_properties={"connection_name": "py-amqp"})
+    conn.connect()
+    ch = conn.channel()
+    ch.queue_declare("amqp-q")
+    ch.basic_publish(amqp.Message("hello"), routing_key="amqp-q")
+    assert ch.basic_get("amqp-q", no_ack=True).body == "hello"
+    # A silent broker: py-amqp's heartbeat_tick gives up once 2T pass without a byte in.
+    warren.connection("py-amqp").withhold_heartbeats()
+    deadline = time.monotonic() + 10
+    with pytest.raises(amqp.exceptions.ConnectionForced, match="Too many heartbeats missed"):
+        while time.monotonic() < deadline:
+            conn.heartbeat_tick()
+            try:
+                conn.drain_events(timeout=0.2)
+            except socket.timeout:
+                pass
+    conn.collect()
