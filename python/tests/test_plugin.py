@@ -107,3 +107,35 @@ def test_a_kombu_round_trip(warren):
         queue.put({"n": 1})
         assert queue.get(timeout=5).payload == {"n": 1}
         queue.close()
+
+
+def test_an_alarm_blocks_a_publisher_until_it_clears(warren):
+    conn = _connect(warren, "publisher")
+    states = []
+    conn.add_on_connection_blocked_callback(lambda *a: states.append("blocked"))
+    conn.add_on_connection_unblocked_callback(lambda *a: states.append("unblocked"))
+    ch = conn.channel()
+    warren.raise_alarm()
+    ch.basic_publish("", "nowhere", b"m")
+    _pump_until(conn, lambda: states == ["blocked"])
+    warren.clear_alarm()
+    _pump_until(conn, lambda: states == ["blocked", "unblocked"])
+    conn.close()
+
+
+def _pump_until(conn, condition, timeout=5.0):
+    """Lets pika read (and run its callbacks) until `condition` holds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        conn.process_data_events(time_limit=0.2)
+
+
+def test_a_broker_started_with_definitions_has_them():
+    definitions = {"queues": [{"name": "preloaded", "vhost": "/", "durable": True, "auto_delete": False,
+                               "arguments": {"x-max-length": 10}}]}
+    with Broker.start(definitions=definitions, heartbeat=5) as broker:
+        assert broker.queue("preloaded")["arguments"] == {"x-max-length": 10}
+        conn = pika.BlockingConnection(pika.URLParameters(broker.url))
+        assert conn._impl.params.heartbeat == 5
+        conn.close()
