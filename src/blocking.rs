@@ -89,6 +89,11 @@ impl Broker {
         self.runtime.block_on(self.broker().reset())
     }
 
+    /// Restarts the broker (see [`EmbeddedBroker::restart`]).
+    pub fn restart(&self, restart: crate::embedded::Restart) -> Result<crate::embedded::Restarted, String> {
+        self.runtime.block_on(self.broker().restart(restart))
+    }
+
     /// Starts listening to events; subscribe before causing them.
     pub fn events(&self) -> Events<'_> {
         Events { stream: self.broker().events(), runtime: &self.runtime }

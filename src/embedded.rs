@@ -28,6 +28,7 @@ use crate::broker::alarm::MemoryStrategy;
 use crate::broker::alarm::Resource;
 pub use crate::broker::connections::{ConnectionHandle, ConnectionState, ConnectionStats};
 use crate::broker::events::Event;
+pub use crate::broker::restart::{Restart, Restarted};
 use crate::broker::Broker;
 use crate::config::{Config, PermissionConfig, UserConfig};
 
@@ -354,6 +355,15 @@ impl EmbeddedBroker {
     /// not in its start-up configuration; clears alarms raised by hand.
     pub async fn reset(&self) -> crate::broker::Reset {
         self.broker.reset_and_wait(Duration::from_secs(5)).await
+    }
+
+    /// Restarts the broker as a RabbitMQ node restarts: connections closed
+    /// (320 'shutdown') or, with `crash`, reset; the port refusing
+    /// connections for `downtime`; durable exchanges, durable queues, their
+    /// bindings and persistent messages kept, the rest gone (see
+    /// `broker::restart`). Returns once it listens again on the same port.
+    pub async fn restart(&self, restart: Restart) -> Result<Restarted, String> {
+        self.broker.restart(restart).await
     }
 
     /// The broker's shared state, for inspection in tests.

@@ -41,4 +41,4 @@ pub mod server;
 pub use broker::connections::{ConnectionHandle, ConnectionState, ConnectionStats};
 pub use broker::events::Event;
 pub use config::Config;
-pub use embedded::{EmbeddedBroker, EmbeddedBuilder, EventStream, FreshVhost};
+pub use embedded::{EmbeddedBroker, EmbeddedBuilder, EventStream, FreshVhost, Restart, Restarted};

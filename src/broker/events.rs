@@ -90,6 +90,13 @@ pub enum Event {
         reason: String,
         count: usize,
     },
+    /// A restart (see `broker::restart`) has closed the listener and every
+    /// connection; the port refuses connections until `BrokerStarted`.
+    BrokerStopped {
+        crash: bool,
+    },
+    /// The listener is back after a restart.
+    BrokerStarted,
 }
 
 /// Capacity of the broadcast buffer: a subscriber that falls this far

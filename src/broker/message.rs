@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use bytes::Bytes;
 
 use super::alarm::{Charge, MESSAGE_OVERHEAD};
-use crate::protocol::ShortStr;
+use crate::protocol::{BasicProperties, ShortStr};
 
 /// A message body as it arrived: the body frames' payloads, each a slice of
 /// the publisher's read buffer. Almost every message fits in one frame, so
@@ -113,6 +113,12 @@ impl Message {
             body,
             charge: None,
         }
+    }
+
+    /// Published with `delivery_mode` 2: it survives a restart in a durable
+    /// queue. Decodes the properties: for restarts, not the message path.
+    pub fn is_persistent(&self) -> bool {
+        BasicProperties::decode(&self.properties).is_ok_and(|p| p.delivery_mode == Some(2))
     }
 
     /// What the message is charged for memory: body, properties, overhead.

@@ -15,6 +15,7 @@ pub mod headers;
 pub mod inspect;
 pub mod message;
 pub mod queue;
+pub mod restart;
 pub mod topic;
 pub mod vhost;
 
@@ -50,6 +51,8 @@ pub struct Broker {
     /// Where AMQP clients reach this broker, once its listener is bound
     /// (the HTTP API hands out URLs with it).
     pub amqp_addr: std::sync::OnceLock<std::net::SocketAddr>,
+    /// Restart requests, for the listener (see [`restart`]).
+    pub restarts: restart::Restarts,
     /// Keys for server-generated names; random per broker.
     name_seed: RandomState,
     name_counter: AtomicU64,
@@ -75,6 +78,7 @@ impl Broker {
             config,
             vhosts,
             amqp_addr: std::sync::OnceLock::new(),
+            restarts: restart::Restarts::default(),
             name_seed: RandomState::new(),
             name_counter: AtomicU64::new(0),
             gauges: Gauges::default(),

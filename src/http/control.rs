@@ -20,6 +20,7 @@ use super::auth::Caller;
 use super::{admin_refusal, bad_request, not_authorised, not_found, table_json, Http, JsonBody, LONG_POLL_MAX};
 use crate::broker::alarm::Resource;
 use crate::broker::events::Event;
+use crate::broker::restart::{Restart, Survivors, MAX_DOWNTIME};
 
 /// The events kept for long polling: at most this many…
 const EVENT_LOG: usize = 10_000;
@@ -221,6 +222,8 @@ fn event_json(seq: u64, e: &Event) -> Value {
             json!({"type": "connection.blocked", "connection": connection, "reason": reason})
         }
         Event::Unblocked { connection } => json!({"type": "connection.unblocked", "connection": connection}),
+        Event::BrokerStopped { crash } => json!({"type": "broker.stopped", "crash": crash}),
+        Event::BrokerStarted => json!({"type": "broker.started"}),
         Event::ChannelClosed { connection, channel, code, text } => json!({
             "type": "channel.closed", "connection": connection, "channel": channel, "code": code, "text": text,
         }),
@@ -280,4 +283,51 @@ pub(super) async fn fresh_vhost(State(http): State<Arc<Http>>, Extension(caller)
     let addr = http.broker.amqp_addr.get().map(|a| a.to_string()).unwrap_or_default();
     let url = format!("amqp://{}@{addr}/{}", caller.name, name.replace('%', "%25").replace('/', "%2f"));
     (StatusCode::CREATED, Json(json!({ "name": name, "url": url }))).into_response()
+}
+
+/// `POST /api/warren/restart` with `{"downtime_ms": 500, "crash": false}`
+/// (both optional): the broker restarts as a RabbitMQ node does (see
+/// `broker::restart`); answers once it listens again, with what survived.
+pub(super) async fn restart(
+    State(http): State<Arc<Http>>,
+    Extension(caller): Extension<Caller>,
+    JsonBody(body): JsonBody,
+) -> Response {
+    if let Some(refused) = admin_refusal(&caller) {
+        return refused;
+    }
+    let downtime = match body.get("downtime_ms") {
+        None => Duration::ZERO,
+        Some(v) => match v.as_u64() {
+            Some(ms) if Duration::from_millis(ms) <= MAX_DOWNTIME => Duration::from_millis(ms),
+            _ => {
+                return bad_request(&format!(
+                    "downtime_ms: a number of milliseconds up to {}",
+                    MAX_DOWNTIME.as_millis()
+                ))
+            }
+        },
+    };
+    let crash = match body.get("crash") {
+        None => false,
+        Some(v) => match v.as_bool() {
+            Some(crash) => crash,
+            None => return bad_request("crash: true or false"),
+        },
+    };
+    match http.broker.restart(Restart { downtime, crash }).await {
+        Ok(done) => {
+            let counts = |s: Survivors| json!({"queues": s.queues, "exchanges": s.exchanges, "messages": s.messages});
+            Json(json!({
+                "closed_connections": done.closed_connections,
+                "kept": counts(done.kept),
+                "dropped": counts(done.dropped),
+                "took_us": done.took.as_micros() as u64,
+            }))
+            .into_response()
+        }
+        Err(reason) => {
+            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "unavailable", "reason": reason}))).into_response()
+        }
+    }
 }

@@ -150,6 +150,7 @@ fn router(http: Arc<Http>) -> Router {
         .route("/api/warren/alarms/{resource}", put(control::raise_alarm).delete(control::clear_alarm))
         .route("/api/warren/events", get(control::events_since))
         .route("/api/warren/reset", post(control::reset))
+        .route("/api/warren/restart", post(control::restart))
         .route("/api/warren/vhosts", post(control::fresh_vhost))
         .layer(middleware::from_fn_with_state(http.clone(), authenticate))
         // Scrapers, like RabbitMQ's Prometheus endpoint, give no credentials.

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};

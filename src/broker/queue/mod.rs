@@ -548,6 +548,12 @@ impl Queue {
         self.lock().ready.clear() as u32
     }
 
+    /// Drops the ready messages that are not persistent (what a restart
+    /// does to a durable queue); returns how many went.
+    pub fn drop_transient(&self) -> usize {
+        self.lock().ready.retain(|m| m.message.is_persistent())
+    }
+
     /// Marks the queue deleted and empties it; returns the ready count and
     /// the consumers that were attached, so their channels can be told.
     pub fn delete(&self) -> (u32, Vec<Consumer>) {

@@ -105,6 +105,18 @@ impl Ready {
         self.levels.iter().rev().flat_map(|l| l.iter())
     }
 
+    /// Keeps only the messages `keep` accepts, in order; returns how many
+    /// went.
+    pub fn retain(&mut self, mut keep: impl FnMut(&QueuedMessage) -> bool) -> usize {
+        let before = self.len;
+        for level in &mut self.levels {
+            level.retain(|m| keep(m));
+        }
+        self.len = self.levels.iter().map(VecDeque::len).sum();
+        self.bytes = self.iter().map(|m| m.message.body_size as usize).sum();
+        before - self.len
+    }
+
     pub fn clear(&mut self) -> usize {
         let n = self.len;
         for l in &mut self.levels {
