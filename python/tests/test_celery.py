@@ -40,3 +40,25 @@ def test_a_long_task_outlives_the_heartbeat_and_runs_again(warren: Broker, celer
     assert ran_again.wait(timeout=30), "the task was not redelivered"
     assert runs == [False, True]
     assert warren.log_lines(r"missed heartbeats from client, timeout: 1s")
+
+
+def test_a_task_interrupted_by_a_broker_restart_runs_again(warren: Broker, celery_app, celery_worker):
+    runs = []
+    ran_again = threading.Event()
+
+    @celery_app.task(bind=True)
+    def restarted_midway(self):
+        runs.append(self.request.delivery_info["redelivered"])
+        if len(runs) == 1:
+            # The broker restarts while the task runs: the worker's connection is closed with
+            # 320, its ack is lost with it, and the persistent message in the durable `celery`
+            # queue is there again, unacknowledged, when the broker is back.
+            report = warren.restart(downtime=0.5)
+            assert report["kept"]["messages"] >= 1
+        else:
+            ran_again.set()
+
+    celery_worker.reload()
+    restarted_midway.delay()
+    assert ran_again.wait(timeout=30), "the task did not run again after the restart"
+    assert runs == [False, True]

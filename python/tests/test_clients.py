@@ -56,3 +56,36 @@ def test_py_amqp_round_trip_and_heartbeat(warren: Broker):
             except socket.timeout:
                 pass
     conn.collect()
+
+
+def test_after_a_restart_pika_finds_its_durable_queue_and_persistent_messages(warren: Broker):
+    conn = pika.BlockingConnection(pika.URLParameters(warren.url))
+    ch = conn.channel()
+    ch.queue_declare("orders", durable=True)
+    ch.queue_declare("scratch")
+    for body, mode in ((b"kept", 2), (b"lost", 1)):
+        ch.basic_publish("", "orders", body, pika.BasicProperties(delivery_mode=mode))
+    ch.basic_publish("", "scratch", b"lost too", pika.BasicProperties(delivery_mode=2))
+    conn.process_data_events(time_limit=0)
+
+    report = warren.restart(downtime=0.2)
+    assert report["kept"]["messages"] == 1 and report["dropped"]["queues"] == 1
+    with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as closed:
+        ch.basic_get("orders")
+    assert closed.value.reply_code == 320
+    assert closed.value.reply_text == "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'"
+
+    ch = pika.BlockingConnection(pika.URLParameters(warren.url)).channel()
+    _, _, body = ch.basic_get("orders", auto_ack=True)
+    assert body == b"kept"
+    assert ch.basic_get("orders")[0] is None
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as gone:
+        ch.queue_declare("scratch", passive=True)
+    assert gone.value.reply_code == 404
+
+
+def test_a_crash_resets_pika_without_a_close_frame(warren: Broker):
+    conn = pika.BlockingConnection(pika.URLParameters(warren.url))
+    warren.restart(crash=True)
+    with pytest.raises(pika.exceptions.StreamLostError):
+        conn.channel()

@@ -199,6 +199,15 @@ class Broker:
         """Back to the start-up state: connections closed (320), everything made since gone."""
         return self.api("POST", "/api/warren/reset")
 
+    def restart(self, downtime: float = 0.0, crash: bool = False) -> Dict[str, Any]:
+        """Restarts the broker as a RabbitMQ node restarts, on the same port: every connection
+        is closed (320 "broker forced connection closure with reason 'shutdown'") or, with
+        `crash`, reset; the port refuses connections for `downtime` seconds; then durable
+        exchanges, durable queues with their bindings and persistent messages are back
+        (unacknowledged ones redelivered) and everything else is gone. Returns once it
+        listens again, with what was kept and dropped."""
+        return self.api("POST", "/api/warren/restart", {"downtime_ms": int(downtime * 1000), "crash": crash})
+
     def fresh_vhost(self) -> "FreshVhost":
         """A vhost of its own for one test; use as a context manager to delete it after."""
         made = self.api("POST", "/api/warren/vhosts")
