@@ -182,6 +182,13 @@ impl EmbeddedBuilder {
         self
     }
 
+    /// Keeps durable definitions and persistent messages in `dir` and
+    /// recovers them from it at start (see `store`).
+    pub fn data_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.config.data_dir = Some(dir.into());
+        self
+    }
+
     /// Starts from a whole [`Config`] instead (its listen address is used).
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;

@@ -21,6 +21,8 @@
 //! - [`blocking`]: the same for test suites that are not async.
 //! - [`http`]: the HTTP control API (management-API subset, fault
 //!   injection, events) for test suites in any language.
+//! - [`store`]: durable definitions and persistent messages on disk, with
+//!   a data directory (group commit, segments, recovery).
 //! - [`config`]: settings and the `rabbitmq.conf` format.
 //! - [`error`]: errors that carry the AMQP reply code they become.
 //! - [`logging`]: log lines a client cannot forge (client-supplied text is
@@ -37,6 +39,7 @@ pub mod json;
 pub mod logging;
 pub mod protocol;
 pub mod server;
+pub mod store;
 
 pub use broker::connections::{ConnectionHandle, ConnectionState, ConnectionStats};
 pub use broker::events::Event;

@@ -48,6 +48,11 @@ struct Args {
     /// Do not serve the HTTP API.
     #[arg(long)]
     no_http: bool,
+    /// Keep durable exchanges, queues, bindings and persistent messages in
+    /// this directory, and recover them from it at start (overrides
+    /// `data_dir`). Without one, everything is in memory.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
 }
 
 /// What the broker prints on stdout, one JSON line, once it accepts
@@ -133,6 +138,9 @@ fn main() -> ExitCode {
         config.heartbeat = h;
     }
     config.trace_frames |= args.trace_frames;
+    if let Some(dir) = &args.data_dir {
+        config.data_dir = Some(dir.clone());
+    }
     let ready_file = args.ready_file.clone();
     // None: no HTTP API; Some((address, required)).
     let http_listen = match (args.no_http, args.http_port) {

@@ -47,6 +47,7 @@ impl VirtualHost {
             check_queue_equivalent(&q, &created.options, connection)?;
             return Ok((q, false));
         }
+        self.queue_created(&q);
         Ok((q, true))
     }
 
@@ -76,6 +77,7 @@ impl VirtualHost {
             check_exchange_equivalent(&x, spec)?;
             return Ok((x, false));
         }
+        self.exchange_created(&x);
         Ok((x, true))
     }
 }

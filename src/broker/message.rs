@@ -22,7 +22,8 @@ use tokio::time::Instant;
 use bytes::Bytes;
 
 use super::alarm::{Charge, MESSAGE_OVERHEAD};
-use crate::protocol::{BasicProperties, ShortStr};
+use crate::protocol::properties::message_delivery_mode;
+use crate::protocol::ShortStr;
 
 /// A message body as it arrived: the body frames' payloads, each a slice of
 /// the publisher's read buffer. Almost every message fits in one frame, so
@@ -116,9 +117,9 @@ impl Message {
     }
 
     /// Published with `delivery_mode` 2: it survives a restart in a durable
-    /// queue. Decodes the properties: for restarts, not the message path.
+    /// queue.
     pub fn is_persistent(&self) -> bool {
-        BasicProperties::decode(&self.properties).is_ok_and(|p| p.delivery_mode == Some(2))
+        message_delivery_mode(&self.properties) == Some(2)
     }
 
     /// What the message is charged for memory: body, properties, overhead.
@@ -178,6 +179,10 @@ pub struct QueuedMessage {
     pub expires_at: Option<Instant>,
     /// The priority level it is queued at (0 in queues without priorities).
     pub priority: u8,
+    /// Written to the queue's journal on disk (persistent, in a durable
+    /// queue of a broker with a data directory): what happens to it is
+    /// written there too.
+    pub stored: bool,
     pub message: Arc<Message>,
 }
 

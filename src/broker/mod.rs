@@ -9,6 +9,7 @@ pub mod alarm;
 pub mod connections;
 pub mod declare;
 pub mod definitions;
+pub mod durable;
 pub mod events;
 pub mod exchange;
 pub mod headers;
@@ -29,6 +30,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::protocol::ShortStr;
+use crate::store::{DefOp, Store};
 use access::AccessControl;
 use alarm::Alarms;
 pub use vhost::VirtualHost;
@@ -53,6 +55,9 @@ pub struct Broker {
     pub amqp_addr: std::sync::OnceLock<std::net::SocketAddr>,
     /// Restart requests, for the listener (see [`restart`]).
     pub restarts: restart::Restarts,
+    /// Durable definitions and persistent messages on disk, with a data
+    /// directory (see [`crate::store`]).
+    pub store: Option<Arc<Store>>,
     /// Keys for server-generated names; random per broker.
     name_seed: RandomState,
     name_counter: AtomicU64,
@@ -65,10 +70,17 @@ impl Broker {
         let access = AccessControl::from_config(&config)?;
         let alarms = Alarms::new(config.memory_high_watermark.bytes());
         let events = Arc::new(events::Events::default());
+        let (store, recovery) = match &config.data_dir {
+            Some(dir) => {
+                let (store, recovery) = Store::open(dir).map_err(|e| format!("data directory: {e}"))?;
+                (Some(store), Some(recovery))
+            }
+            None => (None, None),
+        };
         let vhosts = DashMap::new();
         for name in &config.vhosts {
             let name = ShortStr::from(name.as_str());
-            vhosts.insert(name.clone(), VirtualHost::new(name, alarms.clone(), events.clone()));
+            vhosts.insert(name.clone(), VirtualHost::new(name, alarms.clone(), events.clone(), store.clone()));
         }
         let broker = Arc::new(Broker {
             access,
@@ -79,11 +91,20 @@ impl Broker {
             vhosts,
             amqp_addr: std::sync::OnceLock::new(),
             restarts: restart::Restarts::default(),
+            store,
             name_seed: RandomState::new(),
             name_counter: AtomicU64::new(0),
             gauges: Gauges::default(),
             totals: Arc::default(),
         });
+        if let Some(store) = &broker.store {
+            for name in &broker.config.vhosts {
+                store.definition(DefOp::Vhost(name.clone()));
+            }
+        }
+        if let Some(recovery) = recovery {
+            broker.recover(recovery)?;
+        }
         broker.apply_topology(&broker.config.topology).map_err(|e| format!("load_definitions: {e}"))?;
         Ok(broker)
     }
@@ -98,8 +119,11 @@ impl Broker {
         let mut added = false;
         self.vhosts.entry(name.clone()).or_insert_with(|| {
             added = true;
-            VirtualHost::new(name.clone(), self.alarms.clone(), self.events.clone())
+            VirtualHost::new(name.clone(), self.alarms.clone(), self.events.clone(), self.store.clone())
         });
+        if let (true, Some(store)) = (added, &self.store) {
+            store.definition(DefOp::Vhost(name.to_string()));
+        }
         added
     }
 
@@ -110,6 +134,9 @@ impl Broker {
     pub fn delete_vhost(&self, name: &ShortStr) -> bool {
         if self.vhosts.remove(name).is_none() {
             return false;
+        }
+        if let Some(store) = &self.store {
+            store.definition(DefOp::DeleteVhost(name.to_string()));
         }
         let text = name.to_string();
         self.access.forget_vhost(&text);
@@ -136,6 +163,10 @@ impl Broker {
             c.close_now("broker reset");
         }
         self.vhosts.clear();
+        if let Some(store) = &self.store {
+            // The data directory is part of the state a reset clears.
+            store.clear();
+        }
         for name in &self.config.vhosts {
             self.add_vhost(&ShortStr::from(name.as_str()));
         }

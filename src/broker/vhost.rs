@@ -12,6 +12,7 @@ use super::exchange::{dedup_queues, keep_unseen, Destination, Exchange, Exchange
 use super::queue::Queue;
 use crate::error::{AmqpError, AmqpResult};
 use crate::protocol::{FieldTable, ShortStr};
+use crate::store::Store;
 
 pub struct VirtualHost {
     pub name: ShortStr,
@@ -21,13 +22,20 @@ pub struct VirtualHost {
     pub events: Arc<Events>,
     pub exchanges: DashMap<ShortStr, Arc<Exchange>>,
     pub queues: DashMap<ShortStr, Arc<Queue>>,
+    /// The broker's message store, with a data directory (see `durable`).
+    pub store: Option<Arc<Store>>,
 }
 
 impl VirtualHost {
     /// A virtual host with the exchanges every RabbitMQ vhost starts with,
     /// all durable: `amq.match` is RabbitMQ's second headers exchange.
-    pub fn new(name: ShortStr, alarms: Arc<Alarms>, events: Arc<Events>) -> Arc<VirtualHost> {
-        let vhost = VirtualHost { name, alarms, events, exchanges: DashMap::new(), queues: DashMap::new() };
+    pub fn new(
+        name: ShortStr,
+        alarms: Arc<Alarms>,
+        events: Arc<Events>,
+        store: Option<Arc<Store>>,
+    ) -> Arc<VirtualHost> {
+        let vhost = VirtualHost { name, alarms, events, exchanges: DashMap::new(), queues: DashMap::new(), store };
         for (name, kind) in [
             ("amq.direct", ExchangeKind::Direct),
             ("amq.fanout", ExchangeKind::Fanout),
@@ -148,7 +156,9 @@ impl VirtualHost {
         routing_key: ShortStr,
         arguments: FieldTable,
     ) -> AmqpResult<()> {
-        source.bind(destination, routing_key, arguments)
+        source.bind(destination.clone(), routing_key.clone(), arguments.clone())?;
+        self.binding_changed(true, source, &destination, &routing_key, &arguments);
+        Ok(())
     }
 
     /// Removes a binding; an auto-delete source that loses its last binding
@@ -160,7 +170,9 @@ impl VirtualHost {
         routing_key: &ShortStr,
         arguments: &FieldTable,
     ) {
-        if source.unbind(destination, routing_key, arguments).auto_deleted {
+        let unbound = source.unbind(destination, routing_key, arguments);
+        self.binding_changed(false, source, destination, routing_key, arguments);
+        if unbound.auto_deleted {
             self.forget_exchange(source);
         }
     }
@@ -177,7 +189,9 @@ impl VirtualHost {
     fn forget_exchange(&self, x: &Arc<Exchange>) {
         let mut gone = vec![x.clone()];
         while let Some(x) = gone.pop() {
-            self.exchanges.remove_if(&x.name, |_, current| Arc::ptr_eq(current, &x));
+            if self.exchanges.remove_if(&x.name, |_, current| Arc::ptr_eq(current, &x)).is_some() {
+                self.exchange_deleted(&x);
+            }
             gone.extend(self.unbind_everywhere(&Destination::Exchange(x)));
         }
     }
@@ -195,7 +209,9 @@ impl VirtualHost {
     /// lose their last binding go too). Returns its ready count and its
     /// consumers, whose channels must be told (`basic.cancel`) or cleaned.
     pub fn delete_queue(&self, queue: &Arc<Queue>) -> (u32, Vec<super::queue::Consumer>) {
-        self.queues.remove_if(&queue.name, |_, q| Arc::ptr_eq(q, queue));
+        if self.queues.remove_if(&queue.name, |_, q| Arc::ptr_eq(q, queue)).is_some() {
+            self.queue_deleted(queue);
+        }
         for x in self.unbind_everywhere(&Destination::Queue(queue.clone())) {
             self.forget_exchange(&x);
         }
@@ -226,7 +242,7 @@ mod tests {
 
     #[test]
     fn cyclic_exchange_bindings_are_freed_with_their_vhost() {
-        let vhost = VirtualHost::new("/".into(), Alarms::new(None), Arc::default());
+        let vhost = VirtualHost::new("/".into(), Alarms::new(None), Arc::default(), None);
         let (a, b) = ("a".into(), "b".into());
         let x = |name: ShortStr| {
             let x =

@@ -89,6 +89,9 @@ pub struct Config {
     /// Log every frame in and out of every connection, readably
     /// (`<- basic.publish exchange="" routing_key="q"`, `-> heartbeat`).
     pub trace_frames: bool,
+    /// Where durable definitions and persistent messages are kept
+    /// (`data_dir`, `--data-dir`); None: in memory only (see `store`).
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 /// RabbitMQ's cap on `max_message_size`: 512 MiB.
@@ -239,6 +242,7 @@ impl Default for Config {
             http_limits: HttpLimits::default(),
             topology: definitions::Topology::default(),
             trace_frames: false,
+            data_dir: None,
         }
     }
 }
@@ -409,6 +413,9 @@ impl Config {
                     self.http_limits.max_connections =
                         value.parse().ok().filter(|n| *n > 0).ok_or_else(|| bad("expected a positive number"))?;
                 }
+                // warren's own key: RabbitMQ takes its data directory from
+                // RABBITMQ_MNESIA_BASE in rabbitmq-env.conf, not this file.
+                "data_dir" => self.data_dir = Some(std::path::PathBuf::from(value)),
                 "load_definitions" => {
                     self.load_definitions(Path::new(value), line, &mut warnings)
                         .map_err(|e| ConfigError(format!("line {line}: {e}")))?;

@@ -109,6 +109,23 @@ impl Channels {
         }
     }
 
+    /// Whether some channel holds confirms back until the store syncs.
+    pub fn awaiting_disk(&self) -> bool {
+        !self.session.awaiting_disk.is_empty()
+    }
+
+    /// The store synced more: sends the confirms that were waiting for it.
+    pub fn flush_disk_confirms(&mut self) {
+        for id in std::mem::take(&mut self.session.awaiting_disk) {
+            if let Some(ch) = self.open.get_mut(&id) {
+                ch.flush_confirms(&self.session);
+                if ch.awaits_disk() {
+                    self.session.awaiting_disk.push(id);
+                }
+            }
+        }
+    }
+
     /// A channel error: log it as RabbitMQ does, give back what the channel
     /// held, send `channel.close`, and ignore the channel until `close-ok`.
     fn close_channel(&mut self, id: u16, e: AmqpError) {

@@ -129,6 +129,8 @@ enum Wake {
     FaultsChanged,
     Fault(FaultCommand),
     Shutdown,
+    /// The store synced more: confirms held for the disk can go.
+    DiskSynced,
 }
 
 /// Before `open-ok`, the handshake; after it, the channels.
@@ -161,6 +163,9 @@ struct Connection {
     writer: WriterTask,
     shutdown: watch::Receiver<bool>,
     shutting_down: bool,
+    /// The store's synced ticket, with a data directory: confirms held for
+    /// the disk go out when it moves.
+    disk_synced: Option<watch::Receiver<u64>>,
     /// Largest frame the client may send us: `FRAME_MIN_SIZE` until tune-ok.
     frame_max: u32,
     /// Negotiated heartbeat T in seconds, 0 when off.
@@ -228,6 +233,7 @@ async fn serve_halves(
             writer,
             shutdown,
             shutting_down: false,
+            disk_synced: broker.store.as_ref().map(|s| s.synced()),
             frame_max: crate::protocol::constants::FRAME_MIN_SIZE,
             heartbeat: 0,
             close_deadline: None,
@@ -300,6 +306,7 @@ impl Connection {
         };
         let consumer_deadline = deadlines.as_ref().and_then(|d| d.earliest());
         let (reading, in_flow) = (self.throttle.reading(), self.throttle.in_flow());
+        let awaiting_disk = matches!(&self.stage, Stage::Open(channels) if channels.awaiting_disk());
         let far = || Instant::now() + Duration::from_secs(86_400);
         tokio::select! {
             read = self.reader.read_buf(&mut self.buf), if reading => Wake::Read(read),
@@ -327,6 +334,12 @@ impl Connection {
             _ = faults_changed => Wake::FaultsChanged,
             Some(command) = self.registration.commands.recv() => Wake::Fault(command),
             _ = self.shutdown.changed(), if !self.shutting_down => Wake::Shutdown,
+            _ = async {
+                match &mut self.disk_synced {
+                    Some(synced) => synced.changed().await.ok(),
+                    None => std::future::pending().await,
+                }
+            }, if awaiting_disk => Wake::DiskSynced,
         }
     }
 
@@ -345,6 +358,11 @@ impl Connection {
             // The throttle, recomputed at the top of the loop, acts on
             // these; waking the loop was all they had to do.
             Wake::DeadlinesMoved | Wake::AlarmChanged | Wake::OutletDrained | Wake::FaultsChanged => {}
+            Wake::DiskSynced => {
+                if let Stage::Open(channels) = &mut self.stage {
+                    channels.flush_disk_confirms();
+                }
+            }
             Wake::Fault(FaultCommand::Kill) => {
                 // A reset: no FIN from the writer, linger 0 on close.
                 self.entry.faults.set_killed();

@@ -247,7 +247,7 @@ pub(super) async fn get(
     }
     let key = ChannelKey { connection: NO_CONNECTION, channel: 0 };
     match mode {
-        AckMode::Ack => q.settled(key, None, taken.len() as u32),
+        AckMode::Ack => q.settled(key, None, &taken),
         AckMode::Requeue => q.requeue(key, None, taken),
         AckMode::Reject => q.rejected(key, None, taken),
     }

@@ -98,6 +98,27 @@ pub fn message_priority(raw: &Bytes) -> Option<u8> {
     BasicProperties::decode(raw).ok()?.priority
 }
 
+/// The `delivery_mode` property (2: persistent), read by skipping the
+/// three properties before it, without decoding anything else. `raw` is a
+/// property list already checked (see [`check`]).
+pub fn message_delivery_mode(raw: &[u8]) -> Option<u8> {
+    let flags = u16::from_be_bytes([*raw.first()?, *raw.get(1)?]);
+    if flags & DELIVERY_MODE == 0 {
+        return None;
+    }
+    let mut at = 2;
+    for (flag, long) in [(CONTENT_TYPE, false), (CONTENT_ENCODING, false), (HEADERS, true)] {
+        if flags & flag != 0 {
+            at += if long {
+                4 + u32::from_be_bytes(raw.get(at..at + 4)?.try_into().ok()?) as usize
+            } else {
+                1 + usize::from(*raw.get(at)?)
+            };
+        }
+    }
+    raw.get(at).copied()
+}
+
 /// The longest TTL RabbitMQ accepts, for `expiration`, `x-message-ttl` and
 /// `x-expires`: ten years in milliseconds (`rabbit_misc:check_expiry`).
 pub const MAX_EXPIRY_MS: i64 = 315_360_000_000;

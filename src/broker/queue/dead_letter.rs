@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use super::Queue;
-use crate::broker::message::Message;
+use crate::broker::message::{Message, QueuedMessage};
 use crate::broker::VirtualHost;
 use crate::protocol::{BasicProperties, FieldTable, FieldValue, ShortStr};
 
@@ -30,10 +30,21 @@ impl Reason {
     }
 }
 
-/// A message leaving `queue` for its dead-letter exchange.
+/// A message leaving `queue` for its dead-letter exchange (or for nowhere,
+/// when the queue has none).
 pub struct DeadLetter {
     pub message: Arc<Message>,
     pub reason: Reason,
+    /// Its position in the queue's journal, if it was written there: the
+    /// journal is told it is gone.
+    pub stored: Option<u64>,
+}
+
+impl DeadLetter {
+    /// A message that was in the queue.
+    pub fn of(m: QueuedMessage, reason: Reason) -> DeadLetter {
+        DeadLetter { stored: m.stored.then_some(m.seq), message: m.message, reason }
+    }
 }
 
 fn longstr(s: &[u8]) -> FieldValue {

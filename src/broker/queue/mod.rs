@@ -25,7 +25,7 @@ pub mod ready;
 mod timers;
 
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -40,6 +40,7 @@ use super::VirtualHost;
 use crate::error::{AmqpError, AmqpResult};
 use crate::protocol::properties::{message_expiration, message_priority};
 use crate::protocol::{FieldTable, FieldValue, ShortStr};
+use crate::store::Journal;
 
 /// Identifies a channel broker-wide: the connection's id and the channel number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -137,6 +138,9 @@ pub struct Queue {
     /// Wakes the timer task when a nearer deadline appears.
     timer_wake: Arc<Notify>,
     timer_started: AtomicBool,
+    /// Where its persistent messages go on disk: set once the queue is
+    /// declared, if it is durable and the broker has a data directory.
+    journal: OnceLock<Journal>,
 }
 
 struct QueueState {
@@ -206,6 +210,7 @@ impl Queue {
             state: Mutex::new(state),
             timer_wake: Arc::new(Notify::new()),
             timer_started: AtomicBool::new(false),
+            journal: OnceLock::new(),
         });
         if needs_timer {
             q.start_timer();
@@ -227,6 +232,11 @@ impl Queue {
             let mut st = self.lock();
             f(&mut st, &mut dead)
         };
+        if let Some(journal) = self.journal.get() {
+            for seq in dead.iter().filter_map(|d| d.stored) {
+                journal.removed(seq);
+            }
+        }
         if !dead.is_empty() {
             if let Some(vhost) = self.vhost.upgrade() {
                 self.report_deaths(&vhost, &dead);
@@ -336,7 +346,7 @@ impl Queue {
             let size = message.body_size as usize;
             if !fits(st, 1, size) && self.args.overflow != Overflow::DropHead {
                 if self.args.overflow == Overflow::RejectPublishDlx {
-                    dead.push(DeadLetter { message, reason: Reason::MaxLen });
+                    dead.push(DeadLetter { message, reason: Reason::MaxLen, stored: None });
                 }
                 return Enqueued::Rejected;
             }
@@ -344,10 +354,19 @@ impl Queue {
             st.next_seq += 1;
             let level = st.ready.level_for(priority);
             let expires_at = ttl.map(|t| now + t);
-            st.ready.push_back(QueuedMessage { seq, redelivered: false, expires_at, priority: level, message });
+            // Appended under the lock, so that the journal sees a queue's
+            // messages in the order of their positions.
+            let stored = match self.journal.get() {
+                Some(journal) if message.is_persistent() => {
+                    journal.append(seq, &message);
+                    true
+                }
+                _ => false,
+            };
+            st.ready.push_back(QueuedMessage { seq, redelivered: false, expires_at, priority: level, message, stored });
             while !fits(st, 0, 0) {
                 match st.ready.pop_oldest() {
-                    Some(m) => dead.push(DeadLetter { message: m.message, reason: Reason::MaxLen }),
+                    Some(m) => dead.push(DeadLetter::of(m, Reason::MaxLen)),
                     None => break,
                 }
             }
@@ -387,8 +406,12 @@ impl Queue {
             let consumer = &mut st.consumers[index];
             let no_ack = consumer.no_ack;
             st.next_consumer = index + 1;
+            let stored = message.stored.then_some(message.seq);
             match consumer.target.deliver(self, &consumer.tag, message, no_ack) {
                 Ok(()) => {
+                    if let Some(seq) = stored {
+                        self.journal_delivery(seq, no_ack);
+                    }
                     if !no_ack {
                         consumer.unacked += 1;
                         st.unacked += 1;
@@ -400,7 +423,7 @@ impl Queue {
                 }
             }
         }
-        dead.extend(expired.into_iter().map(|m| DeadLetter { message: m.message, reason: Reason::Expired }));
+        dead.extend(expired.into_iter().map(|m| DeadLetter::of(m, Reason::Expired)));
     }
 
     /// The consumer the next message goes to: among the first `active`
@@ -421,10 +444,13 @@ impl Queue {
             st.last_used = now;
             let mut expired = Vec::new();
             st.ready.take_expired(now, &mut expired);
-            dead.extend(expired.into_iter().map(|m| DeadLetter { message: m.message, reason: Reason::Expired }));
+            dead.extend(expired.into_iter().map(|m| DeadLetter::of(m, Reason::Expired)));
             let message = st.ready.pop_front()?;
             if !no_ack {
                 st.unacked += 1;
+            }
+            if message.stored {
+                self.journal_delivery(message.seq, no_ack);
             }
             Some((message, st.ready.len() as u32))
         })
@@ -501,12 +527,17 @@ impl Queue {
         }
     }
 
-    /// Acknowledgements of `count` deliveries made to `consumer` (None for
+    /// Acknowledgements of deliveries made to `consumer` (None for
     /// `basic.get`): frees prefetch credit and delivers more.
-    pub fn settled(self: &Arc<Self>, channel: ChannelKey, consumer: Option<&ShortStr>, count: u32) {
+    pub fn settled(self: &Arc<Self>, channel: ChannelKey, consumer: Option<&ShortStr>, acked: &[QueuedMessage]) {
         let now = Instant::now();
+        if let Some(journal) = self.journal.get() {
+            for m in acked.iter().filter(|m| m.stored) {
+                journal.removed(m.seq);
+            }
+        }
         self.with_state(|st, dead| {
-            Self::release_credit(st, channel, consumer, count as usize);
+            Self::release_credit(st, channel, consumer, acked.len());
             self.dispatch_locked(st, now, dead);
         });
     }
@@ -517,7 +548,7 @@ impl Queue {
         let now = Instant::now();
         self.with_state(|st, dead| {
             Self::release_credit(st, channel, consumer, messages.len());
-            dead.extend(messages.into_iter().map(|m| DeadLetter { message: m.message, reason: Reason::Rejected }));
+            dead.extend(messages.into_iter().map(|m| DeadLetter::of(m, Reason::Rejected)));
             self.dispatch_locked(st, now, dead);
         });
     }
@@ -545,7 +576,57 @@ impl Queue {
 
     /// `queue.purge`: drops ready messages (not unacknowledged ones).
     pub fn purge(&self) -> u32 {
-        self.lock().ready.clear() as u32
+        let mut st = self.lock();
+        if let Some(journal) = self.journal.get() {
+            for m in st.ready.iter().filter(|m| m.stored) {
+                journal.removed(m.seq);
+            }
+        }
+        st.ready.clear() as u32
+    }
+
+    /// A delivery of a stored message: gone for good without an ack to
+    /// wait for, otherwise marked delivered (it comes back `redelivered`
+    /// if the broker stops before the ack).
+    fn journal_delivery(&self, seq: u64, no_ack: bool) {
+        if let Some(journal) = self.journal.get() {
+            match no_ack {
+                true => journal.removed(seq),
+                false => journal.delivered(seq),
+            }
+        }
+    }
+
+    /// Gives the queue its journal, once it is declared (see
+    /// `VirtualHost::declare_queue`).
+    pub fn attach_journal(&self, journal: Journal) {
+        let _ = self.journal.set(journal);
+    }
+
+    pub fn is_journaled(&self) -> bool {
+        self.journal.get().is_some()
+    }
+
+    /// Puts back messages read from the journal at start-up, in order.
+    /// They are on disk already: nothing is written.
+    pub fn restore(&self, messages: impl IntoIterator<Item = (u64, bool, Arc<Message>)>) {
+        let now = Instant::now();
+        let mut st = self.lock();
+        for (seq, redelivered, message) in messages {
+            let priority = match self.args.max_priority {
+                Some(_) => st.ready.level_for(message_priority(&message.properties).unwrap_or(0)),
+                None => 0,
+            };
+            let ttl = match (self.args.message_ttl, message_expiration(&message.properties)) {
+                (Some(q), Some(m)) => Some(q.min(m)),
+                (q, m) => q.or(m),
+            };
+            let expires_at = ttl.map(|t| now + t);
+            st.next_seq = st.next_seq.max(seq + 1);
+            st.ready.push_back(QueuedMessage { seq, redelivered, expires_at, priority, message, stored: true });
+        }
+        drop(st);
+        self.timer_wake.notify_one();
     }
 
     /// Drops the ready messages that are not persistent (what a restart
@@ -557,6 +638,9 @@ impl Queue {
     /// Marks the queue deleted and empties it; returns the ready count and
     /// the consumers that were attached, so their channels can be told.
     pub fn delete(&self) -> (u32, Vec<Consumer>) {
+        if let Some(journal) = self.journal.get() {
+            journal.drop_queue();
+        }
         let mut st = self.lock();
         st.deleted = true;
         let n = st.ready.clear() as u32;

@@ -75,7 +75,9 @@ fn round_robin_honours_prefetch() {
     let got: Vec<_> = ch.got.lock().unwrap().iter().map(|(t, s, _)| (t.to_string(), *s)).collect();
     assert_eq!(got, [("a".into(), 0), ("b".into(), 1), ("b".into(), 2)]);
     assert_eq!(q.message_count(), 2);
-    q.settled(CH, Some(&"a".into()), 1);
+    let acked =
+        QueuedMessage { seq: 0, redelivered: false, expires_at: None, priority: 0, message: message(0), stored: false };
+    q.settled(CH, Some(&"a".into()), &[acked]);
     assert_eq!(ch.got.lock().unwrap().last().unwrap().1, 3);
 }
 

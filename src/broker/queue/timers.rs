@@ -47,7 +47,7 @@ impl Queue {
             }
             let mut expired = Vec::new();
             st.ready.take_expired(now, &mut expired);
-            dead.extend(expired.into_iter().map(|m| DeadLetter { message: m.message, reason: Reason::Expired }));
+            dead.extend(expired.into_iter().map(|m| DeadLetter::of(m, Reason::Expired)));
             self.args.expires.is_some_and(|e| st.consumers.is_empty() && now >= st.last_used + e)
         });
         if expired_queue {

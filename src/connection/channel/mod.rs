@@ -221,6 +221,9 @@ pub struct Channel {
     /// Publishes a queue refused (`x-overflow = reject-publish`), to be
     /// nacked rather than acked, in order.
     nacked: Vec<u64>,
+    /// Publishes written to the store, by confirm sequence number, with the
+    /// store ticket to wait for: their confirms wait until it is synced.
+    awaiting_disk: std::collections::VecDeque<(u64, u64)>,
     /// The queue last declared on this channel: an empty queue name in later
     /// methods means this one.
     last_queue: Option<ShortStr>,
@@ -252,6 +255,7 @@ impl Channel {
             confirm_seq: None,
             confirmed: 0,
             nacked: Vec::new(),
+            awaiting_disk: std::collections::VecDeque::new(),
             tx: None,
             write_permitted: None,
             last_queue: None,
@@ -417,7 +421,7 @@ impl Channel {
                 match outcome {
                     Outcome::Ack => {
                         self.shared.outlet.counters.acknowledged.fetch_add(1, Ordering::Relaxed);
-                        u.queue.settled(key, consumer, 1)
+                        u.queue.settled(key, consumer, std::slice::from_ref(&u.message))
                     }
                     Outcome::Requeue => u.queue.requeue(key, consumer, vec![u.message]),
                     Outcome::Reject => u.queue.rejected(key, consumer, vec![u.message]),
@@ -441,7 +445,7 @@ impl Channel {
                 self.shared.outlet.counters.acknowledged.fetch_add(messages.len() as u64, Ordering::Relaxed);
             }
             match outcome {
-                Outcome::Ack => first.queue.settled(key, consumer, messages.len() as u32),
+                Outcome::Ack => first.queue.settled(key, consumer, &messages),
                 Outcome::Requeue => first.queue.requeue(key, consumer, messages),
                 Outcome::Reject => first.queue.rejected(key, consumer, messages),
             }

@@ -91,7 +91,33 @@ impl Channel {
             if refused {
                 self.nacked.push(*seq);
             }
+            // A persistent message in a durable queue is confirmed once it
+            // is on disk: when the store has synced its ticket.
+            if let Some(store) = &s.broker.store {
+                if message.is_persistent() && queues.iter().any(|q| q.is_journaled()) {
+                    if self.awaiting_disk.is_empty() {
+                        s.awaiting_disk.push(self.id);
+                    }
+                    self.awaiting_disk.push_back((*seq, store.last_ticket()));
+                }
+            }
         }
+    }
+
+    /// The last confirm sequence number that may be confirmed now: all of
+    /// them, unless some wait for the disk.
+    fn confirmable(&mut self, s: &Session, seq: u64) -> u64 {
+        let Some(store) = &s.broker.store else { return seq };
+        let synced = store.synced_now();
+        while self.awaiting_disk.front().is_some_and(|(_, ticket)| *ticket <= synced) {
+            self.awaiting_disk.pop_front();
+        }
+        self.awaiting_disk.front().map_or(seq, |(held, _)| held - 1)
+    }
+
+    /// Whether confirms are held back for the disk.
+    pub fn awaits_disk(&self) -> bool {
+        !self.awaiting_disk.is_empty()
     }
 
     /// Confirms every publish not yet confirmed, with as few frames as
@@ -102,16 +128,19 @@ impl Channel {
         if seq == self.confirmed || self.closing {
             return;
         }
-        for nack in std::mem::take(&mut self.nacked) {
+        let limit = self.confirmable(s, seq);
+        let due = self.nacked.iter().take_while(|n| **n <= limit).count();
+        let nacks: Vec<u64> = self.nacked.drain(..due).collect();
+        for nack in nacks {
             if nack > self.confirmed + 1 {
                 self.reply(s, basic::Ack { delivery_tag: nack - 1, multiple: nack - 1 > self.confirmed + 1 });
             }
             self.reply(s, basic::Nack { delivery_tag: nack, multiple: false, requeue: false });
             self.confirmed = nack;
         }
-        if seq > self.confirmed {
-            self.reply(s, basic::Ack { delivery_tag: seq, multiple: seq > self.confirmed + 1 });
-            self.confirmed = seq;
+        if limit > self.confirmed {
+            self.reply(s, basic::Ack { delivery_tag: limit, multiple: limit > self.confirmed + 1 });
+            self.confirmed = limit;
         }
     }
 

@@ -52,6 +52,9 @@ pub struct Session {
     /// Channels with publisher confirms to send once the frames at hand are
     /// processed (see `Channel::flush_confirms`).
     pub pending_confirms: Vec<u16>,
+    /// Channels holding confirms back until their messages are on disk
+    /// (see `Channel::flush_confirms`).
+    pub awaiting_disk: Vec<u16>,
     /// Where deliveries note their `consumer_timeout` deadlines.
     pub deadlines: Arc<DeliveryDeadlines>,
 }
@@ -77,6 +80,7 @@ impl Session {
             exclusive_queues: Vec::new(),
             route_buf: Vec::new(),
             pending_confirms: Vec::new(),
+            awaiting_disk: Vec::new(),
             deadlines: Arc::new(DeliveryDeadlines::default()),
         }
     }
