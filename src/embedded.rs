@@ -189,6 +189,13 @@ impl EmbeddedBuilder {
         self
     }
 
+    /// Free space on the data directory's disk below which publishers are
+    /// blocked (`disk_free_limit`; 50 MB by default).
+    pub fn disk_free_limit(mut self, limit: crate::config::DiskLimit) -> Self {
+        self.config.disk_free_limit = limit;
+        self
+    }
+
     /// Starts from a whole [`Config`] instead (its listen address is used).
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;

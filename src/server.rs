@@ -40,6 +40,14 @@ pub async fn serve(listener: TcpListener, broker: Arc<Broker>, shutdown: watch::
         shutdown.clone(),
     ));
     let _monitor = AbortOnDrop(monitor);
+    let _disk_monitor = config.data_dir.clone().map(|dir| {
+        AbortOnDrop(tokio::spawn(crate::broker::disk::run_monitor(
+            broker.alarms.clone(),
+            dir,
+            config.disk_free_limit,
+            shutdown.clone(),
+        )))
+    });
     let mut requests = broker.restarts.take_requests();
     let mut listener = listener;
     while let (Some(Pending { restart, done }), closed_connections) =

@@ -260,3 +260,21 @@ async fn sigkill_under_a_flat_out_publisher_loses_no_confirmed_message_and_dupli
     drop(warren);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_disk_below_disk_free_limit_raises_the_disk_alarm_and_blocks_publishers() {
+    let dir = data_dir("disk-alarm");
+    // More free space than any disk here has: the alarm is on at the first check.
+    let limit = warren::config::DiskLimit::Absolute(u64::MAX / 2);
+    let broker = EmbeddedBroker::builder().data_dir(&dir).disk_free_limit(limit).start().await.unwrap();
+    let mut alarms = broker.broker().alarms.subscribe();
+    let set = tokio::time::timeout(Duration::from_secs(5), alarms.wait_for(|a| a.disk)).await.unwrap().unwrap().clone();
+    assert_eq!(set.reason(), "low on disk");
+    let (_conn, ch) = channel(&broker).await;
+    let props = BasicProperties::default().with_delivery_mode(2);
+    let _ = ch.basic_publish("".into(), "q".into(), Default::default(), b"m", props).await.unwrap();
+    let blocked = broker.wait_for_connection_state(warren::ConnectionState::Blocked, Duration::from_secs(5)).await;
+    assert!(blocked.is_some(), "the publisher is blocked: {:?}", broker.connections());
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}

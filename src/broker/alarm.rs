@@ -123,6 +123,9 @@ pub struct Alarms {
     watermark: Option<usize>,
     /// The memory alarm raised by the watermark (kept apart from a manual one).
     watermark_alarm: AtomicBool,
+    /// Set by the disk monitor (see `disk`) while free space is below
+    /// `disk_free_limit`.
+    disk_alarm: AtomicBool,
     /// Alarms raised by hand.
     manual: Mutex<AlarmSet>,
 }
@@ -137,6 +140,7 @@ impl Alarms {
             sampled: AtomicUsize::new(0),
             watermark,
             watermark_alarm: AtomicBool::new(on),
+            disk_alarm: AtomicBool::new(false),
             manual: Mutex::new(AlarmSet::default()),
         })
     }
@@ -240,10 +244,23 @@ impl Alarms {
         self.publish();
     }
 
+    /// The disk monitor's verdict: free space is below the limit, or not.
+    /// True when that changed.
+    pub fn set_disk_low(&self, low: bool) -> bool {
+        let changed = self.disk_alarm.swap(low, Ordering::AcqRel) != low;
+        if changed {
+            self.publish();
+        }
+        changed
+    }
+
     /// Recomputes the alarm set and tells the watchers if it changed.
     fn publish(&self) {
         let manual = *self.manual.lock().unwrap_or_else(|e| e.into_inner());
-        let set = AlarmSet { memory: manual.memory || self.watermark_alarm.load(Ordering::Acquire), disk: manual.disk };
+        let set = AlarmSet {
+            memory: manual.memory || self.watermark_alarm.load(Ordering::Acquire),
+            disk: manual.disk || self.disk_alarm.load(Ordering::Acquire),
+        };
         self.state.send_if_modified(|current| {
             let changed = *current != set;
             *current = set;

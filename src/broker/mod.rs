@@ -9,6 +9,7 @@ pub mod alarm;
 pub mod connections;
 pub mod declare;
 pub mod definitions;
+pub mod disk;
 pub mod durable;
 pub mod events;
 pub mod exchange;

@@ -30,6 +30,9 @@
 //! | `management.tcp.request_timeout` | `5000` | ms to receive a request's headers on the HTTP API |
 //! | `management.tcp.idle_timeout` | `60000` | ms an HTTP connection may stay silent |
 //! | `management.tcp.max_connections` | `1024` | most HTTP connections at once (warren's key; RabbitMQ's is fixed at 1024) |
+//! | `data_dir` | | keep durable definitions and persistent messages here (warren's key; `--data-dir`) |
+//! | `disk_free_limit.absolute` | `50MB` | with a data directory: free disk space below which publishers are blocked |
+//! | `disk_free_limit.relative` | | the same as a multiple of the machine's memory, such as `1.0` |
 
 pub mod definitions;
 
@@ -37,6 +40,8 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
+
+pub use crate::broker::disk::DiskLimit;
 
 use crate::broker::alarm::MemoryStrategy;
 use crate::protocol::constants::FRAME_MIN_SIZE;
@@ -92,6 +97,9 @@ pub struct Config {
     /// Where durable definitions and persistent messages are kept
     /// (`data_dir`, `--data-dir`); None: in memory only (see `store`).
     pub data_dir: Option<std::path::PathBuf>,
+    /// Free space on the data directory's disk below which publishers are
+    /// blocked (`disk_free_limit.*`).
+    pub disk_free_limit: DiskLimit,
 }
 
 /// RabbitMQ's cap on `max_message_size`: 512 MiB.
@@ -243,6 +251,7 @@ impl Default for Config {
             topology: definitions::Topology::default(),
             trace_frames: false,
             data_dir: None,
+            disk_free_limit: DiskLimit::default(),
         }
     }
 }
@@ -275,14 +284,7 @@ impl std::error::Error for ConfigError {}
 
 /// Keys RabbitMQ users commonly set that warren accepts but does not act on
 /// yet: a warning says so instead of calling them unknown.
-const NOT_YET_SUPPORTED: &[&str] = &[
-    "disk_free_limit.absolute",
-    "disk_free_limit.relative",
-    "log.console",
-    "log.console.level",
-    "log.file",
-    "log.file.level",
-];
+const NOT_YET_SUPPORTED: &[&str] = &["log.console", "log.console.level", "log.file", "log.file.level"];
 
 impl Config {
     pub fn from_file(path: &Path) -> Result<(Config, Vec<ConfigWarning>), ConfigError> {
@@ -357,6 +359,17 @@ impl Config {
                         return Err(bad("expected a fraction between 0 and 1"));
                     }
                     self.memory_high_watermark = Watermark::Relative(share);
+                }
+                "disk_free_limit.absolute" => {
+                    let bytes = parse_size(value).ok_or_else(|| bad("expected a size such as 50MB or 1GiB"))?;
+                    self.disk_free_limit = DiskLimit::Absolute(bytes as u64);
+                }
+                "disk_free_limit.relative" => {
+                    let ratio: f64 = value.parse().map_err(|_| bad("expected a multiple of memory such as 1.0"))?;
+                    if !(0.0..=100.0).contains(&ratio) {
+                        return Err(bad("expected a multiple of memory between 0 and 100"));
+                    }
+                    self.disk_free_limit = DiskLimit::Relative(ratio);
                 }
                 "vm_memory_high_watermark.absolute" => {
                     let bytes = parse_size(value).ok_or_else(|| bad("expected a size such as 512MB or 1GiB"))?;
@@ -555,6 +568,14 @@ mod tests {
         c.apply("vm_memory_high_watermark.relative = 0.6").unwrap();
         assert_eq!(c.memory_high_watermark, Watermark::Relative(0.6));
         assert!(c.apply("vm_memory_high_watermark.relative = 2").is_err());
+        c.apply("disk_free_limit.absolute = 2GB").unwrap();
+        assert_eq!(c.disk_free_limit, DiskLimit::Absolute(2_000_000_000));
+        c.apply("disk_free_limit.relative = 1.5").unwrap();
+        assert_eq!(c.disk_free_limit, DiskLimit::Relative(1.5));
+        assert!(c.apply("disk_free_limit.relative = much").is_err());
+        assert!(c.apply("disk_free_limit.absolute = -1").is_err());
+        c.apply("data_dir = /var/lib/warren").unwrap();
+        assert_eq!(c.data_dir.as_deref(), Some(Path::new("/var/lib/warren")));
     }
 
     #[test]
