@@ -7,6 +7,8 @@
 //! AMQP_URL=amqp://guest:guest@127.0.0.1:5672/%2f \
 //!   cargo bench --bench throughput                     # any broker
 //! MESSAGES=200000 SIZE=1024 PREFETCH=500 cargo bench --bench throughput
+//! PERSISTENT=1 cargo bench --bench throughput          # durable queue, delivery_mode 2,
+//!                                                      # warren with a data directory
 //! ```
 //!
 //! Under `cargo test` (no `--bench` argument) it runs a small smoke round.
@@ -29,11 +31,17 @@ async fn main() {
     let size = env_or("SIZE", 16);
     let prefetch = env_or("PREFETCH", 1000) as u16;
 
+    let persistent = std::env::var("PERSISTENT").is_ok_and(|v| v == "1");
+    let data_dir = std::env::temp_dir().join(format!("warren-throughput-{}", std::process::id()));
     let embedded;
     let url = match std::env::var("AMQP_URL") {
         Ok(url) => url,
         Err(_) => {
-            embedded = warren::EmbeddedBroker::start().await.expect("start warren");
+            let mut builder = warren::EmbeddedBroker::builder();
+            if persistent {
+                builder = builder.data_dir(&data_dir);
+            }
+            embedded = builder.start().await.expect("start warren");
             embedded.url()
         }
     };
@@ -42,7 +50,7 @@ async fn main() {
     let pch = publisher.create_channel().await.unwrap();
     let cch = consumer_conn.create_channel().await.unwrap();
     let queue = format!("throughput-{}", std::process::id());
-    let options = QueueDeclareOptions { auto_delete: true, ..Default::default() };
+    let options = QueueDeclareOptions { auto_delete: true, durable: persistent, ..Default::default() };
     cch.queue_declare(queue.as_str().into(), options, FieldTable::default()).await.unwrap();
     cch.basic_qos(prefetch, BasicQosOptions::default()).await.unwrap();
     let mut consumer = cch
@@ -52,6 +60,10 @@ async fn main() {
     pch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
 
     let body = vec![b'x'; size];
+    let properties = match persistent {
+        true => BasicProperties::default().with_delivery_mode(2),
+        false => BasicProperties::default(),
+    };
     let start = Instant::now();
     let consuming = tokio::spawn(async move {
         let mut received = 0;
@@ -68,13 +80,7 @@ async fn main() {
     let mut window = std::collections::VecDeque::new();
     for _ in 0..messages {
         let confirm = pch
-            .basic_publish(
-                "".into(),
-                queue.as_str().into(),
-                BasicPublishOptions::default(),
-                &body,
-                BasicProperties::default(),
-            )
+            .basic_publish("".into(), queue.as_str().into(), BasicPublishOptions::default(), &body, properties.clone())
             .await
             .unwrap();
         window.push_back(confirm);
@@ -90,9 +96,11 @@ async fn main() {
     let total = done - start;
     let rate = messages as f64 / total.as_secs_f64();
     println!(
-        "throughput: {messages} messages of {size} B, prefetch {prefetch}: published in {:.2} s, consumed in {:.2} s: {:.0} msg/s end to end",
+        "throughput: {messages} {}messages of {size} B, prefetch {prefetch}: published in {:.2} s, consumed in {:.2} s: {:.0} msg/s end to end",
+        if persistent { "persistent " } else { "" },
         published.as_secs_f64(),
         total.as_secs_f64(),
         rate
     );
+    let _ = std::fs::remove_dir_all(&data_dir);
 }

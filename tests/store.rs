@@ -268,11 +268,12 @@ async fn a_disk_below_disk_free_limit_raises_the_disk_alarm_and_blocks_publisher
     let limit = warren::config::DiskLimit::Absolute(u64::MAX / 2);
     let broker = EmbeddedBroker::builder().data_dir(&dir).disk_free_limit(limit).start().await.unwrap();
     let mut alarms = broker.broker().alarms.subscribe();
-    let set = tokio::time::timeout(Duration::from_secs(5), alarms.wait_for(|a| a.disk)).await.unwrap().unwrap().clone();
+    let set = *tokio::time::timeout(Duration::from_secs(5), alarms.wait_for(|a| a.disk)).await.unwrap().unwrap();
     assert_eq!(set.reason(), "low on disk");
     let (_conn, ch) = channel(&broker).await;
     let props = BasicProperties::default().with_delivery_mode(2);
-    let _ = ch.basic_publish("".into(), "q".into(), Default::default(), b"m", props).await.unwrap();
+    // Never confirmed while the alarm lasts: the connection is blocked.
+    let _unconfirmed = ch.basic_publish("".into(), "q".into(), Default::default(), b"m", props).await.unwrap();
     let blocked = broker.wait_for_connection_state(warren::ConnectionState::Blocked, Duration::from_secs(5)).await;
     assert!(blocked.is_some(), "the publisher is blocked: {:?}", broker.connections());
     drop(broker);
