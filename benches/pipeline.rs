@@ -9,6 +9,8 @@
 //! AMQP_URL=amqp://guest:guest@127.0.0.1:5672/%2f cargo bench --bench pipeline
 //! MESSAGES=1000000 SIZE=16 PUBLISHERS=2 CONSUMERS=2 PREFETCH=1000 cargo bench --bench pipeline
 //! WATERMARK=4MiB SIZE=4096 cargo bench --bench pipeline      # with flow control engaging
+//! PERSISTENT=1 cargo bench --bench pipeline     # a durable queue, delivery_mode 2, and the
+//!                                               # embedded warren with a data directory
 //! ```
 //!
 //! Under `cargo test` (no `--bench` argument) it runs a small smoke round.
@@ -111,7 +113,16 @@ impl Client {
     }
 }
 
-async fn publisher(target: Arc<Target>, queue: String, count: usize, size: usize) {
+/// Properties of a publish: none, or `delivery_mode` 2 (flag bit 12).
+fn properties(persistent: bool) -> &'static [u8] {
+    if persistent {
+        &[0x10, 0x00, 2]
+    } else {
+        &[0, 0]
+    }
+}
+
+async fn publisher(target: Arc<Target>, queue: String, count: usize, size: usize, persistent: bool) {
     let mut c = Client::open(&target).await;
     c.send(1, confirm::Select { no_wait: false }).await;
     assert!(matches!(c.method().await, Method::ConfirmSelectOk(_)));
@@ -119,7 +130,7 @@ async fn publisher(target: Arc<Target>, queue: String, count: usize, size: usize
     let mut one = BytesMut::new();
     let publish = basic::Publish { exchange: "".into(), routing_key: queue.as_str().into(), ..Default::default() };
     write_method(&mut one, 1, &publish.into());
-    write_content_header(&mut one, 1, 60, size as u64, &[0, 0]);
+    write_content_header(&mut one, 1, 60, size as u64, properties(persistent));
     write_body_frame_header(&mut one, 1, size);
     one.extend(std::iter::repeat_n(b'x', size));
     one.extend_from_slice(&[0xce]);
@@ -172,6 +183,8 @@ async fn main() {
     let consumers = env_or("CONSUMERS", 1);
     let prefetch = env_or("PREFETCH", 1000) as u16;
 
+    let persistent = std::env::var("PERSISTENT").is_ok_and(|v| v == "1");
+    let data_dir = std::env::temp_dir().join(format!("warren-pipeline-{}", std::process::id()));
     let embedded;
     let url = match std::env::var("AMQP_URL") {
         Ok(url) => url,
@@ -179,6 +192,9 @@ async fn main() {
             // WATERMARK (e.g. 4MiB) sets a memory high watermark on the
             // embedded broker, to measure with flow control engaging.
             let mut builder = warren::EmbeddedBroker::builder();
+            if persistent {
+                builder = builder.data_dir(&data_dir);
+            }
             if let Some(w) = std::env::var("WATERMARK").ok().filter(|w| !w.is_empty()) {
                 builder =
                     builder.memory_high_watermark(warren::config::parse_size(&w).expect("WATERMARK such as 4MiB"));
@@ -190,7 +206,7 @@ async fn main() {
     let target = Arc::new(parse_url(&url));
     let queue = format!("pipeline-{}", std::process::id());
     let mut admin = Client::open(&target).await;
-    admin.send(1, queue::Declare { queue: queue.as_str().into(), ..Default::default() }).await;
+    admin.send(1, queue::Declare { queue: queue.as_str().into(), durable: persistent, ..Default::default() }).await;
     assert!(matches!(admin.method().await, Method::QueueDeclareOk(_)));
 
     let received = Arc::new(AtomicUsize::new(0));
@@ -201,7 +217,7 @@ async fn main() {
     }
     for i in 0..publishers {
         let share = messages / publishers + usize::from(i < messages % publishers);
-        tasks.push(tokio::spawn(publisher(target.clone(), queue.clone(), share, size)));
+        tasks.push(tokio::spawn(publisher(target.clone(), queue.clone(), share, size, persistent)));
     }
     for t in tasks {
         t.await.unwrap();
@@ -210,8 +226,10 @@ async fn main() {
     admin.send(1, queue::Delete { queue: queue.as_str().into(), ..Default::default() }).await;
     let _ = admin.method().await;
     println!(
-        "pipeline: {messages} messages of {size} B, {publishers} publisher(s), {consumers} consumer(s), prefetch {prefetch}: {:.2} s, {:.0} msg/s end to end",
+        "pipeline: {messages} {}messages of {size} B, {publishers} publisher(s), {consumers} consumer(s), prefetch {prefetch}: {:.2} s, {:.0} msg/s end to end",
+        if persistent { "persistent " } else { "" },
         elapsed.as_secs_f64(),
         messages as f64 / elapsed.as_secs_f64()
     );
+    let _ = std::fs::remove_dir_all(&data_dir);
 }

@@ -32,8 +32,8 @@
 //! Connections never write. They hand operations ([`Op`]) to one writer
 //! thread (`writer.rs`) through a mutex-guarded list, each numbered by a
 //! ticket. The writer takes the whole list at once, appends every record,
-//! then calls `fsync` once per file it touched, and only then announces
-//! the last ticket as synced. While it waits on the disk, the next batch
+//! then calls `fsync` once per file it touched (segments and marks), and
+//! only then announces the last ticket as synced. While it waits on the disk, the next batch
 //! gathers: the more publishers, the larger the batch, and the cost of an
 //! `fsync` is shared by everything in it. A publisher confirm for a
 //! persistent message routed to a durable queue waits for the ticket of

@@ -258,6 +258,10 @@ impl Writer {
                 file.write().map_err(|e| fail(&file.path, e))?;
             }
         }
+        // Marks too, although a confirm only promises the message: a
+        // delivery mark lost to a power cut would bring an unacknowledged
+        // message back without `redelivered`. Measured, the second fsync in
+        // a pass costs nothing visible: the batches just grow.
         for (queue, key) in &dirty {
             let Some(segment) = self.queues.get(queue).and_then(|q| q.segments.get(key)) else { continue };
             for file in [&segment.seg, &segment.marks].into_iter().flatten() {
