@@ -152,7 +152,7 @@ async fn a_torn_tail_is_cut_off_and_the_messages_before_it_recovered() {
 #[tokio::test]
 async fn a_foreign_file_in_the_data_directory_refuses_the_start_and_is_named() {
     let dir = data_dir("foreign");
-    drop(start(&dir).await);
+    start(&dir).await.shutdown().await;
     let stray = dir.join("queues").join("holiday-photos.jpg");
     std::fs::write(&stray, b"\xff\xd8\xff").unwrap();
     let err = EmbeddedBroker::builder().data_dir(&dir).start().await.err().expect("refused");
@@ -277,5 +277,34 @@ async fn a_disk_below_disk_free_limit_raises_the_disk_alarm_and_blocks_publisher
     let blocked = broker.wait_for_connection_state(warren::ConnectionState::Blocked, Duration::from_secs(5)).await;
     assert!(blocked.is_some(), "the publisher is blocked: {:?}", broker.connections());
     drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_reset_clears_the_data_directory_too() {
+    let dir = data_dir("reset");
+    {
+        let broker = start(&dir).await;
+        let (_conn, ch) = channel(&broker).await;
+        durable_queue(&ch, "q").await;
+        publish(&ch, "", "q", b"m", true).await;
+        broker.reset().await;
+        broker.broker().store.as_ref().unwrap().flush().await;
+        broker.shutdown().await;
+    }
+    let broker = start(&dir).await;
+    assert!(broker.broker().queue_infos().is_empty(), "{:?}", broker.broker().queue_infos());
+    assert!(segments(&dir).is_empty());
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_second_broker_on_a_directory_in_use_is_refused() {
+    let dir = data_dir("in-use");
+    let first = start(&dir).await;
+    let err = EmbeddedBroker::builder().data_dir(&dir).start().await.err().expect("refused");
+    assert!(err.to_string().contains("is in use by another broker"), "{err}");
+    drop(first);
     let _ = std::fs::remove_dir_all(&dir);
 }

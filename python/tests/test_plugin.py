@@ -139,3 +139,15 @@ def test_a_broker_started_with_definitions_has_them():
         conn = pika.BlockingConnection(pika.URLParameters(broker.url))
         assert conn._impl.params.heartbeat == 5
         conn.close()
+
+
+def test_a_broker_on_a_data_directory_finds_its_persistent_messages_after_a_kill(tmp_path):
+    with Broker.start(data_dir=tmp_path / "data") as broker:
+        ch = pika.BlockingConnection(pika.URLParameters(broker.url)).channel()
+        ch.confirm_delivery()
+        ch.queue_declare("orders", durable=True)
+        ch.basic_publish("", "orders", b"kept", pika.BasicProperties(delivery_mode=2))  # confirmed: on disk
+        broker.process.kill()
+    with Broker.start(data_dir=tmp_path / "data") as broker:
+        assert broker.queue("orders")["messages"] == 1
+        assert broker.peek("orders")[0]["payload"] == "kept"

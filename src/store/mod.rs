@@ -108,6 +108,9 @@ struct Shared {
 /// A broker's message store (see the module docs).
 pub struct Store {
     dir: PathBuf,
+    /// Held locked while the store is open: a second broker on the same
+    /// directory is refused instead of writing over this one.
+    _lock: std::fs::File,
     shared: Arc<Shared>,
     next_queue: AtomicU64,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -118,6 +121,7 @@ impl Store {
     /// The error names the file that could not be read, and why.
     pub fn open(dir: &Path) -> Result<(Arc<Store>, Recovery), String> {
         std::fs::create_dir_all(dir.join("queues")).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let lock = lock(dir)?;
         let (recovery, state) = recover::recover(dir)?;
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending { ops: Vec::new(), ticket: 0, stop: false }),
@@ -132,8 +136,13 @@ impl Store {
                 move || writer.run(&shared)
             })
             .map_err(|e| format!("cannot start the store's writer: {e}"))?;
-        let store =
-            Store { dir: dir.to_path_buf(), shared, next_queue: AtomicU64::new(1), thread: Mutex::new(Some(thread)) };
+        let store = Store {
+            dir: dir.to_path_buf(),
+            _lock: lock,
+            shared,
+            next_queue: AtomicU64::new(1),
+            thread: Mutex::new(Some(thread)),
+        };
         Ok((Arc::new(store), recovery))
     }
 
@@ -236,6 +245,26 @@ impl Journal {
     pub fn store(&self) -> &Arc<Store> {
         &self.store
     }
+}
+
+/// Locks `dir/lock` for this process (released when the file is closed).
+fn lock(dir: &Path) -> Result<std::fs::File, String> {
+    let path = dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: flock on a descriptor this function owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(format!("{} is in use by another broker", dir.display()));
+        }
+    }
+    Ok(file)
 }
 
 /// The directory of a queue: a stable hash of vhost and name (FNV-1a, 64

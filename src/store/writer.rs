@@ -79,6 +79,8 @@ pub(super) struct Writer {
     model: Model,
     log: Appending,
     log_lines: usize,
+    /// Rewrite the log from the live set at the end of this pass.
+    rewrite_log: bool,
     recovered: HashMap<String, Vec<SegmentState>>,
     queues: HashMap<u64, QueueFiles>,
     /// (queue, segment key) with something buffered in this pass.
@@ -93,6 +95,7 @@ impl Writer {
             model: state.model,
             log,
             log_lines: state.log_lines,
+            rewrite_log: false,
             recovered: state.queues,
             queues: HashMap::new(),
             dirty: HashSet::new(),
@@ -135,9 +138,6 @@ impl Writer {
                 let key = match q.current {
                     Some(key) if q.segments[&key].size < SEGMENT_BYTES => key,
                     _ => {
-                        if let Some(old) = q.current.filter(|old| !self.dirty.contains(&(queue, *old))) {
-                            q.segments.get_mut(&old).expect("current segment").seg = None;
-                        }
                         let number = q.next_number;
                         q.next_number += 1;
                         q.segments.insert(seq, Segment { number, live: 0, size: 0, seg: None, marks: None });
@@ -190,7 +190,7 @@ impl Writer {
                 self.dirty.clear();
                 self.model = Model::default();
                 self.log.buf.clear();
-                self.log_lines = usize::MAX; // rewritten (empty) at the end of the pass
+                self.rewrite_log = true; // as the empty set, at the end of the pass
             }
         }
     }
@@ -270,17 +270,16 @@ impl Writer {
         }
         self.dirty.clear();
         for (queue, key) in dirty {
-            // A segment no longer taking appends need not keep its file open.
-            if let Some(q) = self.queues.get_mut(&queue) {
-                if q.current != Some(key) {
-                    if let Some(segment) = q.segments.get_mut(&key) {
-                        segment.seg = None;
-                    }
-                }
+            // Files are opened again when next needed: the open files are
+            // those of one pass, however many durable queues clients make.
+            if let Some(segment) = self.queues.get_mut(&queue).and_then(|q| q.segments.get_mut(&key)) {
+                segment.seg = None;
+                segment.marks = None;
             }
         }
-        if self.log_lines > 2 * self.model.len() + 1000 {
+        if self.rewrite_log || self.log_lines > 2 * self.model.len() + 1000 {
             self.compact().map_err(|e| fail(&self.log.path, e))?;
+            self.rewrite_log = false;
         } else if !self.log.buf.is_empty() {
             self.log.write().map_err(|e| fail(&self.log.path, e))?;
             self.log.file.sync_data().map_err(|e| fail(&self.log.path, e))?;

@@ -65,17 +65,20 @@ class Broker:
     def start(cls, heartbeat: Optional[int] = None, config: Optional[str] = None,
               definitions: Optional[Dict[str, Any]] = None, binary: Optional[str] = None,
               args: Sequence[str] = (), timeout: float = 10.0,
-              workdir: Optional[Path] = None) -> "Broker":
+              workdir: Optional[Path] = None, data_dir: Optional[Path] = None) -> "Broker":
         """Starts warren on free loopback ports. `heartbeat`: the T it proposes (seconds);
         `config`: rabbitmq.conf text; `definitions`: a RabbitMQ definitions document loaded
         at start-up; `args`: more command-line arguments; `workdir`: the directory in which
         it gets a folder of its own for its log and generated files (the system's temporary
-        directory by default). If warren cannot start,
-        the error carries what it printed."""
+        directory by default); `data_dir`: keep durable queues and persistent messages there,
+        and find them again when a broker starts on it. If warren cannot start, the error
+        carries what it printed."""
         workdir = Path(tempfile.mkdtemp(prefix="warren-", dir=workdir))
         command = [find_binary(binary), "--port", "0", "--http-port", "0", *args]
         if heartbeat is not None:
             command += ["--heartbeat", str(heartbeat)]
+        if data_dir is not None:
+            command += ["--data-dir", str(data_dir)]
         conf_text = config or ""
         if definitions is not None:
             defs = workdir / "definitions.json"
