@@ -25,12 +25,32 @@ use crate::connection;
 /// Accepts connections on `listener` until `shutdown` turns true (or its
 /// sender is dropped), then waits for the connections to close. Restarts
 /// the listener when asked to (see `broker::restart`).
-pub async fn serve(listener: TcpListener, broker: Arc<Broker>, shutdown: watch::Receiver<bool>) {
-    let Ok(addr) = listener.local_addr() else {
+pub fn serve(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    shutdown: watch::Receiver<bool>,
+) -> impl std::future::Future<Output = ()> {
+    // Done now, not when the task first runs: a restart asked for right
+    // after start finds a listener to restart.
+    let addr = listener.local_addr();
+    if let Ok(addr) = addr {
+        let _ = broker.amqp_addr.set(addr);
+    }
+    let requests = broker.restarts.take_requests();
+    serve_until_shutdown(listener, addr, requests, broker, shutdown)
+}
+
+async fn serve_until_shutdown(
+    listener: TcpListener,
+    addr: std::io::Result<SocketAddr>,
+    mut requests: Option<Requests>,
+    broker: Arc<Broker>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let Ok(addr) = addr else {
         warn!("the listener has no address; not serving");
         return;
     };
-    let _ = broker.amqp_addr.set(addr);
     // The memory monitor lives as long as the listener (see `broker::alarm`).
     let config = &broker.config;
     let monitor = tokio::spawn(crate::broker::alarm::run_monitor(
@@ -48,7 +68,6 @@ pub async fn serve(listener: TcpListener, broker: Arc<Broker>, shutdown: watch::
             shutdown.clone(),
         )))
     });
-    let mut requests = broker.restarts.take_requests();
     let mut listener = listener;
     while let (Some(Pending { restart, done }), closed_connections) =
         run(listener, &broker, &shutdown, requests.as_mut()).await

@@ -65,3 +65,17 @@ fn a_sync_test_starts_a_broker_awaits_events_and_injects_faults() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_sync_test_restarts_the_broker_on_the_same_port() {
+    let broker = warren::blocking::Broker::start().unwrap();
+    let mut events = broker.events();
+    let restart = warren::Restart { downtime: Duration::from_millis(50), crash: false };
+    let done = broker.restart(restart).expect("restarted");
+    assert!(done.took >= Duration::from_millis(50));
+    assert_eq!(
+        events.wait_for(|e| matches!(e, Event::BrokerStopped { .. }), WAIT),
+        Some(Event::BrokerStopped { crash: false })
+    );
+    TcpStream::connect(broker.addr()).expect("listening again on the same port");
+}
