@@ -308,3 +308,43 @@ async fn a_second_broker_on_a_directory_in_use_is_refused() {
     drop(first);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn users_permissions_and_vhosts_made_while_running_are_found_again() {
+    use warren::config::{PermissionConfig, UserConfig};
+    let dir = data_dir("users");
+    {
+        let broker = start(&dir).await;
+        let b = broker.broker();
+        b.add_vhost(&"orders".into());
+        b.access.put_user(&UserConfig::plain("ann", "s3cret")).unwrap();
+        let permission = |vhost: &str| PermissionConfig {
+            user: "ann".into(),
+            vhost: vhost.into(),
+            configure: "".into(),
+            write: ".*".into(),
+            read: "^q$".into(),
+        };
+        b.access.set_permission(&permission("orders")).unwrap();
+        b.access.set_permission(&permission("/")).unwrap();
+        b.access.clear_permission("ann", "/");
+        b.access.put_user(&UserConfig::plain("bob", "x")).unwrap();
+        b.access.delete_user("bob");
+        b.store.as_ref().unwrap().flush().await;
+        broker.shutdown().await;
+    }
+    let broker = start(&dir).await;
+    let b = broker.broker();
+    assert!(b.vhost(&"orders".into()).is_some());
+    assert!(
+        b.access.authenticate("ann", "s3cret", "127.0.0.1".parse().unwrap()).is_ok(),
+        "the password hash came back"
+    );
+    assert!(b.access.authenticate("ann", "wrong", "127.0.0.1".parse().unwrap()).is_err());
+    assert!(b.access.user("bob").is_none());
+    let kept: Vec<_> =
+        b.access.permissions().into_iter().filter(|p| p.user == "ann").map(|p| (p.vhost, p.read)).collect();
+    assert_eq!(kept, [("orders".to_string(), "^q$".to_string())]);
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}

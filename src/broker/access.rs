@@ -25,6 +25,7 @@ use sha2::{Digest, Sha256};
 use crate::config::{Config, PasswordConfig, PermissionConfig, UserConfig};
 use crate::error::{AmqpError, AmqpResult};
 use crate::protocol::ShortStr;
+use crate::store::DefOp;
 
 /// One permission expression, compiled, with its source.
 #[derive(Debug, Clone)]
@@ -137,6 +138,9 @@ pub enum LoginError {
 pub struct AccessControl {
     users: RwLock<HashMap<String, User>>,
     loopback_users: Vec<String>,
+    /// With a data directory: where changes made while running are written
+    /// (set once start-up has recovered the last run's).
+    store: std::sync::OnceLock<std::sync::Arc<crate::store::Store>>,
 }
 
 /// A user as the management API shows it.
@@ -151,7 +155,11 @@ pub struct UserInfo {
 
 impl AccessControl {
     pub fn from_config(config: &Config) -> Result<AccessControl, String> {
-        let access = AccessControl { users: RwLock::default(), loopback_users: config.loopback_users.clone() };
+        let access = AccessControl {
+            users: RwLock::default(),
+            loopback_users: config.loopback_users.clone(),
+            store: std::sync::OnceLock::new(),
+        };
         for u in &config.users {
             access.put_user(u)?;
         }
@@ -196,12 +204,32 @@ impl AccessControl {
         let created = old.is_none();
         let permissions = old.map(|old| old.permissions).unwrap_or_default();
         users.insert(u.name.clone(), User { password, permissions, tags: u.tags.clone() });
+        drop(users);
+        self.write_down(|| {
+            let hash = self.password_hash(&u.name).unwrap_or_default();
+            DefOp::User(UserConfig { password: PasswordConfig::Sha256Base64(hash), ..u.clone() })
+        });
         Ok(created)
+    }
+
+    /// From now on, changes go to `store` too.
+    pub fn attach_store(&self, store: std::sync::Arc<crate::store::Store>) {
+        let _ = self.store.set(store);
+    }
+
+    fn write_down(&self, op: impl FnOnce() -> DefOp) {
+        if let Some(store) = self.store.get() {
+            store.definition(op());
+        }
     }
 
     /// Removes a user and its permissions; false if there was none.
     pub fn delete_user(&self, name: &str) -> bool {
-        self.write().remove(name).is_some()
+        let deleted = self.write().remove(name).is_some();
+        if deleted {
+            self.write_down(|| DefOp::DeleteUser(name.to_string()));
+        }
+        deleted
     }
 
     pub fn user(&self, name: &str) -> Option<UserInfo> {
@@ -247,12 +275,19 @@ impl AccessControl {
         let permission = Permission::new(p)?;
         let mut users = self.write();
         let user = users.get_mut(&p.user).ok_or_else(|| format!("permissions for unknown user '{}'", p.user))?;
-        Ok(user.permissions.insert(p.vhost.clone(), permission).is_none())
+        let created = user.permissions.insert(p.vhost.clone(), permission).is_none();
+        drop(users);
+        self.write_down(|| DefOp::Permission(p.clone()));
+        Ok(created)
     }
 
     /// Removes a user's permissions in a virtual host; false if it had none.
     pub fn clear_permission(&self, user: &str, vhost: &str) -> bool {
-        self.write().get_mut(user).is_some_and(|u| u.permissions.remove(vhost).is_some())
+        let cleared = self.write().get_mut(user).is_some_and(|u| u.permissions.remove(vhost).is_some());
+        if cleared {
+            self.write_down(|| DefOp::ClearPermission { user: user.to_string(), vhost: vhost.to_string() });
+        }
+        cleared
     }
 
     /// Removes every permission in a virtual host (it is being deleted).

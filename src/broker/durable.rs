@@ -120,6 +120,14 @@ impl Broker {
             self.add_vhost(&v.as_str().into());
         }
         self.apply_topology(&r.topology).map_err(|e| format!("recovering the data directory's definitions: {e}"))?;
+        for u in &r.users {
+            self.access.put_user(u).map_err(|e| format!("recovering the data directory's users: {e}"))?;
+        }
+        for p in &r.permissions {
+            // A permission for a user the configuration no longer has is
+            // dropped with the user, as RabbitMQ drops it.
+            let _ = self.access.set_permission(p);
+        }
         for ((vhost, name), messages) in r.messages {
             let Some(q) = self.vhost(&vhost.as_str().into()).and_then(|v| v.queue(&name.as_str().into()).ok()) else {
                 continue;

@@ -106,6 +106,9 @@ impl Broker {
         if let Some(recovery) = recovery {
             broker.recover(recovery)?;
         }
+        if let Some(store) = &broker.store {
+            broker.access.attach_store(store.clone());
+        }
         broker.apply_topology(&broker.config.topology).map_err(|e| format!("load_definitions: {e}"))?;
         Ok(broker)
     }

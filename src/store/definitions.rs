@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 
 use crate::broker::access::{base64_decode, base64_encode};
 use crate::config::definitions::{BindingDef, ExchangeDef, QueueDef, Topology};
+use crate::config::{PasswordConfig, PermissionConfig, UserConfig};
 use crate::json::table_json;
 use crate::protocol::field_table::{encode_table, parse_table};
 use crate::protocol::FieldTable;
@@ -45,11 +46,25 @@ pub enum DefOp {
     Vhost(String),
     DeleteVhost(String),
     Exchange(ExchangeDef),
-    DeleteExchange { vhost: String, name: String },
+    DeleteExchange {
+        vhost: String,
+        name: String,
+    },
     Queue(QueueDef),
-    DeleteQueue { vhost: String, name: String },
+    DeleteQueue {
+        vhost: String,
+        name: String,
+    },
     Bind(BindingDef),
     Unbind(BindingDef),
+    /// A user with its password as RabbitMQ's salted SHA-256 hash.
+    User(UserConfig),
+    DeleteUser(String),
+    Permission(PermissionConfig),
+    ClearPermission {
+        user: String,
+        vhost: String,
+    },
 }
 
 /// The durable definitions as the log says they are now.
@@ -59,6 +74,8 @@ pub struct Model {
     exchanges: BTreeMap<(String, String), ExchangeDef>,
     queues: BTreeMap<(String, String), QueueDef>,
     bindings: Vec<BindingDef>,
+    users: BTreeMap<String, UserConfig>,
+    permissions: BTreeMap<(String, String), PermissionConfig>,
 }
 
 impl Model {
@@ -74,6 +91,7 @@ impl Model {
                 self.exchanges.retain(|(vh, _), _| vh != v);
                 self.queues.retain(|(vh, _), _| vh != v);
                 self.bindings.retain(|b| &b.vhost != v);
+                self.permissions.retain(|(_, vh), _| vh != v);
             }
             DefOp::Exchange(x) => {
                 self.exchanges.insert((x.vhost.clone(), x.name.clone()), x.clone());
@@ -99,12 +117,30 @@ impl Model {
                 }
             }
             DefOp::Unbind(b) => self.bindings.retain(|x| x != b),
+            DefOp::User(u) => {
+                self.users.insert(u.name.clone(), u.clone());
+            }
+            DefOp::DeleteUser(name) => {
+                self.users.remove(name);
+                self.permissions.retain(|(user, _), _| user != name);
+            }
+            DefOp::Permission(p) => {
+                self.permissions.insert((p.user.clone(), p.vhost.clone()), p.clone());
+            }
+            DefOp::ClearPermission { user, vhost } => {
+                self.permissions.remove(&(user.clone(), vhost.clone()));
+            }
         }
     }
 
     /// How many lines the live set takes.
     pub fn len(&self) -> usize {
-        self.vhosts.len() + self.exchanges.len() + self.queues.len() + self.bindings.len()
+        self.vhosts.len()
+            + self.exchanges.len()
+            + self.queues.len()
+            + self.bindings.len()
+            + self.users.len()
+            + self.permissions.len()
     }
 
     /// The live set as the operations that make it, in an order that
@@ -114,7 +150,17 @@ impl Model {
         let exchanges = self.exchanges.values().cloned().map(DefOp::Exchange);
         let queues = self.queues.values().cloned().map(DefOp::Queue);
         let bindings = self.bindings.iter().cloned().map(DefOp::Bind);
-        vhosts.chain(exchanges).chain(queues).chain(bindings).collect()
+        let users = self.users.values().cloned().map(DefOp::User);
+        let permissions = self.permissions.values().cloned().map(DefOp::Permission);
+        vhosts.chain(exchanges).chain(queues).chain(bindings).chain(users).chain(permissions).collect()
+    }
+
+    pub fn users(&self) -> Vec<UserConfig> {
+        self.users.values().cloned().collect()
+    }
+
+    pub fn permissions(&self) -> Vec<PermissionConfig> {
+        self.permissions.values().cloned().collect()
     }
 
     pub fn topology(&self) -> Topology {
@@ -154,6 +200,18 @@ pub fn encode(op: &DefOp) -> String {
         DefOp::DeleteQueue { vhost, name } => json!({ "delete_queue": named(vhost, name) }),
         DefOp::Bind(b) => json!({ "bind": binding(b) }),
         DefOp::Unbind(b) => json!({ "unbind": binding(b) }),
+        DefOp::User(u) => {
+            let hash = match &u.password {
+                PasswordConfig::Sha256Base64(h) => h.clone(),
+                // Callers hand over hashes; a plain one is never written.
+                PasswordConfig::Plain(_) => String::new(),
+            };
+            json!({"user": {"name": u.name, "password_hash": hash, "tags": u.tags}})
+        }
+        DefOp::DeleteUser(name) => json!({ "delete_user": name }),
+        DefOp::Permission(p) => json!({"permission": {
+            "user": p.user, "vhost": p.vhost, "configure": p.configure, "write": p.write, "read": p.read}}),
+        DefOp::ClearPermission { user, vhost } => json!({"clear_permission": {"user": user, "vhost": vhost}}),
     };
     line.to_string()
 }
@@ -200,6 +258,24 @@ pub fn decode(line: &str) -> Result<DefOp, String> {
         "delete_queue" => DefOp::DeleteQueue { vhost: text("vhost")?, name: text("name")? },
         "bind" => DefOp::Bind(binding()?),
         "unbind" => DefOp::Unbind(binding()?),
+        "user" => DefOp::User(UserConfig {
+            name: text("name")?,
+            password: PasswordConfig::Sha256Base64(text("password_hash")?),
+            tags: body
+                .get("tags")
+                .and_then(Value::as_array)
+                .map(|t| t.iter().filter_map(Value::as_str).map(str::to_string).collect())
+                .unwrap_or_default(),
+        }),
+        "delete_user" => DefOp::DeleteUser(body.as_str().ok_or("delete_user: not a string")?.to_string()),
+        "permission" => DefOp::Permission(PermissionConfig {
+            user: text("user")?,
+            vhost: text("vhost")?,
+            configure: text("configure")?,
+            write: text("write")?,
+            read: text("read")?,
+        }),
+        "clear_permission" => DefOp::ClearPermission { user: text("user")?, vhost: text("vhost")? },
         other => return Err(format!("unknown entry '{other}'")),
     })
 }
@@ -247,6 +323,20 @@ mod tests {
             DefOp::DeleteQueue { vhost: "/".into(), name: "gone".into() },
             DefOp::DeleteExchange { vhost: "/".into(), name: "gone".into() },
             DefOp::DeleteVhost("old".into()),
+            DefOp::User(UserConfig {
+                name: "ann".into(),
+                password: PasswordConfig::Sha256Base64("c2FsdGhhc2g=".into()),
+                tags: vec!["monitoring".into()],
+            }),
+            DefOp::Permission(PermissionConfig {
+                user: "ann".into(),
+                vhost: "/".into(),
+                configure: "".into(),
+                write: ".*".into(),
+                read: "^q$".into(),
+            }),
+            DefOp::ClearPermission { user: "ann".into(), vhost: "/".into() },
+            DefOp::DeleteUser("bob".into()),
         ];
         let mut model = Model::default();
         for op in &ops {
@@ -258,7 +348,7 @@ mod tests {
         assert_eq!(model.topology().bindings, [bind]);
         model.apply(&DefOp::DeleteQueue { vhost: "/".into(), name: queue.name.clone() });
         assert!(model.topology().bindings.is_empty(), "a queue's bindings go with it");
-        assert_eq!(model.len(), 2);
+        assert_eq!(model.len(), 3, "vhost, exchange, user");
         assert!(decode("{\"frobnicate\":1}").unwrap_err().contains("unknown entry"));
         assert!(decode("{\"queue\":{\"vhost\":\"/\"}}").unwrap_err().contains("no 'name'"));
     }

@@ -204,6 +204,12 @@ impl Store {
     }
 }
 
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("dir", &self.dir).finish_non_exhaustive()
+    }
+}
+
 impl Drop for Store {
     /// Lets the writer finish what it was handed, then stops it.
     fn drop(&mut self) {

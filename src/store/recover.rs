@@ -14,12 +14,17 @@ use tracing::warn;
 use super::definitions::{self, Model};
 use super::records::{self, Mark, StoredMessage};
 use crate::config::definitions::Topology;
+use crate::config::{PermissionConfig, UserConfig};
 
 /// What the broker gets back.
 #[derive(Debug, Default)]
 pub struct Recovery {
     pub vhosts: Vec<String>,
     pub topology: Topology,
+    /// Users and permissions made while the broker ran (not those of its
+    /// configuration, which it makes again itself).
+    pub users: Vec<UserConfig>,
+    pub permissions: Vec<PermissionConfig>,
     /// By (vhost, queue): the messages to put back, in order.
     pub messages: HashMap<(String, String), Vec<RecoveredMessage>>,
 }
@@ -51,7 +56,13 @@ pub(super) struct SegmentState {
 
 pub(super) fn recover(dir: &Path) -> Result<(Recovery, State), String> {
     let (model, log_lines) = read_definitions(&dir.join("definitions.log"))?;
-    let mut recovery = Recovery { vhosts: model.vhosts.clone(), topology: model.topology(), ..Default::default() };
+    let mut recovery = Recovery {
+        vhosts: model.vhosts.clone(),
+        topology: model.topology(),
+        users: model.users(),
+        permissions: model.permissions(),
+        ..Default::default()
+    };
     let wanted: HashSet<(String, String)> =
         recovery.topology.queues.iter().map(|q| (q.vhost.clone(), q.name.clone())).collect();
     let mut queues = HashMap::new();
