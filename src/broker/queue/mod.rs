@@ -18,15 +18,18 @@
 //! - [`args`]: the `x-…` arguments, parsed at declaration.
 //! - [`ready`]: the ready messages, by priority.
 //! - [`dead_letter`]: `x-death` and republishing to the dead-letter exchange.
+//! - `consumers.rs`: adding and cancelling consumers, prefetch.
+//! - `journal.rs`: a durable queue's journal on disk, and recovery into it.
 
 pub mod args;
+mod consumers;
 pub mod dead_letter;
+mod journal;
 pub mod ready;
 mod timers;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
-use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -456,68 +459,6 @@ impl Queue {
         })
     }
 
-    /// Adds a consumer; returns 403 if an exclusive consumer is in the way.
-    /// `on_added` runs before the first delivery can be made, under the
-    /// queue's lock: that is where `basic.consume-ok` is queued, so it always
-    /// reaches the client ahead of the consumer's first `basic.deliver`.
-    pub fn consume(self: &Arc<Self>, consumer: Consumer, on_added: impl FnOnce()) -> AmqpResult<()> {
-        let now = Instant::now();
-        self.with_state(|st, dead| {
-            if st.consumers.iter().any(|c| c.exclusive) || (consumer.exclusive && !st.consumers.is_empty()) {
-                return Err(AmqpError::access_refused(format!(
-                    "queue '{}' in vhost '{}' in exclusive use",
-                    self.name, self.vhost_name
-                )));
-            }
-            st.consumers.push(consumer);
-            st.last_used = now;
-            on_added();
-            self.dispatch_locked(st, now, dead);
-            Ok(())
-        })
-    }
-
-    fn remove_consumers(self: &Arc<Self>, keep: impl Fn(&Consumer) -> bool) -> Cancelled {
-        let now = Instant::now();
-        let cancelled = self.with_state(|st, dead| {
-            let before = st.consumers.len();
-            st.consumers.retain(keep);
-            let found = st.consumers.len() != before;
-            if found {
-                st.last_used = now;
-                // With a single active consumer, the next one may take over.
-                self.dispatch_locked(st, now, dead);
-            }
-            Cancelled { found, delete_queue: found && self.options.auto_delete && st.consumers.is_empty() }
-        });
-        if self.args.expires.is_some() {
-            self.timer_wake.notify_one();
-        }
-        cancelled
-    }
-
-    /// Changes a consumer's prefetch (`basic.qos` at run time) and delivers
-    /// what a larger limit now allows.
-    pub fn set_prefetch(self: &Arc<Self>, channel: ChannelKey, tag: &ShortStr, prefetch_count: u32) {
-        let now = Instant::now();
-        self.with_state(|st, dead| {
-            if let Some(c) = st.consumers.iter_mut().find(|c| c.channel == channel && c.tag == *tag) {
-                c.prefetch_count = prefetch_count;
-            }
-            self.dispatch_locked(st, now, dead);
-        });
-    }
-
-    /// Removes one consumer (`basic.cancel`).
-    pub fn cancel(self: &Arc<Self>, channel: ChannelKey, tag: &ShortStr) -> Cancelled {
-        self.remove_consumers(|c| !(c.channel == channel && c.tag == *tag))
-    }
-
-    /// Removes every consumer of a closing channel.
-    pub fn cancel_channel(self: &Arc<Self>, channel: ChannelKey) -> Cancelled {
-        self.remove_consumers(|c| c.channel != channel)
-    }
-
     fn release_credit(st: &mut QueueState, channel: ChannelKey, consumer: Option<&ShortStr>, count: usize) {
         st.unacked = st.unacked.saturating_sub(count);
         if let Some(tag) = consumer {
@@ -585,56 +526,6 @@ impl Queue {
         st.ready.clear() as u32
     }
 
-    /// A delivery of a stored message: gone for good without an ack to
-    /// wait for, otherwise marked delivered (it comes back `redelivered`
-    /// if the broker stops before the ack).
-    fn journal_delivery(&self, seq: u64, no_ack: bool) {
-        if let Some(journal) = self.journal.get() {
-            match no_ack {
-                true => journal.removed(seq),
-                false => journal.delivered(seq),
-            }
-        }
-    }
-
-    /// Gives the queue its journal, once it is declared (see
-    /// `VirtualHost::declare_queue`).
-    pub fn attach_journal(&self, journal: Journal) {
-        let _ = self.journal.set(journal);
-    }
-
-    pub fn is_journaled(&self) -> bool {
-        self.journal.get().is_some()
-    }
-
-    /// Puts back messages read from the journal at start-up, in order.
-    /// They are on disk already: nothing is written.
-    pub fn restore(&self, messages: impl IntoIterator<Item = (u64, bool, Arc<Message>)>) {
-        let now = Instant::now();
-        let mut st = self.lock();
-        for (seq, redelivered, message) in messages {
-            let priority = match self.args.max_priority {
-                Some(_) => st.ready.level_for(message_priority(&message.properties).unwrap_or(0)),
-                None => 0,
-            };
-            let ttl = match (self.args.message_ttl, message_expiration(&message.properties)) {
-                (Some(q), Some(m)) => Some(q.min(m)),
-                (q, m) => q.or(m),
-            };
-            let expires_at = ttl.map(|t| now + t);
-            st.next_seq = st.next_seq.max(seq + 1);
-            st.ready.push_back(QueuedMessage { seq, redelivered, expires_at, priority, message, stored: true });
-        }
-        drop(st);
-        self.timer_wake.notify_one();
-    }
-
-    /// Drops the ready messages that are not persistent (what a restart
-    /// does to a durable queue); returns how many went.
-    pub fn drop_transient(&self) -> usize {
-        self.lock().ready.retain(|m| m.message.is_persistent())
-    }
-
     /// Marks the queue deleted and empties it; returns the ready count and
     /// the consumers that were attached, so their channels can be told.
     pub fn delete(&self) -> (u32, Vec<Consumer>) {
@@ -657,29 +548,6 @@ impl Queue {
     /// Up to `n` ready messages, in delivery order, left in the queue.
     pub fn peek(&self, n: usize) -> Vec<QueuedMessage> {
         self.lock().ready.iter().take(n).cloned().collect()
-    }
-
-    /// The consumers, for inspection: tag, channel, prefetch, unacked,
-    /// whether they acknowledge, their priority.
-    pub fn consumers(&self) -> Vec<ConsumerInfo> {
-        self.lock()
-            .consumers
-            .iter()
-            .map(|c| ConsumerInfo {
-                tag: c.tag.clone(),
-                channel: c.channel,
-                prefetch_count: c.prefetch_count,
-                unacked: c.unacked,
-                ack_required: !c.no_ack,
-                exclusive: c.exclusive,
-                priority: c.priority,
-            })
-            .collect()
-    }
-
-    /// The consumer timeout for deliveries from this queue, if any.
-    pub fn consumer_timeout(&self, broker_default: Option<Duration>) -> Option<Duration> {
-        self.args.consumer_timeout.or(broker_default)
     }
 }
 
