@@ -16,11 +16,26 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use warren::EmbeddedBroker;
 
-/// A fresh data directory under the target directory.
-fn data_dir(test: &str) -> PathBuf {
+/// A fresh data directory under the target directory, removed when the
+/// test ends, however it ends.
+struct DataDir(PathBuf);
+
+impl std::ops::Deref for DataDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn data_dir(test: &str) -> DataDir {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("store-{test}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
+    DataDir(dir)
 }
 
 async fn start(dir: &Path) -> EmbeddedBroker {
@@ -105,8 +120,6 @@ async fn a_new_broker_on_the_same_directory_finds_durable_state_and_persistent_m
     // The binding came back with the exchange: jobs/a.* still routes to work.
     publish(&ch, "jobs", "a.c", b"after", true).await;
     assert_eq!(drain(&ch, "work").await, [("after".into(), false)]);
-    drop(broker);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
@@ -122,8 +135,6 @@ async fn a_confirmed_message_is_already_in_its_segment_file() {
         let file = std::fs::read(&segments(&dir)[0]).unwrap();
         assert!(file.windows(body.len()).any(|w| w == body.as_bytes()), "message {n} not on disk at its confirm");
     }
-    drop(broker);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
@@ -145,8 +156,6 @@ async fn a_torn_tail_is_cut_off_and_the_messages_before_it_recovered() {
     let broker = start(&dir).await;
     let (_conn, ch) = channel(&broker).await;
     assert_eq!(drain(&ch, "q").await, [("one".into(), false), ("two".into(), false)]);
-    drop(broker);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
@@ -155,7 +164,7 @@ async fn a_foreign_file_in_the_data_directory_refuses_the_start_and_is_named() {
     start(&dir).await.shutdown().await;
     let stray = dir.join("queues").join("holiday-photos.jpg");
     std::fs::write(&stray, b"\xff\xd8\xff").unwrap();
-    let err = EmbeddedBroker::builder().data_dir(&dir).start().await.err().expect("refused");
+    let err = EmbeddedBroker::builder().data_dir(&*dir).start().await.err().expect("refused");
     assert!(err.to_string().contains("holiday-photos.jpg"), "{err}");
     std::fs::remove_file(&stray).unwrap();
 
@@ -167,9 +176,8 @@ async fn a_foreign_file_in_the_data_directory_refuses_the_start_and_is_named() {
     broker.shutdown().await;
     let segment = segments(&dir)[0].clone();
     std::fs::write(&segment, b"GIF89a").unwrap();
-    let err = EmbeddedBroker::builder().data_dir(&dir).start().await.err().expect("refused");
+    let err = EmbeddedBroker::builder().data_dir(&*dir).start().await.err().expect("refused");
     assert!(err.to_string().contains(&*segment.to_string_lossy()) && err.to_string().contains("not a warren seg file"));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
@@ -197,8 +205,6 @@ async fn a_segment_whose_messages_are_all_acknowledged_is_deleted() {
     store.flush().await;
     let after = segments(&dir);
     assert!(!after.contains(&before[0]), "the first segment is gone: {after:?}");
-    drop(broker);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
@@ -257,8 +263,6 @@ async fn sigkill_under_a_flat_out_publisher_loses_no_confirmed_message_and_dupli
     }
     let lost: Vec<_> = acked.iter().filter(|n| !seen.contains(n)).collect();
     assert!(lost.is_empty(), "{} confirmed message(s) lost, e.g. {:?}", lost.len(), &lost[..lost.len().min(5)]);
-    drop(warren);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
@@ -266,7 +270,7 @@ async fn a_disk_below_disk_free_limit_raises_the_disk_alarm_and_blocks_publisher
     let dir = data_dir("disk-alarm");
     // More free space than any disk here has: the alarm is on at the first check.
     let limit = warren::config::DiskLimit::Absolute(u64::MAX / 2);
-    let broker = EmbeddedBroker::builder().data_dir(&dir).disk_free_limit(limit).start().await.unwrap();
+    let broker = EmbeddedBroker::builder().data_dir(&*dir).disk_free_limit(limit).start().await.unwrap();
     let mut alarms = broker.broker().alarms.subscribe();
     let set = *tokio::time::timeout(Duration::from_secs(5), alarms.wait_for(|a| a.disk)).await.unwrap().unwrap();
     assert_eq!(set.reason(), "low on disk");
@@ -276,8 +280,6 @@ async fn a_disk_below_disk_free_limit_raises_the_disk_alarm_and_blocks_publisher
     let _unconfirmed = ch.basic_publish("".into(), "q".into(), Default::default(), b"m", props).await.unwrap();
     let blocked = broker.wait_for_connection_state(warren::ConnectionState::Blocked, Duration::from_secs(5)).await;
     assert!(blocked.is_some(), "the publisher is blocked: {:?}", broker.connections());
-    drop(broker);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
@@ -295,18 +297,14 @@ async fn a_reset_clears_the_data_directory_too() {
     let broker = start(&dir).await;
     assert!(broker.broker().queue_infos().is_empty(), "{:?}", broker.broker().queue_infos());
     assert!(segments(&dir).is_empty());
-    drop(broker);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
 async fn a_second_broker_on_a_directory_in_use_is_refused() {
     let dir = data_dir("in-use");
-    let first = start(&dir).await;
-    let err = EmbeddedBroker::builder().data_dir(&dir).start().await.err().expect("refused");
+    let _first = start(&dir).await;
+    let err = EmbeddedBroker::builder().data_dir(&*dir).start().await.err().expect("refused");
     assert!(err.to_string().contains("is in use by another broker"), "{err}");
-    drop(first);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
@@ -345,6 +343,4 @@ async fn users_permissions_and_vhosts_made_while_running_are_found_again() {
     let kept: Vec<_> =
         b.access.permissions().into_iter().filter(|p| p.user == "ann").map(|p| (p.vhost, p.read)).collect();
     assert_eq!(kept, [("orders".to_string(), "^q$".to_string())]);
-    drop(broker);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -49,7 +49,8 @@ pub struct Restarted {
     pub closed_connections: usize,
     pub kept: Survivors,
     pub dropped: Survivors,
-    /// From the request to listening again, downtime included.
+    /// From the moment every connection had gone to listening again,
+    /// downtime included.
     pub took: Duration,
 }
 
