@@ -344,3 +344,29 @@ async fn users_permissions_and_vhosts_made_while_running_are_found_again() {
         b.access.permissions().into_iter().filter(|p| p.user == "ann").map(|p| (p.vhost, p.read)).collect();
     assert_eq!(kept, [("orders".to_string(), "^q$".to_string())]);
 }
+
+#[tokio::test]
+async fn queue_names_a_client_chooses_stay_inside_the_data_directory_and_come_back_intact() {
+    let dir = data_dir("names");
+    let names = ["../../escape", "/etc/passwd", "a\nb \"quoted\" ünïcödé", "x".repeat(255).leak() as &str];
+    {
+        let broker = start(&dir).await;
+        let (_conn, ch) = channel(&broker).await;
+        for name in names {
+            durable_queue(&ch, name).await;
+            publish(&ch, "", name, name.as_bytes(), true).await;
+        }
+        broker.shutdown().await;
+    }
+    // Every queue directory is a hash inside queues/, nothing elsewhere.
+    for entry in std::fs::read_dir(dir.join("queues")).unwrap() {
+        let file = entry.unwrap().file_name().into_string().unwrap();
+        assert!(file.len() == 16 && file.bytes().all(|b| b.is_ascii_hexdigit()), "{file}");
+    }
+    assert!(!dir.parent().unwrap().join("escape").exists());
+    let broker = start(&dir).await;
+    let (_conn, ch) = channel(&broker).await;
+    for name in names {
+        assert_eq!(drain(&ch, name).await, [(name.to_string(), false)]);
+    }
+}
