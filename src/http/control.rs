@@ -36,6 +36,21 @@ pub(super) struct EventLog {
 }
 
 impl EventLog {
+    pub(super) fn last(&self) -> u64 {
+        self.last
+    }
+
+    /// The number of the oldest event kept, if any.
+    pub(super) fn oldest(&self) -> Option<u64> {
+        self.events.front().map(|(seq, _)| *seq)
+    }
+
+    /// The events kept from number `from` on, in order.
+    pub(super) fn since(&self, from: u64) -> impl Iterator<Item = &(u64, String)> {
+        let skip = self.oldest().map_or(0, |oldest| from.saturating_sub(oldest) as usize);
+        self.events.iter().skip(skip)
+    }
+
     pub(super) fn push(&mut self, event: &Event) {
         self.last += 1;
         let text = event_json(self.last, event).to_string();

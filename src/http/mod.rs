@@ -50,6 +50,7 @@ mod control;
 mod listener;
 mod messages;
 mod metrics;
+mod stream;
 mod topology;
 
 use std::net::SocketAddr;
@@ -149,6 +150,7 @@ fn router(http: Arc<Http>) -> Router {
         .route("/api/warren/connections/{name}/faults", post(control::faults))
         .route("/api/warren/alarms/{resource}", put(control::raise_alarm).delete(control::clear_alarm))
         .route("/api/warren/events", get(control::events_since))
+        .route("/api/warren/events/stream", get(stream::event_stream))
         .route("/api/warren/reset", post(control::reset))
         .route("/api/warren/restart", post(control::restart))
         .route("/api/warren/vhosts", post(control::fresh_vhost))
