@@ -428,7 +428,7 @@ impl Drop for FreshVhost {
 
 /// Events as they happen, from [`EmbeddedBroker::events`].
 pub struct EventStream {
-    rx: tokio::sync::broadcast::Receiver<Event>,
+    rx: tokio::sync::broadcast::Receiver<crate::broker::events::Stamped>,
 }
 
 impl EventStream {
@@ -437,7 +437,7 @@ impl EventStream {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                Ok(Ok(event)) => return Some(event),
+                Ok(Ok(stamped)) => return Some(stamped.event),
                 // Fell behind: the oldest events are gone; go on with the rest.
                 Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => continue,
                 Ok(Err(_)) | Err(_) => return None,

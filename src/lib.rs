@@ -19,8 +19,12 @@
 //! - [`embedded`]: start an isolated broker inside a test in one call; the
 //!   test toolkit (fault injection, events, inspection) lives on its handle.
 //! - [`blocking`]: the same for test suites that are not async.
+//! - [`demo`]: the teaching demo, a scripted client that plays the seed's
+//!   story (a worker blocked by a long task is dropped for missed
+//!   heartbeats, its message redelivered) for a learner to watch.
 //! - [`http`]: the HTTP control API (management-API subset, fault
-//!   injection, events) for test suites in any language.
+//!   injection, events) for test suites in any language, and the live
+//!   page that draws connections and their heartbeats (`http/dashboard.html`).
 //! - [`store`]: durable definitions and persistent messages on disk, with
 //!   a data directory (group commit, segments, recovery).
 //! - [`config`]: settings and the `rabbitmq.conf` format.
@@ -32,6 +36,7 @@ pub mod blocking;
 pub mod broker;
 pub mod config;
 pub mod connection;
+pub mod demo;
 pub mod embedded;
 pub mod error;
 pub mod http;

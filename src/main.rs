@@ -53,6 +53,23 @@ struct Args {
     /// `data_dir`). Without one, everything is in memory.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Teaching mode: play the seed's story over and over (a worker blocked
+    /// by a long task is dropped for missed heartbeats, its message
+    /// redelivered), to watch on the HTTP API's page (/). Its workers log
+    /// in as the first configured user with a plain password.
+    #[arg(long)]
+    demo: bool,
+}
+
+/// Who `--demo`'s workers log in as: the first user with a plain password,
+/// in `/` if it exists, else in the first virtual host.
+fn demo_login(config: &Config) -> Option<warren::demo::Login> {
+    let user = config.users.iter().find_map(|u| match &u.password {
+        warren::config::PasswordConfig::Plain(p) => Some((u.name.clone(), p.clone())),
+        _ => None,
+    })?;
+    let vhost = if config.vhosts.iter().any(|v| v == "/") { "/".to_string() } else { config.vhosts.first()?.clone() };
+    Some(warren::demo::Login { user: user.0, password: user.1, vhost })
 }
 
 /// What the broker prints on stdout, one JSON line, once it accepts
@@ -247,6 +264,20 @@ fn main() -> ExitCode {
         let (shutdown, stop) = watch::channel(false);
         if let Some(l) = http {
             tokio::spawn(warren::http::serve(l, broker.clone(), stop.clone()));
+        }
+        if args.demo {
+            match demo_login(&config) {
+                Some(login) => {
+                    if let Some(a) = http_addr {
+                        info!("teaching mode: watch the story on http://{}/", a);
+                    }
+                    tokio::spawn(warren::demo::play_forever(broker.clone(), login));
+                }
+                None => {
+                    eprintln!("warren: --demo needs a user with a plain password (the demo's workers log in as one)");
+                    return ExitCode::from(2);
+                }
+            }
         }
         let server = tokio::spawn(warren::server::serve(listener, broker, stop));
         tokio::select! {

@@ -3,11 +3,15 @@
 //!
 //! Events are only built when someone listens: with no subscriber, an
 //! `emit` is one atomic load, so the message path pays nothing for them.
+//! Each is stamped with the wall-clock time it was emitted, so that a
+//! listener that reads late (the HTTP event log, a browser) still places it
+//! where it happened.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::broadcast;
 
+use super::connections::{ConnectionState, FaultSwitches};
 use crate::protocol::FieldTable;
 
 /// One thing that happened. Connections are named RabbitMQ style
@@ -31,6 +35,15 @@ pub enum Event {
     HeartbeatReceived {
         connection: String,
     },
+    /// The receiver monitor looked at the client's byte counter (every T).
+    /// `silent`: consecutive ticks that saw nothing new, this one included
+    /// (0: it saw traffic; 2 ends the connection). `idle`: how long since
+    /// the last byte the monitor counts.
+    MonitorTick {
+        connection: String,
+        silent: u8,
+        idle: Duration,
+    },
     /// The receiver monitor gave up; `silence` is how long it saw nothing.
     HeartbeatTimeout {
         connection: String,
@@ -43,6 +56,18 @@ pub enum Event {
     },
     Unblocked {
         connection: String,
+    },
+    /// The connection moved to `state` (`crate::connection::throttle`), or
+    /// its receiver monitor was paused or resumed.
+    StateChanged {
+        connection: String,
+        state: ConnectionState,
+        monitor_paused: bool,
+    },
+    /// A fault switch of the connection was flipped; `faults` is all of them now.
+    FaultsChanged {
+        connection: String,
+        faults: FaultSwitches,
     },
     ChannelClosed {
         connection: String,
@@ -97,6 +122,18 @@ pub enum Event {
     },
     /// The listener is back after a restart.
     BrokerStarted,
+    /// A step of the teaching demo's script (`crate::demo`), in words.
+    DemoStep {
+        connection: Option<String>,
+        text: String,
+    },
+}
+
+/// An event and when it was emitted.
+#[derive(Debug, Clone)]
+pub struct Stamped {
+    pub at: SystemTime,
+    pub event: Event,
 }
 
 /// Capacity of the broadcast buffer: a subscriber that falls this far
@@ -104,7 +141,7 @@ pub enum Event {
 const BUFFER: usize = 16 * 1024;
 
 pub struct Events {
-    tx: broadcast::Sender<Event>,
+    tx: broadcast::Sender<Stamped>,
 }
 
 impl Default for Events {
@@ -117,11 +154,11 @@ impl Events {
     /// Sends the event `make` builds, if anyone is listening.
     pub fn emit(&self, make: impl FnOnce() -> Event) {
         if self.tx.receiver_count() > 0 {
-            let _ = self.tx.send(make());
+            let _ = self.tx.send(Stamped { at: SystemTime::now(), event: make() });
         }
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Stamped> {
         self.tx.subscribe()
     }
 }

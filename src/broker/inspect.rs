@@ -3,10 +3,12 @@
 //! exchanges with their bindings, and a look at a queue's messages that
 //! does not consume them.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 
-use super::connections::ConnectionState;
-use super::queue::ConsumerInfo;
+use super::connections::{ConnectionState, FaultSwitches};
+use super::queue::{ConsumerInfo, QueueTotals};
 use super::Broker;
 use crate::protocol::{BasicProperties, FieldTable, ShortStr};
 
@@ -35,10 +37,18 @@ pub struct ConnectionInfo {
     pub frames_in: u64,
     pub frames_out: u64,
     pub heartbeats_sent: u64,
+    pub heartbeats_received: u64,
     /// The open channel numbers.
     pub channels: Vec<u16>,
     /// How long since the client last sent anything.
-    pub idle: std::time::Duration,
+    pub idle: Duration,
+    /// How long since the client last sent what the receiver monitor counts
+    /// (`idle`, unless the ignore-client fault is on).
+    pub idle_counted: Duration,
+    /// How long since warren last wrote to the client.
+    pub idle_out: Duration,
+    pub monitor_paused: bool,
+    pub faults: FaultSwitches,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -54,6 +64,8 @@ pub struct QueueInfo {
     pub message_bytes_ready: usize,
     pub messages_unacknowledged: usize,
     pub consumers: Vec<ConsumerInfo>,
+    /// Messages enqueued and delivered since the queue was declared.
+    pub totals: QueueTotals,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -108,6 +120,7 @@ impl Broker {
                     message_bytes_ready: q.ready_bytes(),
                     messages_unacknowledged: q.unacked_count(),
                     consumers: q.consumers(),
+                    totals: q.totals(),
                 });
             }
         }

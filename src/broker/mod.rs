@@ -59,6 +59,8 @@ pub struct Broker {
     /// Durable definitions and persistent messages on disk, with a data
     /// directory (see [`crate::store`]).
     pub store: Option<Arc<Store>>,
+    /// The teaching demo (`crate::demo`) is playing: one at a time.
+    pub demo_running: std::sync::atomic::AtomicBool,
     /// Keys for server-generated names; random per broker.
     name_seed: RandomState,
     name_counter: AtomicU64,
@@ -86,13 +88,14 @@ impl Broker {
         let broker = Arc::new(Broker {
             access,
             alarms,
-            connections: connections::Connections::default(),
+            connections: connections::Connections::new(events.clone()),
             events,
             config,
             vhosts,
             amqp_addr: std::sync::OnceLock::new(),
             restarts: restart::Restarts::default(),
             store,
+            demo_running: Default::default(),
             name_seed: RandomState::new(),
             name_counter: AtomicU64::new(0),
             gauges: Gauges::default(),

@@ -97,6 +97,7 @@ impl Connection {
             // A heartbeat's only job is to make bytes arrive, which the
             // reader has already counted.
             Frame::Heartbeat { channel: 0 } => {
+                self.entry.counters.heartbeats_received.fetch_add(1, Ordering::Relaxed);
                 self.broker.events.emit(|| Event::HeartbeatReceived { connection: self.entry.name.clone() });
                 Ok(())
             }

@@ -127,11 +127,14 @@ pub struct MissedHeartbeats {
 }
 
 /// Watches `bytes_received` every `period` (T) and returns when two
-/// consecutive ticks saw no change. Never returns while paused.
+/// consecutive ticks saw no change. Never returns while paused. `on_tick`
+/// hears each tick's count of consecutive silent ticks (0: traffic seen),
+/// for the event stream.
 pub async fn run_monitor(
     period: Duration,
     bytes_received: impl Fn() -> u64,
     control: &MonitorControl,
+    mut on_tick: impl FnMut(u8),
 ) -> MissedHeartbeats {
     let mut paused = control.subscribe();
     'window: loop {
@@ -163,9 +166,10 @@ pub async fn run_monitor(
                 silent_ticks = 0;
             } else {
                 silent_ticks += 1;
-                if silent_ticks >= 2 {
-                    return MissedHeartbeats { silence: last_change.elapsed() };
-                }
+            }
+            on_tick(silent_ticks);
+            if silent_ticks >= 2 {
+                return MissedHeartbeats { silence: last_change.elapsed() };
             }
         }
     }
@@ -195,27 +199,31 @@ impl Heartbeats {
         if t == 0 {
             return;
         }
-        let counters: Arc<Counters> = entry.counters.clone();
-        let (entry, outlet, events, alive) = (entry.clone(), outlet.clone(), events.clone(), GaugeGuard::new(gauge));
+        let (e, out, ev, alive) = (entry.clone(), outlet.clone(), events.clone(), GaugeGuard::new(gauge));
         self.tasks.spawn(async move {
             let _alive = alive;
-            let sent = || entry.counters.send_oct_besides_heartbeats.load(Ordering::Relaxed);
+            let sent = || e.counters.send_oct_besides_heartbeats.load(Ordering::Relaxed);
             // Withheld heartbeats (fault injection) are simply not sent.
             let send = || {
-                if entry.faults.withhold_heartbeats() {
+                if e.faults.withhold_heartbeats() {
                     return true;
                 }
-                events.emit(|| Event::HeartbeatSent { connection: entry.name.clone() });
-                outlet.send(Outbound::Heartbeat)
+                ev.emit(|| Event::HeartbeatSent { connection: e.name.clone() });
+                out.send(Outbound::Heartbeat)
             };
             run_sender(sender_period(t), sent, send).await;
             None
         });
-        let (control, alive) = (monitor.clone(), GaugeGuard::new(gauge));
+        let (e, ev, control, alive) = (entry.clone(), events.clone(), monitor.clone(), GaugeGuard::new(gauge));
         self.tasks.spawn(async move {
             let _alive = alive;
-            let received = || counters.recv_oct.load(Ordering::Relaxed);
-            Some(run_monitor(monitor_period(t), received, &control).await)
+            let c: &Counters = &e.counters;
+            let received = || c.recv_oct.load(Ordering::Relaxed);
+            let tick = |silent| {
+                let idle = c.since(&c.last_counted_ms);
+                ev.emit(|| Event::MonitorTick { connection: e.name.clone(), silent, idle });
+            };
+            Some(run_monitor(monitor_period(t), received, &control, tick).await)
         });
     }
 
@@ -313,7 +321,8 @@ mod tests {
         let r = received.clone();
         let start = Instant::now();
         let control = MonitorControl::default();
-        let monitor = tokio::spawn(async move { run_monitor(T, move || r.load(Ordering::SeqCst), &control).await });
+        let monitor =
+            tokio::spawn(async move { run_monitor(T, move || r.load(Ordering::SeqCst), &control, |_| {}).await });
         time::sleep(last_byte_at).await;
         received.fetch_add(1, Ordering::SeqCst);
         let missed = monitor.await.unwrap();
@@ -336,8 +345,31 @@ mod tests {
     async fn monitor_with_no_traffic_at_all_fires_at_2t() {
         let control = MonitorControl::default();
         let start = Instant::now();
-        run_monitor(T, || 0, &control).await;
+        run_monitor(T, || 0, &control, |_| {}).await;
         assert_eq!(start.elapsed(), 2 * T);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn monitor_reports_each_tick_with_its_silent_count() {
+        let received = Arc::new(AtomicU64::new(0));
+        let r = received.clone();
+        let ticks = Arc::new(Mutex::new(Vec::new()));
+        let (t, start) = (ticks.clone(), Instant::now());
+        let control = MonitorControl::default();
+        let monitor = tokio::spawn(async move {
+            run_monitor(
+                T,
+                move || r.load(Ordering::SeqCst),
+                &control,
+                move |silent| t.lock().unwrap().push((start.elapsed(), silent)),
+            )
+            .await
+        });
+        time::sleep(Duration::from_millis(1500)).await;
+        received.fetch_add(1, Ordering::SeqCst);
+        monitor.await.unwrap();
+        let secs = |s| Duration::from_secs(s);
+        assert_eq!(*ticks.lock().unwrap(), [(secs(1), 1), (secs(2), 0), (secs(3), 1), (secs(4), 2)]);
     }
 
     #[tokio::test(start_paused = true)]
@@ -345,7 +377,8 @@ mod tests {
         let received = Arc::new(AtomicU64::new(0));
         let r = received.clone();
         let control = MonitorControl::default();
-        let monitor = tokio::spawn(async move { run_monitor(T, move || r.load(Ordering::SeqCst), &control).await });
+        let monitor =
+            tokio::spawn(async move { run_monitor(T, move || r.load(Ordering::SeqCst), &control, |_| {}).await });
         for _ in 0..20 {
             time::sleep(Duration::from_millis(900)).await;
             received.fetch_add(1, Ordering::SeqCst);
@@ -359,7 +392,7 @@ mod tests {
         let control = MonitorControl::default();
         let c = control.clone();
         let start = Instant::now();
-        let monitor = tokio::spawn(async move { run_monitor(T, || 0, &c).await });
+        let monitor = tokio::spawn(async move { run_monitor(T, || 0, &c, |_| {}).await });
         time::sleep(Duration::from_millis(1500)).await;
         control.pause();
         time::sleep(Duration::from_secs(30)).await;

@@ -223,7 +223,7 @@ async fn serve_halves(
             stage: Stage::Handshake(Handshake::new(proposed, peer.ip(), entry.clone())),
             throttle: Throttle::new(broker.alarms.subscribe(), entry.clone(), outlet.clone(), broker.events.clone()),
             heartbeats: Heartbeats::default(),
-            handshake_deadline: entry.accepted + config.handshake_timeout,
+            handshake_deadline: entry.counters.accepted + config.handshake_timeout,
             broker: broker.clone(),
             registration,
             entry,
@@ -400,9 +400,10 @@ impl Connection {
             Err(e) => return Err(End::PeerClosed(Some(e))),
         };
         let c = &self.entry.counters;
-        c.last_read_ms.store(self.entry.age_ms(), Ordering::Relaxed);
+        c.stamp(&c.last_read_ms);
         if !self.entry.faults.ignore_client() {
             c.recv_oct.fetch_add(n as u64, Ordering::Relaxed);
+            c.stamp(&c.last_counted_ms);
         }
         Ok(())
     }
@@ -438,7 +439,7 @@ impl Connection {
             id: self.entry.id,
             name,
             who,
-            duration: format_duration(self.entry.accepted.elapsed()),
+            duration: format_duration(self.entry.counters.accepted.elapsed()),
             phase: self.phase(),
             received_nothing: self.entry.counters.recv_oct.load(Ordering::Relaxed) == 0,
             heartbeat: self.heartbeat,

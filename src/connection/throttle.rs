@@ -52,6 +52,8 @@ pub struct Throttle {
     blocked_notified: bool,
     /// The black-hole fault was on at the last recompute.
     black_holed: bool,
+    /// The state and monitor pause last told to the event stream.
+    announced: (ConnectionState, bool),
     entry: Arc<ConnectionEntry>,
     outlet: Arc<Outlet>,
     events: Arc<Events>,
@@ -71,6 +73,7 @@ impl Throttle {
             tell_client: false,
             blocked_notified: false,
             black_holed: false,
+            announced: (ConnectionState::Starting, false),
             entry,
             outlet,
             events,
@@ -137,6 +140,7 @@ impl Throttle {
             } else if !self.state.paused() {
                 self.monitor.resume();
             }
+            self.announce();
         }
         if matches!(self.state, ConnectionState::Starting | ConnectionState::Closing) {
             return;
@@ -175,5 +179,17 @@ impl Throttle {
         info!("connection {}: state {} -> {next}", self.entry.name, self.state);
         self.state = next;
         self.entry.set_state(next);
+        self.announce();
+    }
+
+    /// Tells the event stream the state and whether the monitor is paused,
+    /// if either changed since it was last told.
+    fn announce(&mut self) {
+        let now = (self.state, self.monitor.is_paused());
+        if now != self.announced {
+            self.announced = now;
+            let (state, monitor_paused) = now;
+            self.events.emit(|| Event::StateChanged { connection: self.entry.name.clone(), state, monitor_paused });
+        }
     }
 }

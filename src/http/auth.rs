@@ -21,6 +21,9 @@ use crate::broker::Broker;
 #[derive(Clone)]
 pub(super) struct Caller {
     pub(super) name: String,
+    /// What the caller authenticated with: the teaching demo logs its
+    /// workers in as the caller who started it.
+    pub(super) password: String,
     pub(super) tags: Vec<String>,
 }
 
@@ -81,7 +84,7 @@ pub(super) async fn authenticate(State(http): State<Arc<Http>>, mut request: Req
         }
         Err(LoginError::LoopbackOnly) => return not_authorised("User can only log in via localhost"),
     }
-    let caller = Caller { name: user.to_string(), tags: http.broker.access.tags(user) };
+    let caller = Caller { name: user.to_string(), password: password.to_string(), tags: http.broker.access.tags(user) };
     if !caller.has(MANAGEMENT_TAGS) {
         return not_authorised("Not management user");
     }

@@ -19,7 +19,8 @@ use tokio::time::Instant;
 use super::auth::Caller;
 use super::{admin_refusal, bad_request, not_authorised, not_found, table_json, Http, JsonBody, LONG_POLL_MAX};
 use crate::broker::alarm::Resource;
-use crate::broker::events::Event;
+use crate::broker::connections::FaultSwitches;
+use crate::broker::events::{Event, Stamped};
 use crate::broker::restart::{Restart, Survivors, MAX_DOWNTIME};
 
 /// The events kept for long polling: at most this many…
@@ -51,9 +52,11 @@ impl EventLog {
         self.events.iter().skip(skip)
     }
 
-    pub(super) fn push(&mut self, event: &Event) {
+    pub(super) fn push(&mut self, stamped: &Stamped) {
         self.last += 1;
-        let text = event_json(self.last, event).to_string();
+        let mut json = event_json(self.last, &stamped.event);
+        json["at"] = json!(epoch_ms(stamped.at));
+        let text = json.to_string();
         self.bytes += text.len();
         self.events.push_back((self.last, text));
         while self.events.len() > EVENT_LOG || self.bytes > EVENT_LOG_BYTES {
@@ -239,6 +242,18 @@ fn event_json(seq: u64, e: &Event) -> Value {
         Event::Unblocked { connection } => json!({"type": "connection.unblocked", "connection": connection}),
         Event::BrokerStopped { crash } => json!({"type": "broker.stopped", "crash": crash}),
         Event::BrokerStarted => json!({"type": "broker.started"}),
+        Event::MonitorTick { connection, silent, idle } => json!({
+            "type": "monitor.tick", "connection": connection, "silent": silent,
+            "idle_ms": idle.as_millis() as u64,
+        }),
+        Event::StateChanged { connection, state, monitor_paused } => json!({
+            "type": "connection.state", "connection": connection, "state": state.name(),
+            "monitor_paused": monitor_paused,
+        }),
+        Event::FaultsChanged { connection, faults } => {
+            json!({"type": "connection.faults", "connection": connection, "faults": faults_json(faults)})
+        }
+        Event::DemoStep { connection, text } => json!({"type": "demo.step", "connection": connection, "text": text}),
         Event::ChannelClosed { connection, channel, code, text } => json!({
             "type": "channel.closed", "connection": connection, "channel": channel, "code": code, "text": text,
         }),
@@ -266,6 +281,22 @@ fn event_json(seq: u64, e: &Event) -> Value {
     };
     v["seq"] = json!(seq);
     v
+}
+
+/// The fault switches of one connection, by the names the faults endpoint takes.
+pub(super) fn faults_json(f: &FaultSwitches) -> Value {
+    json!({
+        "withhold_heartbeats": f.withhold_heartbeats, "ignore_client": f.ignore_client,
+        "black_hole": f.black_hole, "block": f.blocked,
+        "delivery_latency_ms": f.delivery_latency.as_millis() as u64,
+    })
+}
+
+/// Milliseconds since the Unix epoch, to the microsecond: what a browser's
+/// `Date.now()` counts, so that a page can place events on its own clock.
+pub(super) fn epoch_ms(at: std::time::SystemTime) -> f64 {
+    let us = at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros());
+    us as f64 / 1000.0
 }
 
 /// `POST /api/warren/reset`: the broker as it started (see

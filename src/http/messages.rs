@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Extension, Path, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::{Bytes, BytesMut};
@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use super::auth::Caller;
 use super::topology::{refusal, vhost_for};
-use super::{bad_request, table_json, Http, JsonBody};
+use super::{bad_request, not_found, table_json, Http, JsonBody};
 use crate::broker::access::{base64_decode, base64_encode, Access};
 use crate::broker::connections::NO_CONNECTION;
 use crate::broker::events::Event;
@@ -225,24 +225,13 @@ pub(super) async fn get(
     let mut out = Vec::new();
     for _ in 0..count {
         let Some((m, left)) = q.get(false) else { break };
-        let body = m.message.body.to_bytes();
-        let payload_bytes = body.len();
-        let shown = truncate.map_or(&body[..], |t| &body[..body.len().min(t)]);
-        let (payload, encoding) = match std::str::from_utf8(shown) {
-            Ok(text) if !base64 => (text.to_string(), "string"),
-            _ => (base64_encode(shown), "base64"),
-        };
         let properties = BasicProperties::decode(&m.message.properties).unwrap_or_default();
-        out.push(json!({
-            "payload_bytes": payload_bytes,
-            "redelivered": m.redelivered,
-            "exchange": m.message.exchange.to_string(),
-            "routing_key": m.message.routing_key.to_string(),
-            "message_count": left,
-            "properties": properties_json(&properties),
-            "payload": payload,
-            "payload_encoding": encoding,
-        }));
+        let mut shown = message_json(&m.message.body.to_bytes(), &properties, truncate, base64);
+        shown["redelivered"] = json!(m.redelivered);
+        shown["exchange"] = json!(m.message.exchange.to_string());
+        shown["routing_key"] = json!(m.message.routing_key.to_string());
+        shown["message_count"] = json!(left);
+        out.push(shown);
         taken.push(m);
     }
     let key = ChannelKey { connection: NO_CONNECTION, channel: 0 };
@@ -253,6 +242,60 @@ pub(super) async fn get(
     }
     Json(Value::Array(out)).into_response()
 }
+
+/// A message's body and properties as the management API shows them: the
+/// body as text if it is UTF-8 (and `base64` was not asked for), else in
+/// base64, cut to `truncate` octets.
+fn message_json(body: &[u8], properties: &BasicProperties, truncate: Option<usize>, base64: bool) -> Value {
+    let shown = truncate.map_or(body, |t| &body[..body.len().min(t)]);
+    let (payload, encoding) = match std::str::from_utf8(shown) {
+        Ok(text) if !base64 => (text.to_string(), "string"),
+        _ => (base64_encode(shown), "base64"),
+    };
+    json!({
+        "payload_bytes": body.len(),
+        "properties": properties_json(properties),
+        "payload": payload,
+        "payload_encoding": encoding,
+    })
+}
+
+/// `GET /api/warren/queues/{vhost}/{name}/peek?count=N` (1 to
+/// [`MAX_PEEK`], default 1): the first messages of a queue, left exactly as
+/// they are — unlike the management API's `get`, which takes them and puts
+/// them back marked redelivered. Bodies are cut to [`PEEK_TRUNCATE`] octets.
+pub(super) async fn peek(
+    State(http): State<Arc<Http>>,
+    Extension(caller): Extension<Caller>,
+    Path((vhost, name)): Path<(String, String)>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    if let Err(refused) = vhost_for(&http, &caller, &vhost) {
+        return refused.into_response();
+    }
+    let queue_name = ShortStr::from(name.as_str());
+    if let Err(e) = http.broker.access.check(&caller.name, &vhost, Access::Read, "queue", &queue_name) {
+        return refusal(e).into_response();
+    }
+    let count = match q.get("count").map(|c| c.parse::<u64>()) {
+        None => 1,
+        Some(Ok(n)) if (1..=MAX_PEEK).contains(&n) => n,
+        Some(_) => return bad_request(&format!("count must be a number from 1 to {MAX_PEEK}")),
+    };
+    let Some(messages) = http.broker.peek(&vhost, &name, count as usize) else { return not_found("Not Found") };
+    let shown = messages.iter().map(|m| {
+        let mut shown = message_json(&m.body, &m.properties, Some(PEEK_TRUNCATE), false);
+        shown["redelivered"] = json!(m.redelivered);
+        shown["exchange"] = json!(m.exchange);
+        shown["routing_key"] = json!(m.routing_key);
+        shown
+    });
+    Json(Value::Array(shown.collect())).into_response()
+}
+
+/// The most messages one peek shows, and the most of each body.
+pub const MAX_PEEK: u64 = 100;
+pub const PEEK_TRUNCATE: usize = 4096;
 
 /// `GET /api/aliveness-test/{vhost}`, as RabbitMQ does it: declares the
 /// queue `aliveness-test`, publishes a message to it and gets it back.

@@ -47,6 +47,7 @@ mod admin;
 mod auth;
 mod channels;
 mod control;
+mod dashboard;
 mod listener;
 mod messages;
 mod metrics;
@@ -154,6 +155,9 @@ fn router(http: Arc<Http>) -> Router {
         .route("/api/warren/reset", post(control::reset))
         .route("/api/warren/restart", post(control::restart))
         .route("/api/warren/vhosts", post(control::fresh_vhost))
+        .route("/api/warren/demo", post(dashboard::start_demo))
+        .route("/api/warren/queues/{vhost}/{name}/peek", get(messages::peek))
+        .route("/", get(dashboard::page))
         .layer(middleware::from_fn_with_state(http.clone(), authenticate))
         // Scrapers, like RabbitMQ's Prometheus endpoint, give no credentials.
         .route("/metrics", get(metrics::metrics))

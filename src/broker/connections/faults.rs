@@ -38,6 +38,16 @@ pub struct Faults {
     changed: Notify,
 }
 
+/// The switches' positions at one moment, as events and the HTTP API show them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FaultSwitches {
+    pub withhold_heartbeats: bool,
+    pub ignore_client: bool,
+    pub black_hole: bool,
+    pub blocked: bool,
+    pub delivery_latency: Duration,
+}
+
 /// One-shot faults, carried out by the connection task.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -104,6 +114,17 @@ impl Faults {
 
     pub fn delivery_latency(&self) -> Duration {
         Duration::from_millis(self.delivery_latency_ms.load(Ordering::SeqCst))
+    }
+
+    /// Where every switch stands now.
+    pub fn switches(&self) -> FaultSwitches {
+        FaultSwitches {
+            withhold_heartbeats: self.withhold_heartbeats(),
+            ignore_client: self.ignore_client(),
+            black_hole: self.black_hole(),
+            blocked: self.blocked(),
+            delivery_latency: self.delivery_latency(),
+        }
     }
 
     /// Resolves at the next change of any switch. Take it *before* looking

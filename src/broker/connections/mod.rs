@@ -23,8 +23,9 @@ use dashmap::DashMap;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-pub use faults::{Command as FaultCommand, Faults};
+pub use faults::{Command as FaultCommand, FaultSwitches, Faults};
 
+use super::events::{Event, Events};
 use super::inspect::{ConnectionDetails, ConnectionInfo};
 
 /// A connection's state as RabbitMQ names it (`rabbitmqctl list_connections
@@ -72,8 +73,10 @@ impl fmt::Display for ConnectionState {
 /// Octets and frames in and out of one connection: the socket reader bumps
 /// `recv_oct`, the writer `send_oct`. The heartbeat tasks only ever compare
 /// two readings, so no clock is read per frame.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Counters {
+    /// When the socket was accepted: the base of the `last_*_ms` stamps.
+    pub accepted: Instant,
     pub recv_oct: AtomicU64,
     /// Every octet written, heartbeats included (RabbitMQ's `send_oct`).
     pub send_oct: AtomicU64,
@@ -82,6 +85,7 @@ pub struct Counters {
     /// next tick.
     pub send_oct_besides_heartbeats: AtomicU64,
     pub heartbeats_sent: AtomicU64,
+    pub heartbeats_received: AtomicU64,
     pub frames_in: AtomicU64,
     pub frames_out: AtomicU64,
     /// Messages this connection published, had delivered (or got), and
@@ -93,6 +97,44 @@ pub struct Counters {
     /// When the client last sent anything, in ms since the connection was
     /// accepted (one clock read per socket read, not per frame).
     pub last_read_ms: AtomicU64,
+    /// When the client last sent something the receiver monitor counts:
+    /// `last_read_ms` but for what the ignore-client fault leaves out.
+    pub last_counted_ms: AtomicU64,
+    /// When the writer last wrote to the socket, in the same unit.
+    pub last_write_ms: AtomicU64,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            accepted: Instant::now(),
+            recv_oct: AtomicU64::new(0),
+            send_oct: AtomicU64::new(0),
+            send_oct_besides_heartbeats: AtomicU64::new(0),
+            heartbeats_sent: AtomicU64::new(0),
+            heartbeats_received: AtomicU64::new(0),
+            frames_in: AtomicU64::new(0),
+            frames_out: AtomicU64::new(0),
+            published: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            acknowledged: AtomicU64::new(0),
+            last_read_ms: AtomicU64::new(0),
+            last_counted_ms: AtomicU64::new(0),
+            last_write_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Counters {
+    /// Stamps `at` (one of the `last_*_ms`) with now.
+    pub fn stamp(&self, at: &AtomicU64) {
+        at.store(self.accepted.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// How long ago the stamp `at` was made.
+    pub fn since(&self, at: &AtomicU64) -> Duration {
+        self.accepted.elapsed().saturating_sub(Duration::from_millis(at.load(Ordering::Relaxed)))
+    }
 }
 
 /// What the broker knows of one open connection. The connection task holds
@@ -114,8 +156,8 @@ pub struct ConnectionEntry {
     details: OnceLock<ConnectionDetails>,
     /// The open channel numbers.
     channels: Mutex<BTreeSet<u16>>,
-    /// When the socket was accepted (the base of `last_read_ms`).
-    pub accepted: Instant,
+    /// Where fault switches flipped through a handle are announced.
+    events: Arc<Events>,
 }
 
 impl ConnectionEntry {
@@ -142,11 +184,6 @@ impl ConnectionEntry {
     pub fn channel_closed(&self, channel: u16) {
         self.channels.lock().unwrap_or_else(|e| e.into_inner()).remove(&channel);
     }
-
-    /// Milliseconds since the socket was accepted, the unit of `last_read_ms`.
-    pub fn age_ms(&self) -> u64 {
-        self.accepted.elapsed().as_millis() as u64
-    }
 }
 
 /// The connection id of requests that come from no connection (the HTTP
@@ -170,7 +207,6 @@ impl MessageCounts {
 }
 
 /// Every open connection of one broker, by id.
-#[derive(Default)]
 pub struct Connections {
     map: Arc<DashMap<u64, Arc<ConnectionEntry>>>,
     next_id: AtomicU64,
@@ -178,6 +214,7 @@ pub struct Connections {
     /// move here and it leaves the map under this lock, and a sum is taken
     /// under it, so a sum never counts a connection twice or not at all.
     retired: Arc<Mutex<MessageCounts>>,
+    events: Arc<Events>,
 }
 
 /// A connection's place in the registry, held by its task: dropping it marks
@@ -200,6 +237,11 @@ impl Drop for Registration {
 }
 
 impl Connections {
+    /// An empty registry whose connections announce changes to `events`.
+    pub fn new(events: Arc<Events>) -> Connections {
+        Connections { map: Arc::default(), next_id: AtomicU64::new(0), retired: Arc::default(), events }
+    }
+
     /// Registers a connection just accepted, named `client -> server`.
     pub fn register(&self, name: String) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
@@ -214,7 +256,7 @@ impl Connections {
             commands: commands_tx,
             details: OnceLock::new(),
             channels: Mutex::default(),
-            accepted: Instant::now(),
+            events: self.events.clone(),
         });
         self.map.insert(id, entry.clone());
         Registration { entry, commands, map: self.map.clone(), retired: self.retired.clone() }
@@ -277,6 +319,7 @@ pub struct ConnectionStats {
     /// Octets written to the client, heartbeats included.
     pub bytes_out: u64,
     pub heartbeats_sent: u64,
+    pub heartbeats_received: u64,
 }
 
 impl ConnectionHandle {
@@ -314,6 +357,7 @@ impl ConnectionHandle {
             bytes_in: c.recv_oct.load(Ordering::Relaxed),
             bytes_out: c.send_oct.load(Ordering::Relaxed),
             heartbeats_sent: c.heartbeats_sent.load(Ordering::Relaxed),
+            heartbeats_received: c.heartbeats_received.load(Ordering::Relaxed),
         }
     }
 
@@ -321,7 +365,6 @@ impl ConnectionHandle {
     pub fn info(&self) -> ConnectionInfo {
         let (e, c) = (&self.entry, &self.entry.counters);
         let stats = self.stats();
-        let last_read = Duration::from_millis(c.last_read_ms.load(Ordering::Relaxed));
         ConnectionInfo {
             name: e.name.clone(),
             client_name: self.client_name().map(str::to_string),
@@ -332,38 +375,65 @@ impl ConnectionHandle {
             frames_in: c.frames_in.load(Ordering::Relaxed),
             frames_out: c.frames_out.load(Ordering::Relaxed),
             heartbeats_sent: stats.heartbeats_sent,
+            heartbeats_received: stats.heartbeats_received,
             channels: e.channels.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect(),
-            idle: e.accepted.elapsed().saturating_sub(last_read),
+            idle: c.since(&c.last_read_ms),
+            idle_counted: c.since(&c.last_counted_ms),
+            idle_out: c.since(&c.last_write_ms),
+            monitor_paused: self.monitor_paused(),
+            faults: self.faults(),
         }
+    }
+
+    /// Whether the receiver monitor is paused: the connection is not reading
+    /// its socket (blocked, flow, black hole; see `connection::throttle`).
+    pub fn monitor_paused(&self) -> bool {
+        let state = self.state();
+        state.paused() || (state != ConnectionState::Starting && self.entry.faults.black_hole())
     }
 
     /// The broker stops sending heartbeats to this client: the client has to
     /// find out the broker is gone.
     pub fn withhold_heartbeats(&self, on: bool) {
         self.entry.faults.set_withhold_heartbeats(on);
+        self.faults_changed();
     }
 
     /// The client's heartbeats and traffic no longer count as a sign of
     /// life: the broker drops it 2T..3T later, as after missed heartbeats.
     pub fn ignore_client(&self, on: bool) {
         self.entry.faults.set_ignore_client(on);
+        self.faults_changed();
     }
 
     /// Nothing is read from or written to the client while the TCP
     /// connection stays open.
     pub fn black_hole(&self, on: bool) {
         self.entry.faults.set_black_hole(on);
+        self.faults_changed();
     }
 
     /// Blocks this connection as a resource alarm would (`connection.blocked`
     /// at its next publish), or releases it.
     pub fn block(&self, on: bool) {
         self.entry.faults.set_blocked(on);
+        self.faults_changed();
     }
 
     /// Holds every delivery to this connection back for `latency`.
     pub fn delivery_latency(&self, latency: Duration) {
         self.entry.faults.set_delivery_latency(latency);
+        self.faults_changed();
+    }
+
+    /// Where the fault switches stand.
+    pub fn faults(&self) -> FaultSwitches {
+        self.entry.faults.switches()
+    }
+
+    fn faults_changed(&self) {
+        let e = &self.entry;
+        e.events.emit(|| Event::FaultsChanged { connection: e.name.clone(), faults: e.faults.switches() });
     }
 
     /// Resets the TCP connection, without a word.

@@ -158,6 +158,16 @@ struct QueueState {
     last_used: Instant,
     /// Set by `queue.delete`: late publishes and requeues are dropped.
     deleted: bool,
+    /// Messages ever enqueued and delivered (or got), for message rates.
+    totals: QueueTotals,
+}
+
+/// How many messages a queue has taken in and handed out since it was
+/// declared; a reader takes two readings and divides by the time between.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueTotals {
+    pub published: u64,
+    pub delivered: u64,
 }
 
 /// What `basic.cancel` left behind.
@@ -202,6 +212,7 @@ impl Queue {
             unacked: 0,
             last_used: Instant::now(),
             deleted: false,
+            totals: QueueTotals::default(),
         };
         let needs_timer = args.message_ttl.is_some() || args.expires.is_some();
         let q = Arc::new(Queue {
@@ -323,6 +334,10 @@ impl Queue {
         self.lock().unacked
     }
 
+    pub fn totals(&self) -> QueueTotals {
+        self.lock().totals
+    }
+
     /// Enqueues a published message, makes room or refuses it if the queue
     /// is full, and hands it to a consumer if one can take it.
     pub fn publish(self: &Arc<Self>, message: Arc<Message>) -> Enqueued {
@@ -367,6 +382,7 @@ impl Queue {
                 _ => false,
             };
             st.ready.push_back(QueuedMessage { seq, redelivered: false, expires_at, priority: level, message, stored });
+            st.totals.published += 1;
             while !fits(st, 0, 0) {
                 match st.ready.pop_oldest() {
                     Some(m) => dead.push(DeadLetter::of(m, Reason::MaxLen)),
@@ -412,6 +428,7 @@ impl Queue {
             let stored = message.stored.then_some(message.seq);
             match consumer.target.deliver(self, &consumer.tag, message, no_ack) {
                 Ok(()) => {
+                    st.totals.delivered += 1;
                     if let Some(seq) = stored {
                         self.journal_delivery(seq, no_ack);
                     }
@@ -449,6 +466,7 @@ impl Queue {
             st.ready.take_expired(now, &mut expired);
             dead.extend(expired.into_iter().map(|m| DeadLetter::of(m, Reason::Expired)));
             let message = st.ready.pop_front()?;
+            st.totals.delivered += 1;
             if !no_ack {
                 st.unacked += 1;
             }
