@@ -20,6 +20,8 @@ use crate::protocol::FieldTable;
 pub enum Event {
     ConnectionOpened {
         connection: String,
+        user: String,
+        vhost: String,
         client_properties: FieldTable,
         channel_max: u16,
         frame_max: u32,

@@ -198,6 +198,8 @@ impl Connection {
         self.entry.set_details(details.clone());
         self.broker.events.emit(|| Event::ConnectionOpened {
             connection: name,
+            user: details.user,
+            vhost: details.vhost,
             client_properties: details.client_properties,
             channel_max: details.channel_max,
             frame_max: details.frame_max,

@@ -223,10 +223,13 @@ pub(super) async fn events_since(
 
 fn event_json(seq: u64, e: &Event) -> Value {
     let mut v = match e {
-        Event::ConnectionOpened { connection, client_properties, channel_max, frame_max, heartbeat } => json!({
-            "type": "connection.opened", "connection": connection, "client_properties": table_json(client_properties),
-            "channel_max": channel_max, "frame_max": frame_max, "heartbeat": heartbeat,
-        }),
+        Event::ConnectionOpened { connection, user, vhost, client_properties, channel_max, frame_max, heartbeat } => {
+            json!({
+                "type": "connection.opened", "connection": connection, "user": user, "vhost": vhost,
+                "client_properties": table_json(client_properties),
+                "channel_max": channel_max, "frame_max": frame_max, "heartbeat": heartbeat,
+            })
+        }
         Event::ConnectionClosed { connection, reason } => {
             json!({"type": "connection.closed", "connection": connection, "reason": reason})
         }
