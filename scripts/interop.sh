@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Interop suite: real clients against the real warren binary over loopback — pika, py-amqp,
 # a Celery 5.7 worker, aio-pika, kombu's and py-amqp's own integration tests (from their PyPI
-# sdists) and amqplib (node), all at pinned versions.
+# sdists) and amqplib (node), all at pinned versions; and the live page in a real browser
+# (tests/browser: Debian's headless Chromium, driven by selenium).
 # Usage: bash scripts/interop.sh [extra pytest args, e.g. -k heartbeat -x]
 # Creates <repo>/.venv if missing, installs tests/interop/requirements.txt, downloads the
 # kombu/amqp sdists into target/interop-sdists/, runs `npm ci` in tests/interop/node, builds
@@ -39,6 +40,12 @@ if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
 fi
 (cd tests/interop/node && npm ci --no-audit --no-fund --loglevel=error)
 
+# The browser tests' Chromium and its driver, from Debian (same major version, as a pair).
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+    echo "interop: installing chromium and chromium-driver"
+    apt-get update -qq && apt-get install -y -qq chromium chromium-driver
+fi
+
 echo "interop: cargo build --release"
 cargo build --release
 
@@ -67,5 +74,8 @@ python3 -m venv "$PLUGIN_VENV"
 echo "interop: the pytest plugin, from the installed wheel"
 (cd python && env -i PATH="$PLUGIN_VENV/bin:/usr/bin:/bin" HOME="${HOME:-/tmp}" \
     "$PLUGIN_VENV/bin/python" -m pytest tests -v -p no:cacheprovider -n 4)
+
+echo "interop: the live page in headless Chromium (screenshots in target/browser/)"
+(cd tests/browser && "$VENV/bin/python" -m pytest . -v -p no:cacheprovider)
 
 exec "$VENV/bin/python" -m pytest tests/interop -v -rxX -p no:cacheprovider "$@"

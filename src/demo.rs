@@ -7,7 +7,7 @@
 //! With T = 1 s:
 //!
 //! 1. `demo worker` connects with heartbeat 1 and consumes from
-//!    `demo.tasks`. For two seconds it waits for work; it and warren send
+//!    `demo.tasks`. For 2.5 seconds it waits for work; it and warren send
 //!    each other heartbeats every T/2.
 //! 2. A task is published and delivered. The worker runs it for five
 //!    seconds on the thread that also drives its connection (as a pika
@@ -45,8 +45,10 @@ use crate::protocol::{FieldTable, FieldValue, Frame, Method};
 pub const HEARTBEAT: u16 = 1;
 /// The queue the story's task goes through.
 pub const QUEUE: &str = "demo.tasks";
-/// How long worker 1 waits for work, heartbeating, before the task comes.
-const WAITING: Duration = Duration::from_secs(2);
+/// How long worker 1 waits for work, heartbeating, before the task comes:
+/// its last byte then falls midway between two monitor ticks, so the drop
+/// comes midway through the 2T..3T window (2.5 s of silence), not at an edge.
+const WAITING: Duration = Duration::from_millis(2500);
 /// How long the task blocks worker 1: longer than 3T, so it is dropped.
 const TASK: Duration = Duration::from_secs(5);
 /// The pause between two plays of `warren --demo`.

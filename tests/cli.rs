@@ -275,3 +275,13 @@ async fn the_http_api_is_on_by_default_off_with_no_http_and_skipped_when_its_por
         .unwrap();
     assert!(!status.success());
 }
+
+#[test]
+fn demo_plays_the_seed_story_in_the_binary_and_says_where_to_watch_it() {
+    let warren = Warren::start(&["--demo", "--http-port", "0"], "");
+    let http = warren.http.unwrap();
+    let (line, _) = warren.wait_for_log("teaching mode: watch the story on");
+    assert!(line.contains(&format!("http://{http}/")), "{line}");
+    // The demo worker, heartbeat 1 s, falls silent on its task and is dropped.
+    warren.wait_for_log("missed heartbeats from client, timeout: 1s");
+}

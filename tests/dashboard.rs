@@ -219,3 +219,34 @@ async fn the_demo_refuses_a_vhost_that_is_not_there_and_callers_who_are_not_admi
     let (status, body) = call(http, "POST", "/api/warren/demo", None, Some(GUEST)).await;
     assert_eq!(status, 202, "{body}");
 }
+
+#[tokio::test]
+async fn a_peek_leaves_messages_as_they_are_and_its_count_and_bodies_are_bounded() {
+    let broker = EmbeddedBroker::builder().http(true).start().await.unwrap();
+    let http = broker.http_addr().unwrap();
+    let mut client = RawClient::open(broker.addr(), 0).await;
+    client.declare_queue("q").await;
+    let mut frames = BytesMut::new();
+    publish_frames(&mut frames, "q", false, b"first");
+    publish_frames(&mut frames, "q", false, &[b'x'; 10_000]);
+    client.send_raw(&frames).await;
+    client.declare_queue("q").await; // handled after the publishes
+    for _ in 0..2 {
+        let (status, body) = call(http, "GET", "/api/warren/queues/%2F/q/peek?count=5", None, Some(GUEST)).await;
+        assert_eq!(status, 200, "{body}");
+        let shown = body.as_array().unwrap();
+        assert_eq!(shown.len(), 2);
+        assert_eq!((shown[0]["payload"].as_str(), shown[0]["redelivered"].as_bool()), (Some("first"), Some(false)));
+        assert_eq!(shown[1]["payload_bytes"], 10_000);
+        assert_eq!(shown[1]["payload"].as_str().unwrap().len(), 4096, "bodies are cut to 4 KiB");
+    }
+    let q = broker.broker().queue_infos().into_iter().find(|q| q.name == "q").unwrap();
+    assert_eq!((q.messages_ready, q.messages_unacknowledged), (2, 0), "nothing was taken");
+    for bad in ["0", "101", "many", "-1"] {
+        let (status, body) =
+            call(http, "GET", &format!("/api/warren/queues/%2F/q/peek?count={bad}"), None, Some(GUEST)).await;
+        assert_eq!((status, body["reason"].as_str()), (400, Some("count must be a number from 1 to 100")), "{bad}");
+    }
+    assert_eq!(call(http, "GET", "/api/warren/queues/%2F/none/peek", None, Some(GUEST)).await.0, 404);
+    assert_eq!(call(http, "GET", "/api/warren/queues/nowhere/q/peek", None, Some(GUEST)).await.0, 404);
+}

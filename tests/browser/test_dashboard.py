@@ -147,8 +147,9 @@ def test_the_teaching_demo_plays_the_seed_story_in_the_page(page, broker):
               "the demo's queue listed")
     page.screenshot("dashboard.png")
     # The same drawing code, as a picture of its own (docs/heartbeat-timeline.svg is one).
+    # From just before the worker connected to just after it was dropped.
     svg = page.js("const c = [...window.warren.model.conns.values()].find(c => c.clientName === 'demo worker');"
-                  "return window.warren.timelineSVG(c.name)")
+                  "return window.warren.timelineSVG(c.name, {from: c.opened - 300, to: c.drop.at + 700})")
     assert svg.startswith("<svg") and 'data-kind="drop"' in svg
     (ARTIFACTS / "heartbeat-timeline.svg").write_text(svg + "\n")
 
