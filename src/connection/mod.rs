@@ -223,7 +223,7 @@ async fn serve_halves(
             stage: Stage::Handshake(Handshake::new(proposed, peer.ip(), entry.clone())),
             throttle: Throttle::new(broker.alarms.subscribe(), entry.clone(), outlet.clone(), broker.events.clone()),
             heartbeats: Heartbeats::default(),
-            handshake_deadline: entry.counters.accepted + config.handshake_timeout,
+            handshake_deadline: entry.counters.accepted.0 + config.handshake_timeout,
             broker: broker.clone(),
             registration,
             entry,
@@ -400,10 +400,11 @@ impl Connection {
             Err(e) => return Err(End::PeerClosed(Some(e))),
         };
         let c = &self.entry.counters;
-        c.stamp(&c.last_read_ms);
+        let now = c.now_ms();
+        c.last_read_ms.store(now, Ordering::Relaxed);
         if !self.entry.faults.ignore_client() {
             c.recv_oct.fetch_add(n as u64, Ordering::Relaxed);
-            c.stamp(&c.last_counted_ms);
+            c.last_counted_ms.store(now, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -439,7 +440,7 @@ impl Connection {
             id: self.entry.id,
             name,
             who,
-            duration: format_duration(self.entry.counters.accepted.elapsed()),
+            duration: format_duration(self.entry.counters.accepted.0.elapsed()),
             phase: self.phase(),
             received_nothing: self.entry.counters.recv_oct.load(Ordering::Relaxed) == 0,
             heartbeat: self.heartbeat,

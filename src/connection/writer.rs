@@ -454,7 +454,7 @@ pub async fn run(
         c.send_oct_besides_heartbeats.fetch_add(written - heartbeats * HEARTBEAT_FRAME.len() as u64, Ordering::Relaxed);
         c.heartbeats_sent.fetch_add(heartbeats, Ordering::Relaxed);
         c.frames_out.fetch_add(buf.take_frames(), Ordering::Relaxed);
-        c.stamp(&c.last_write_ms);
+        c.last_write_ms.store(c.now_ms(), Ordering::Relaxed);
         outlet.delivered(deliveries);
         outlet.written(replies);
     }

@@ -87,7 +87,9 @@ pub(super) async fn event_stream(
 async fn next_chunk(http: &Http, at: &mut Cursor) -> String {
     loop {
         if let Some(due) = at.stats_at.filter(|due| *due <= Instant::now()) {
-            at.stats_at = Some(due.max(Instant::now() - STATS_EVERY) + STATS_EVERY);
+            // A listener that was slow to read skips what it missed.
+            let now = Instant::now();
+            at.stats_at = Some(if due + STATS_EVERY > now { due + STATS_EVERY } else { now + STATS_EVERY });
             let snapshot: Value = dashboard::snapshot(&http.broker);
             return format!("event: stats\ndata: {snapshot}\n\n");
         }

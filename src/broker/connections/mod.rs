@@ -73,10 +73,10 @@ impl fmt::Display for ConnectionState {
 /// Octets and frames in and out of one connection: the socket reader bumps
 /// `recv_oct`, the writer `send_oct`. The heartbeat tasks only ever compare
 /// two readings, so no clock is read per frame.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Counters {
     /// When the socket was accepted: the base of the `last_*_ms` stamps.
-    pub accepted: Instant,
+    pub accepted: Accepted,
     pub recv_oct: AtomicU64,
     /// Every octet written, heartbeats included (RabbitMQ's `send_oct`).
     pub send_oct: AtomicU64,
@@ -104,36 +104,26 @@ pub struct Counters {
     pub last_write_ms: AtomicU64,
 }
 
-impl Default for Counters {
+/// When a connection's socket was accepted: made when its counters are.
+#[derive(Debug, Clone, Copy)]
+pub struct Accepted(pub Instant);
+
+impl Default for Accepted {
     fn default() -> Self {
-        Counters {
-            accepted: Instant::now(),
-            recv_oct: AtomicU64::new(0),
-            send_oct: AtomicU64::new(0),
-            send_oct_besides_heartbeats: AtomicU64::new(0),
-            heartbeats_sent: AtomicU64::new(0),
-            heartbeats_received: AtomicU64::new(0),
-            frames_in: AtomicU64::new(0),
-            frames_out: AtomicU64::new(0),
-            published: AtomicU64::new(0),
-            delivered: AtomicU64::new(0),
-            acknowledged: AtomicU64::new(0),
-            last_read_ms: AtomicU64::new(0),
-            last_counted_ms: AtomicU64::new(0),
-            last_write_ms: AtomicU64::new(0),
-        }
+        Accepted(Instant::now())
     }
 }
 
 impl Counters {
-    /// Stamps `at` (one of the `last_*_ms`) with now.
-    pub fn stamp(&self, at: &AtomicU64) {
-        at.store(self.accepted.elapsed().as_millis() as u64, Ordering::Relaxed);
+    /// Milliseconds since the socket was accepted, now: the unit of the
+    /// `last_*_ms` stamps.
+    pub fn now_ms(&self) -> u64 {
+        self.accepted.0.elapsed().as_millis() as u64
     }
 
-    /// How long ago the stamp `at` was made.
+    /// How long ago the stamp `at` (one of the `last_*_ms`) was made.
     pub fn since(&self, at: &AtomicU64) -> Duration {
-        self.accepted.elapsed().saturating_sub(Duration::from_millis(at.load(Ordering::Relaxed)))
+        self.accepted.0.elapsed().saturating_sub(Duration::from_millis(at.load(Ordering::Relaxed)))
     }
 }
 
