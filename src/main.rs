@@ -181,6 +181,14 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         };
+        let demo = match (args.demo, demo_login(&config)) {
+            (false, _) => None,
+            (true, Some(login)) => Some(login),
+            (true, None) => {
+                eprintln!("warren: --demo needs a user with a plain password (the demo's workers log in as one)");
+                return ExitCode::from(2);
+            }
+        };
         // Signal handlers go in before the listener is announced, so that a
         // signal sent as soon as warren is ready is never the default action.
         let (Ok(mut interrupt), Ok(mut terminate), Ok(mut raise), Ok(mut clear)) = (
@@ -265,21 +273,14 @@ fn main() -> ExitCode {
         if let Some(l) = http {
             tokio::spawn(warren::http::serve(l, broker.clone(), stop.clone()));
         }
-        if args.demo {
-            match demo_login(&config) {
-                Some(login) => {
-                    if let Some(a) = http_addr {
-                        info!("teaching mode: watch the story on http://{}/", a);
-                    }
-                    tokio::spawn(warren::demo::play_forever(broker.clone(), login));
-                }
-                None => {
-                    eprintln!("warren: --demo needs a user with a plain password (the demo's workers log in as one)");
-                    return ExitCode::from(2);
-                }
+        // `serve` records the AMQP address when called: the demo needs it.
+        let server = tokio::spawn(warren::server::serve(listener, broker.clone(), stop));
+        if let Some(login) = demo {
+            if let Some(a) = http_addr {
+                info!("teaching mode: watch the story on http://{}/", a);
             }
+            tokio::spawn(warren::demo::play_forever(broker.clone(), login));
         }
-        let server = tokio::spawn(warren::server::serve(listener, broker, stop));
         tokio::select! {
             _ = interrupt.recv() => info!("received SIGINT, shutting down"),
             _ = terminate.recv() => info!("received SIGTERM, shutting down"),
