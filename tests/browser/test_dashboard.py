@@ -174,8 +174,10 @@ def test_a_thousand_connections_stay_one_screen_of_rows(page, broker):
         rendered = page.js("return document.querySelectorAll('#rows .row').length")
         assert 1 <= rendered <= 20, f"{rendered} rows in the page: not virtualised"
         # Scrolled to the bottom, the last connection's row is drawn, with its timeline.
+        # (Rows are in the order the page first heard of each connection.)
         page.js("const r = document.getElementById('rows'); r.scrollTop = r.scrollHeight;")
-        last = crowd.names[-1]
+        last = page.js("const m = window.warren.model; return m.conns.get(m.order[m.order.length - 1]).clientName")
+        assert last in crowd.names
         page.wait(lambda: page.js("return [...document.querySelectorAll('#rows .row .name')].some(n => n.textContent === arguments[0])", last),
                   "the last row drawn after scrolling")
         page.wait(lambda: page.marks(last, "in-hb"), "its heartbeats")
