@@ -13,6 +13,19 @@
 //!
 //! Each broker has its own state; any number can run in one process. The
 //! broker runs on the caller's tokio runtime.
+//!
+//! For TLS, one more call makes a throwaway certificate authority, server
+//! and client certificates, and an amqps listener:
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! let dir = std::env::temp_dir().join("my-test-certs");
+//! let broker = warren::EmbeddedBroker::builder().tls_self_signed(&dir).start().await?;
+//! let url = broker.amqps_url().unwrap(); // amqps://guest:guest@localhost:PORT/%2f
+//! let certs = broker.certificates().unwrap(); // ca_certificate, client_certificate, client_key
+//! # Ok(())
+//! # }
+//! ```
 
 use std::future::Future;
 use std::io;
@@ -30,7 +43,11 @@ pub use crate::broker::connections::{ConnectionHandle, ConnectionState, Connecti
 use crate::broker::events::Event;
 pub use crate::broker::restart::{Restart, Restarted};
 use crate::broker::Broker;
+use crate::config::tls::Verify;
 use crate::config::{Config, PermissionConfig, UserConfig};
+use crate::server::Listeners;
+pub use crate::tls::certs::TestCertificates;
+use crate::tls::Acceptor;
 
 /// Options for an embedded broker; the defaults are RabbitMQ's, on
 /// 127.0.0.1 port 0.
@@ -45,6 +62,8 @@ pub struct EmbeddedBuilder {
     restricted: Vec<String>,
     /// Serve the HTTP control API too.
     http: bool,
+    /// Make test certificates here at start, and listen for amqps.
+    self_signed: Option<std::path::PathBuf>,
 }
 
 impl Default for EmbeddedBuilder {
@@ -54,7 +73,7 @@ impl Default for EmbeddedBuilder {
         // Embedded brokers share their process with the test and with each
         // other: each watches only its own messages (see `broker::alarm`).
         config.memory_strategy = MemoryStrategy::Legacy;
-        EmbeddedBuilder { config, restricted: Vec::new(), http: false }
+        EmbeddedBuilder { config, restricted: Vec::new(), http: false, self_signed: None }
     }
 }
 
@@ -202,6 +221,24 @@ impl EmbeddedBuilder {
         self
     }
 
+    /// An amqps listener on 127.0.0.1 (a free port), with a certificate
+    /// authority, a server certificate (localhost, 127.0.0.1, ::1) and a
+    /// client certificate for `guest` made in `dir` at start (see
+    /// [`TestCertificates`]). Client certificates are asked for and checked
+    /// (`verify_peer`), not required (`fail_if_no_peer_cert = false`);
+    /// [`config`](Self::config) with other `ssl_options` for anything else.
+    pub fn tls_self_signed(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.self_signed = Some(dir.into());
+        self
+    }
+
+    /// Whether there is a plain AMQP listener (default: yes). Without one,
+    /// [`EmbeddedBroker::addr`] is the TLS listener's address.
+    pub fn tcp(mut self, on: bool) -> Self {
+        self.config.tcp_listener = on;
+        self
+    }
+
     pub async fn start(mut self) -> io::Result<EmbeddedBroker> {
         for user in &self.config.users {
             if self.restricted.contains(&user.name) {
@@ -213,9 +250,38 @@ impl EmbeddedBuilder {
                 }
             }
         }
+        let certificates = match &self.self_signed {
+            Some(dir) => {
+                let certs = TestCertificates::generate(dir, "guest").map_err(io::Error::other)?;
+                let o = &mut self.config.ssl_options;
+                o.certfile = Some(certs.server_certificate.clone());
+                o.keyfile = Some(certs.server_key.clone());
+                o.cacertfile = Some(certs.ca_certificate.clone());
+                o.verify = Verify::Peer;
+                o.fail_if_no_peer_cert = false;
+                self.config.tls_listen.get_or_insert(SocketAddr::from(([127, 0, 0, 1], 0)));
+                Some(certs)
+            }
+            None => None,
+        };
         let broker = Broker::new(self.config.clone()).map_err(io::Error::other)?;
-        let listener = TcpListener::bind(self.config.listen).await?;
-        let addr = listener.local_addr()?;
+        let tcp = match self.config.tcp_listener {
+            true => Some(TcpListener::bind(self.config.listen).await?),
+            false => None,
+        };
+        let tls = match self.config.tls_listen {
+            Some(at) => {
+                let acceptor = Acceptor::new(&self.config.ssl_options).map_err(io::Error::other)?;
+                Some((TcpListener::bind(at).await?, Arc::new(acceptor)))
+            }
+            None => None,
+        };
+        let tls_addr = tls.as_ref().map(|(l, _)| l.local_addr()).transpose()?;
+        let addr = match (&tcp, tls_addr) {
+            (Some(l), _) => l.local_addr()?,
+            (None, Some(a)) => a,
+            (None, None) => return Err(io::Error::other("no listener: neither TCP nor TLS")),
+        };
         let (shutdown, stop) = watch::channel(false);
         let http_addr = if self.http {
             let http = TcpListener::bind(SocketAddr::new(addr.ip(), 0)).await?;
@@ -225,14 +291,16 @@ impl EmbeddedBuilder {
         } else {
             None
         };
-        let task = tokio::spawn(crate::server::serve(listener, broker.clone(), stop));
-        Ok(EmbeddedBroker { addr, http_addr, broker, shutdown, task: Some(task) })
+        let task = tokio::spawn(crate::server::serve(Listeners { tcp, tls }, broker.clone(), stop));
+        Ok(EmbeddedBroker { addr, tls_addr, certificates, http_addr, broker, shutdown, task: Some(task) })
     }
 }
 
 /// A running embedded broker. Dropping it shuts it down.
 pub struct EmbeddedBroker {
     addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
+    certificates: Option<TestCertificates>,
     http_addr: Option<SocketAddr>,
     broker: Arc<Broker>,
     shutdown: watch::Sender<bool>,
@@ -251,6 +319,27 @@ impl EmbeddedBroker {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where the amqps listener is, if there is one.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
+    /// The files [`EmbeddedBuilder::tls_self_signed`] made.
+    pub fn certificates(&self) -> Option<&TestCertificates> {
+        self.certificates.as_ref()
+    }
+
+    /// `amqps://guest:guest@localhost:PORT/%2f`, if there is a TLS
+    /// listener: `localhost`, the name the test server certificate is for.
+    pub fn amqps_url(&self) -> Option<String> {
+        self.amqps_url_for("guest", "guest", "/")
+    }
+
+    pub fn amqps_url_for(&self, user: &str, password: &str, vhost: &str) -> Option<String> {
+        let vhost = vhost.replace('%', "%25").replace('/', "%2f");
+        self.tls_addr.map(|a| format!("amqps://{user}:{password}@localhost:{}/{vhost}", a.port()))
     }
 
     /// Where the HTTP control API listens, if the builder asked for it.

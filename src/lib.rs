@@ -45,6 +45,7 @@ pub mod logging;
 pub mod protocol;
 pub mod server;
 pub mod store;
+pub mod tls;
 
 pub use broker::connections::{ConnectionHandle, ConnectionState, ConnectionStats};
 pub use broker::events::Event;

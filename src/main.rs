@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
 use tokio::net::TcpListener;
@@ -14,6 +15,9 @@ use tracing_subscriber::EnvFilter;
 use tokio::signal::unix::{signal, SignalKind};
 use warren::broker::alarm::Resource;
 use warren::broker::Broker;
+use warren::config::tls::Verify;
+use warren::server::Listeners;
+use warren::tls::Acceptor;
 use warren::Config;
 
 /// A small, fast AMQP 0-9-1 broker that behaves like RabbitMQ on the wire.
@@ -59,6 +63,86 @@ struct Args {
     /// in as the first configured user with a plain password.
     #[arg(long)]
     demo: bool,
+    /// Listen for amqps (AMQP over TLS) on this port (overrides
+    /// listeners.ssl.default); 0 picks a free one. Needs a certificate:
+    /// --tls-cert and --tls-key, or --tls-self-signed.
+    #[arg(long)]
+    tls_port: Option<u16>,
+    /// The server's certificate chain, PEM (ssl_options.certfile).
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// The server's private key, PEM (ssl_options.keyfile).
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// Authorities client certificates must chain to, PEM
+    /// (ssl_options.cacertfile); asks clients for a certificate
+    /// (verify_peer).
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// Refuse TLS clients without a certificate (fail_if_no_peer_cert).
+    #[arg(long)]
+    tls_require_client_cert: bool,
+    /// For tests: make a throwaway authority, a server certificate for
+    /// localhost/127.0.0.1 and a client certificate for the default user in
+    /// this directory, and listen for amqps with them (port 5671 unless
+    /// --tls-port), asking clients for a certificate.
+    #[arg(long)]
+    tls_self_signed: Option<PathBuf>,
+    /// No plain AMQP listener: TLS only (listeners.tcp = none).
+    #[arg(long)]
+    no_tcp: bool,
+}
+
+/// Applies the TLS flags on top of the config file's settings.
+fn apply_tls_flags(args: &Args, config: &mut Config) -> Result<(), String> {
+    let ip = config.tls_listen.map_or(config.listen.ip(), |a| a.ip());
+    if let Some(dir) = &args.tls_self_signed {
+        let user = config.users.first().map_or("guest", |u| u.name.as_str());
+        let certs = warren::tls::certs::TestCertificates::generate(dir, user)?;
+        let o = &mut config.ssl_options;
+        o.certfile = Some(certs.server_certificate);
+        o.keyfile = Some(certs.server_key);
+        o.cacertfile = Some(certs.ca_certificate);
+        o.verify = Verify::Peer;
+        config.tls_listen.get_or_insert(SocketAddr::new(ip, 5671));
+    }
+    if let Some(port) = args.tls_port {
+        config.tls_listen = Some(SocketAddr::new(ip, port));
+    }
+    let o = &mut config.ssl_options;
+    o.certfile = args.tls_cert.clone().or(o.certfile.take());
+    o.keyfile = args.tls_key.clone().or(o.keyfile.take());
+    if let Some(ca) = &args.tls_ca {
+        o.cacertfile = Some(ca.clone());
+        o.verify = Verify::Peer;
+    }
+    o.fail_if_no_peer_cert |= args.tls_require_client_cert;
+    if args.no_tcp {
+        config.tcp_listener = false;
+    }
+    if !config.tcp_listener && config.tls_listen.is_none() {
+        return Err("no listener: the plain one is off (--no-tcp, listeners.tcp = none) and there is no TLS one".into());
+    }
+    Ok(())
+}
+
+/// Binds the plain and the TLS listeners the config asks for.
+async fn bind_listeners(config: &Config) -> Result<Listeners, String> {
+    let tcp = match config.tcp_listener {
+        true => Some(
+            TcpListener::bind(config.listen).await.map_err(|e| format!("cannot listen on {}: {e}", config.listen))?,
+        ),
+        false => None,
+    };
+    let tls = match config.tls_listen {
+        Some(at) => {
+            let acceptor = Acceptor::new(&config.ssl_options)?;
+            let listener = TcpListener::bind(at).await.map_err(|e| format!("cannot listen for TLS on {at}: {e}"))?;
+            Some((listener, Arc::new(acceptor)))
+        }
+        None => None,
+    };
+    Ok(Listeners { tcp, tls })
 }
 
 /// Who `--demo`'s workers log in as: the first user with a plain password,
@@ -74,11 +158,13 @@ fn demo_login(config: &Config) -> Option<warren::demo::Login> {
 
 /// What the broker prints on stdout, one JSON line, once it accepts
 /// connections: where it is, for test suites that start it on `--port 0`.
-fn ready_line(addr: SocketAddr, http: Option<SocketAddr>) -> String {
+fn ready_line(amqp: Option<SocketAddr>, amqps: Option<SocketAddr>, http: Option<SocketAddr>) -> String {
     serde_json::json!({
         "ready": true,
-        "amqp": addr.to_string(),
-        "amqp_port": addr.port(),
+        "amqp": amqp.map(|a| a.to_string()),
+        "amqp_port": amqp.map(|a| a.port()),
+        "amqps": amqps.map(|a| a.to_string()),
+        "amqps_port": amqps.map(|a| a.port()),
         "http": http.map(|a| a.to_string()),
         "http_port": http.map(|a| a.port()),
         "pid": std::process::id(),
@@ -158,6 +244,10 @@ fn main() -> ExitCode {
     if let Some(dir) = &args.data_dir {
         config.data_dir = Some(dir.clone());
     }
+    if let Err(e) = apply_tls_flags(&args, &mut config) {
+        eprintln!("warren: {e}");
+        return ExitCode::from(2);
+    }
     let ready_file = args.ready_file.clone();
     // None: no HTTP API; Some((address, required)).
     let http_listen = match (args.no_http, args.http_port) {
@@ -218,18 +308,16 @@ fn main() -> ExitCode {
                 }
             }
         });
-        let listener = match TcpListener::bind(config.listen).await {
+        let listeners = match bind_listeners(&config).await {
             Ok(l) => l,
             Err(e) => {
-                eprintln!("warren: cannot listen on {}: {e}", config.listen);
+                eprintln!("warren: {e}");
                 return ExitCode::FAILURE;
             }
         };
-        let Ok(local) = listener.local_addr() else {
-            eprintln!("warren: cannot read the listener's address");
-            return ExitCode::FAILURE;
-        };
-        let addr = local.to_string();
+        let address = |l: &TcpListener| l.local_addr().ok();
+        let amqp = listeners.tcp.as_ref().and_then(address);
+        let amqps = listeners.tls.as_ref().and_then(|(l, _)| address(l));
         info!(
             "heartbeat {}s, frame_max {}, channel_max {}, handshake_timeout {}ms",
             config.heartbeat,
@@ -237,7 +325,12 @@ fn main() -> ExitCode {
             config.channel_max,
             config.handshake_timeout.as_millis()
         );
-        info!("started TCP listener on {addr}");
+        if let Some(a) = amqp {
+            info!("started TCP listener on {a}");
+        }
+        if let Some(a) = amqps {
+            info!("started TLS (amqps) listener on {a}");
+        }
         let http = match http_listen {
             None => None,
             Some((addr, required)) => match TcpListener::bind(addr).await {
@@ -258,7 +351,7 @@ fn main() -> ExitCode {
         if let Some(a) = http_addr {
             info!("started HTTP control API on {a}");
         }
-        let ready = ready_line(local, http_addr);
+        let ready = ready_line(amqp, amqps, http_addr);
         if let Some(path) = &ready_file {
             // Written whole under a temporary name, then renamed: a reader
             // never sees half a line.
@@ -274,7 +367,7 @@ fn main() -> ExitCode {
             tokio::spawn(warren::http::serve(l, broker.clone(), stop.clone()));
         }
         // `serve` records the AMQP address when called: the demo needs it.
-        let server = tokio::spawn(warren::server::serve(listener, broker.clone(), stop));
+        let server = tokio::spawn(warren::server::serve(listeners, broker.clone(), stop));
         if let Some(login) = demo {
             if let Some(a) = http_addr {
                 info!("teaching mode: watch the story on http://{}/", a);

@@ -8,6 +8,10 @@
 //! A restart (`broker::restart`) is the same stop without the end: the
 //! listener and the connections go, then, after the downtime, the same
 //! address is bound again and a new run of the accept loop begins.
+//!
+//! There are up to two listeners, as in RabbitMQ: plain AMQP
+//! (`listeners.tcp.default`) and amqps (`listeners.ssl.default`), whose
+//! sockets go through their TLS handshake first (`crate::tls`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,33 +25,71 @@ use tracing::{info, warn};
 use crate::broker::restart::{Pending, Requests, Restarted};
 use crate::broker::Broker;
 use crate::connection;
+use crate::tls::Acceptor;
 
-/// Accepts connections on `listener` until `shutdown` turns true (or its
+/// The sockets a broker listens on: plain AMQP, amqps, or both.
+pub struct Listeners {
+    pub tcp: Option<TcpListener>,
+    pub tls: Option<(TcpListener, Arc<Acceptor>)>,
+}
+
+impl From<TcpListener> for Listeners {
+    fn from(tcp: TcpListener) -> Listeners {
+        Listeners { tcp: Some(tcp), tls: None }
+    }
+}
+
+/// Where each listener is, to bind it again after a restart.
+#[derive(Clone)]
+struct Addresses {
+    tcp: Option<SocketAddr>,
+    tls: Option<(SocketAddr, Arc<Acceptor>)>,
+}
+
+impl Listeners {
+    fn addresses(&self) -> std::io::Result<Addresses> {
+        Ok(Addresses {
+            tcp: self.tcp.as_ref().map(TcpListener::local_addr).transpose()?,
+            tls: match &self.tls {
+                Some((l, acceptor)) => Some((l.local_addr()?, acceptor.clone())),
+                None => None,
+            },
+        })
+    }
+}
+
+/// Accepts connections on `listeners` until `shutdown` turns true (or its
 /// sender is dropped), then waits for the connections to close. Restarts
-/// the listener when asked to (see `broker::restart`).
+/// the listeners when asked to (see `broker::restart`).
 pub fn serve(
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     broker: Arc<Broker>,
     shutdown: watch::Receiver<bool>,
 ) -> impl std::future::Future<Output = ()> {
+    let listeners = listeners.into();
     // Done now, not when the task first runs: a restart asked for right
-    // after start finds a listener to restart.
-    let addr = listener.local_addr();
-    if let Ok(addr) = addr {
-        let _ = broker.amqp_addr.set(addr);
+    // after start finds a listener to restart, and the demo an address.
+    let addrs = listeners.addresses();
+    if let Ok(a) = &addrs {
+        if let Some(addr) = a.tcp.or(a.tls.as_ref().map(|t| t.0)) {
+            let _ = broker.amqp_addr.set(addr);
+        }
+        if let Some((addr, _)) = &a.tls {
+            let _ = broker.amqps_addr.set(*addr);
+        }
     }
     let requests = broker.restarts.take_requests();
-    serve_until_shutdown(listener, addr, requests, broker, shutdown)
+    serve_until_shutdown(listeners, addrs, requests, broker, shutdown)
 }
 
 async fn serve_until_shutdown(
-    listener: TcpListener,
-    addr: std::io::Result<SocketAddr>,
+    listeners: Listeners,
+    addrs: std::io::Result<Addresses>,
     mut requests: Option<Requests>,
     broker: Arc<Broker>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let Ok(addr) = addr else {
+    let Ok(addrs) = addrs else {
         warn!("the listener has no address; not serving");
         return;
     };
@@ -68,9 +110,9 @@ async fn serve_until_shutdown(
             shutdown.clone(),
         )))
     });
-    let mut listener = listener;
+    let mut listeners = listeners;
     while let (Some(Pending { restart, done }), closed_connections) =
-        run(listener, &broker, &shutdown, requests.as_mut()).await
+        run(listeners, &broker, &shutdown, requests.as_mut()).await
     {
         let started = tokio::time::Instant::now();
         let (kept, dropped) = broker.keep_durable();
@@ -88,14 +130,14 @@ async fn serve_until_shutdown(
                 return;
             }
         }
-        listener = match rebind(addr).await {
+        listeners = match rebind_all(&addrs).await {
             Ok(l) => l,
             Err(e) => {
-                let _ = done.send(Err(format!("cannot listen on {addr} again: {e}")));
+                let _ = done.send(Err(e));
                 return;
             }
         };
-        info!("restart: listening on {addr} again");
+        info!("restart: listening again");
         broker.report_started();
         let _ = done.send(Ok(Restarted { closed_connections, kept, dropped, took: started.elapsed() }));
     }
@@ -106,7 +148,7 @@ async fn serve_until_shutdown(
 /// connection (320 'shutdown', or a reset for a crash), waits for them and
 /// says how many there were.
 async fn run(
-    listener: TcpListener,
+    listeners: Listeners,
     broker: &Arc<Broker>,
     shutdown: &watch::Receiver<bool>,
     mut requests: Option<&mut Requests>,
@@ -116,25 +158,28 @@ async fn run(
     let (close, closing) = watch::channel(false);
     let mut connections = JoinSet::new();
     let mut stop = shutdown.clone();
+    let tls = listeners.tls.as_ref().map(|(l, _)| l);
     let restart = loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
+            accepted = accept(listeners.tcp.as_ref()) => match accepted {
                 Ok((socket, _)) => {
                     connections.spawn(connection::serve(socket, broker.clone(), closing.clone()));
                 }
-                Err(e) => {
-                    // Usually out of file descriptors: back off instead of
-                    // spinning; the connections that exist keep working.
-                    warn!("error accepting connection: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                Err(e) => back_off(e).await,
+            },
+            accepted = accept(tls) => match (accepted, &listeners.tls) {
+                (Ok((socket, _)), Some((_, acceptor))) => {
+                    connections.spawn(crate::tls::serve(socket, acceptor.clone(), broker.clone(), closing.clone()));
                 }
+                (Err(e), _) => back_off(e).await,
+                (Ok(_), None) => {}
             },
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             _ = async { stop.wait_for(|stop| *stop).await.is_ok() } => break None,
             Some(request) = async { requests.as_mut()?.next().await }, if requests.is_some() => break Some(request),
         }
     };
-    drop(listener);
+    drop(listeners);
     let open = connections.len();
     info!("stopping: closing {open} connection(s)");
     if restart.as_ref().is_some_and(|r| r.restart.crash) {
@@ -151,6 +196,36 @@ async fn run(
         while connections.join_next().await.is_some() {}
     }
     (restart, open)
+}
+
+/// The next socket `listener` accepts; never, if there is no listener.
+async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Usually out of file descriptors: backs off instead of spinning; the
+/// connections that exist keep working.
+async fn back_off(e: std::io::Error) {
+    warn!("error accepting connection: {e}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+/// Binds every listener again after a restart's downtime.
+async fn rebind_all(addrs: &Addresses) -> Result<Listeners, String> {
+    let again =
+        |addr: SocketAddr| async move { rebind(addr).await.map_err(|e| format!("cannot listen on {addr} again: {e}")) };
+    let tcp = match addrs.tcp {
+        Some(addr) => Some(again(addr).await?),
+        None => None,
+    };
+    let tls = match &addrs.tls {
+        Some((addr, acceptor)) => Some((again(*addr).await?, acceptor.clone())),
+        None => None,
+    };
+    Ok(Listeners { tcp, tls })
 }
 
 /// Binds `addr` again after a restart's downtime. The port was ours a

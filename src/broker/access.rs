@@ -332,6 +332,20 @@ impl AccessControl {
         if !ok {
             return Err(LoginError::InvalidCredentials);
         }
+        self.check_loopback(user, peer)
+    }
+
+    /// EXTERNAL: the user the client certificate names, with no password
+    /// (the TLS handshake has verified the certificate). As RabbitMQ's
+    /// internal backend, the user must exist; `loopback_users` still apply.
+    pub fn authenticate_external(&self, user: &str, peer: IpAddr) -> Result<(), LoginError> {
+        if !self.read().contains_key(user) {
+            return Err(LoginError::InvalidCredentials);
+        }
+        self.check_loopback(user, peer)
+    }
+
+    fn check_loopback(&self, user: &str, peer: IpAddr) -> Result<(), LoginError> {
         if self.loopback_users.iter().any(|l| l == user) && !is_loopback(peer) {
             return Err(LoginError::LoopbackOnly);
         }

@@ -12,6 +12,25 @@ use super::queue::{ConsumerInfo, QueueTotals};
 use super::Broker;
 use crate::protocol::{BasicProperties, FieldTable, ShortStr};
 
+/// What a TLS connection settled in its TLS handshake, named as RabbitMQ's
+/// management API shows it (`ssl_protocol`, `ssl_cipher`, ...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// `tlsv1.3` or `tlsv1.2`.
+    pub protocol: &'static str,
+    /// RabbitMQ's split of the suite: key exchange (`any` under TLS 1.3),
+    /// cipher (`aes_256_gcm`), hash (`sha384`).
+    pub key_exchange: String,
+    pub cipher: String,
+    pub hash: String,
+    /// The client certificate's subject and issuer (RFC 4514, as RabbitMQ
+    /// prints them), if the client presented one; rustls has verified it.
+    pub peer_cert_subject: Option<String>,
+    pub peer_cert_issuer: Option<String>,
+    /// Its subject's common name: the user for EXTERNAL authentication.
+    pub peer_cert_cn: Option<String>,
+}
+
 /// What the handshake settled for a connection.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConnectionDetails {
@@ -49,6 +68,8 @@ pub struct ConnectionInfo {
     pub idle_out: Duration,
     pub monitor_paused: bool,
     pub faults: FaultSwitches,
+    /// For a connection over TLS.
+    pub tls: Option<TlsInfo>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -54,6 +54,8 @@ pub struct Broker {
     /// Where AMQP clients reach this broker, once its listener is bound
     /// (the HTTP API hands out URLs with it).
     pub amqp_addr: std::sync::OnceLock<std::net::SocketAddr>,
+    /// Where amqps clients reach it, if it has a TLS listener.
+    pub amqps_addr: std::sync::OnceLock<std::net::SocketAddr>,
     /// Restart requests, for the listener (see [`restart`]).
     pub restarts: restart::Restarts,
     /// Durable definitions and persistent messages on disk, with a data
@@ -93,6 +95,7 @@ impl Broker {
             config,
             vhosts,
             amqp_addr: std::sync::OnceLock::new(),
+            amqps_addr: std::sync::OnceLock::new(),
             restarts: restart::Restarts::default(),
             store,
             demo_running: Default::default(),

@@ -33,8 +33,12 @@
 //! | `data_dir` | | keep durable definitions and persistent messages here (warren's key; `--data-dir`) |
 //! | `disk_free_limit.absolute` | `50MB` | with a data directory: free disk space below which publishers are blocked |
 //! | `disk_free_limit.relative` | | the same as a multiple of the machine's memory, such as `1.0` |
+//!
+//! The TLS keys (`listeners.ssl.default`, `ssl_options.*`,
+//! `auth_mechanisms.N`, `listeners.tcp = none`) are in [`tls`].
 
 pub mod definitions;
+pub mod tls;
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -50,6 +54,16 @@ use crate::protocol::constants::FRAME_MIN_SIZE;
 pub struct Config {
     /// Where the AMQP listener binds.
     pub listen: SocketAddr,
+    /// Whether there is a plain AMQP listener at all (`listeners.tcp =
+    /// none`: TLS only).
+    pub tcp_listener: bool,
+    /// Where the amqps listener binds, if there is one.
+    pub tls_listen: Option<SocketAddr>,
+    /// What it is set up with.
+    pub ssl_options: tls::SslOptions,
+    /// SASL mechanisms offered, in order (EXTERNAL only on TLS with a
+    /// verified client certificate).
+    pub auth_mechanisms: Vec<tls::AuthMechanism>,
     /// Heartbeat proposed to clients, seconds; the client's tune-ok decides.
     pub heartbeat: u16,
     /// Largest frame (header and end included) a client may negotiate.
@@ -232,6 +246,10 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 5672),
+            tcp_listener: true,
+            tls_listen: None,
+            ssl_options: tls::SslOptions::default(),
+            auth_mechanisms: tls::AuthMechanism::defaults(),
             heartbeat: 60,
             frame_max: 131_072,
             channel_max: 2047,
@@ -303,6 +321,7 @@ impl Config {
         let mut default_vhost: Option<String> = None;
         let mut default_permissions = [".*".to_string(), ".*".to_string(), ".*".to_string()];
         let mut default_tags = self.users.first().map(|u| u.tags.clone()).unwrap_or_default();
+        let mut mechanisms_listed = false;
         for (index, raw) in text.lines().enumerate() {
             let line = index + 1;
             let content = raw.split_once('#').map_or(raw, |(before, _)| before).trim();
@@ -317,7 +336,9 @@ impl Config {
             match key {
                 "listeners.tcp.default" | "listeners.tcp.1" => {
                     self.listen = parse_listener(value).ok_or_else(|| bad("expected a port or ip:port"))?;
+                    self.tcp_listener = true;
                 }
+                k if tls::handles(k) => tls::apply(self, k, value, line, &mut mechanisms_listed, &mut warnings)?,
                 "heartbeat" => self.heartbeat = value.parse().map_err(|_| bad("expected seconds, 0 to 65535"))?,
                 "frame_max" => {
                     let v: u32 = value.parse().map_err(|_| bad("expected a number of bytes"))?;
@@ -519,78 +540,4 @@ fn parse_listener(value: &str) -> Option<SocketAddr> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_known_keys_and_warns_about_others() {
-        let mut c = Config::default();
-        let warnings = c
-            .apply(
-                "# comment\nlisteners.tcp.default = 127.0.0.1:5673\nheartbeat = 5 # inline\nframe_max = 65536\n\
-                 channel_max = 16\nhandshake_timeout = 2000\ndefault_user = bob\ndefault_pass = secret\n\
-                 default_vhost = dev\nvm_memory_high_watermark.relative = 0.4\nheartbeet = 3\n",
-            )
-            .unwrap();
-        assert_eq!(c.listen, "127.0.0.1:5673".parse().unwrap());
-        assert_eq!((c.heartbeat, c.frame_max, c.channel_max), (5, 65536, 16));
-        assert_eq!(c.handshake_timeout, Duration::from_secs(2));
-        assert_eq!(
-            c.users,
-            vec![UserConfig { tags: vec!["administrator".into()], ..UserConfig::plain("bob", "secret") }]
-        );
-        assert_eq!(c.vhosts, vec!["dev".to_string()]);
-        assert_eq!(c.permissions, vec![PermissionConfig::full("bob", "dev")]);
-        assert!(c.loopback_users.is_empty(), "only guest is loopback-only by default");
-        assert_eq!(warnings.len(), 1, "{warnings:?}");
-        assert_eq!((warnings[0].line, warnings[0].key.as_str()), (11, "heartbeet"));
-        assert!(warnings[0].to_string().contains("line 11"));
-    }
-
-    #[test]
-    fn the_example_file_is_read_without_a_warning() {
-        let mut c = Config::default();
-        let warnings = c.apply(include_str!("../../rabbitmq.conf.example")).unwrap();
-        assert!(warnings.is_empty(), "{warnings:?}");
-        assert_eq!(c, Config::default(), "the example documents the defaults");
-    }
-
-    #[test]
-    fn watermarks_and_sizes() {
-        assert_eq!(parse_size("512MB"), Some(512_000_000));
-        assert_eq!(parse_size("64MiB"), Some(64 << 20));
-        assert_eq!(parse_size("2GB"), Some(2_000_000_000));
-        assert_eq!(parse_size("1024"), Some(1024));
-        assert_eq!(parse_size("lots"), None);
-        let mut c = Config::default();
-        c.apply("vm_memory_high_watermark.absolute = 64MB").unwrap();
-        assert_eq!(c.memory_high_watermark, Watermark::Absolute(64_000_000));
-        c.apply("vm_memory_high_watermark.relative = 0.6").unwrap();
-        assert_eq!(c.memory_high_watermark, Watermark::Relative(0.6));
-        assert!(c.apply("vm_memory_high_watermark.relative = 2").is_err());
-        c.apply("disk_free_limit.absolute = 2GB").unwrap();
-        assert_eq!(c.disk_free_limit, DiskLimit::Absolute(2_000_000_000));
-        c.apply("disk_free_limit.relative = 1.5").unwrap();
-        assert_eq!(c.disk_free_limit, DiskLimit::Relative(1.5));
-        assert!(c.apply("disk_free_limit.relative = much").is_err());
-        assert!(c.apply("disk_free_limit.absolute = -1").is_err());
-        c.apply("data_dir = /var/lib/warren").unwrap();
-        assert_eq!(c.data_dir.as_deref(), Some(Path::new("/var/lib/warren")));
-    }
-
-    #[test]
-    fn a_bare_port_listens_on_loopback() {
-        let mut c = Config::default();
-        c.apply("listeners.tcp.default = 5999").unwrap();
-        assert_eq!(c.listen, "127.0.0.1:5999".parse().unwrap());
-    }
-
-    #[test]
-    fn bad_values_name_the_line() {
-        let mut c = Config::default();
-        let e = c.apply("\nheartbeat = soon").unwrap_err();
-        assert!(e.0.starts_with("line 2:"), "{e}");
-        assert!(c.apply("frame_max = 100").is_err());
-        assert!(c.apply("just words").is_err());
-    }
-}
+mod tests;

@@ -30,6 +30,7 @@ use crate::broker::access::LoginError;
 use crate::broker::connections::ConnectionEntry;
 use crate::broker::inspect::ConnectionDetails;
 use crate::broker::{Broker, VirtualHost};
+use crate::config::tls::AuthMechanism;
 use crate::error::AmqpError;
 use crate::logging::Escaped;
 use crate::protocol::constants::FRAME_MIN_SIZE;
@@ -51,6 +52,9 @@ pub struct Handshake {
     capabilities: ClientCapabilities,
     /// What the client settled in `tune-ok`.
     tuned: Limits,
+    /// The SASL mechanisms offered in `connection.start`; a client that
+    /// picks another is refused.
+    offered: Vec<AuthMechanism>,
 }
 
 /// What one handshake step came to.
@@ -73,8 +77,14 @@ pub struct Opened {
 }
 
 impl Handshake {
-    pub fn new(proposed: Limits, peer: IpAddr, entry: Arc<ConnectionEntry>) -> Handshake {
+    /// `configured`: `auth_mechanisms`, of which EXTERNAL is offered only
+    /// to a TLS client that presented a verified certificate (as RabbitMQ's
+    /// `rabbit_auth_mechanism_ssl:should_offer`).
+    pub fn new(proposed: Limits, peer: IpAddr, entry: Arc<ConnectionEntry>, configured: &[AuthMechanism]) -> Handshake {
+        let has_cert = entry.tls().is_some_and(|t| t.peer_cert_cn.is_some());
+        let offered = configured.iter().copied().filter(|m| *m != AuthMechanism::External || has_cert).collect();
         Handshake {
+            offered,
             phase: Phase::Starting,
             proposed,
             peer,
@@ -85,6 +95,11 @@ impl Handshake {
             capabilities: ClientCapabilities::default(),
             tuned: Limits { channel_max: 0, frame_max: FRAME_MIN_SIZE, heartbeat: 0 },
         }
+    }
+
+    /// The mechanisms offered, space-separated, for `connection.start`.
+    pub fn mechanisms(&self) -> String {
+        self.offered.iter().map(|m| m.name()).collect::<Vec<_>>().join(" ")
     }
 
     /// Starting, Securing, Tuning or Opening.
@@ -136,14 +151,31 @@ impl Handshake {
     }
 
     fn authenticate(&mut self, mechanism: &[u8], response: &Bytes, broker: &Broker) -> Step {
-        let credentials = match parse_response(mechanism, response) {
-            Ok(c) => c,
-            Err(AuthError::UnknownMechanism(m)) => {
-                return Step::Failed(Stop::Silent(format!("unknown authentication mechanism '{m}'")));
-            }
-            Err(AuthError::Malformed(why)) => return Step::Failed(Stop::Silent(why)),
+        let offered =
+            std::str::from_utf8(mechanism).ok().and_then(AuthMechanism::parse).filter(|m| self.offered.contains(m));
+        let Some(offered) = offered else {
+            let m = String::from_utf8_lossy(mechanism);
+            return Step::Failed(Stop::Silent(format!("unknown authentication mechanism '{m}'")));
         };
-        if let Err(e) = broker.access.authenticate(&credentials.username, &credentials.password, self.peer) {
+        let login = if offered == AuthMechanism::External {
+            // The user is the certificate's common name; the response,
+            // whatever it holds, is not a password (RabbitMQ ignores it).
+            let user = self.entry.tls().and_then(|t| t.peer_cert_cn.clone()).unwrap_or_default();
+            let result = broker.access.authenticate_external(&user, self.peer);
+            (Credentials { username: user, password: String::new() }, result)
+        } else {
+            let credentials = match parse_response(mechanism, response) {
+                Ok(c) => c,
+                Err(AuthError::UnknownMechanism(m)) => {
+                    return Step::Failed(Stop::Silent(format!("unknown authentication mechanism '{m}'")));
+                }
+                Err(AuthError::Malformed(why)) => return Step::Failed(Stop::Silent(why)),
+            };
+            let result = broker.access.authenticate(&credentials.username, &credentials.password, self.peer);
+            (credentials, result)
+        };
+        let (credentials, result) = login;
+        if let Err(e) = result {
             let why = match e {
                 LoginError::InvalidCredentials => "invalid credentials",
                 LoginError::LoopbackOnly => "User can only log in via localhost",
@@ -214,15 +246,15 @@ impl Handshake {
     }
 }
 
-/// Mechanisms offered, in RabbitMQ's order. py-amqp picks AMQPLAIN from this
-/// list, kombu and most others PLAIN; only list what works.
+/// Mechanisms offered by default, in RabbitMQ's order. py-amqp picks
+/// AMQPLAIN from this list, kombu and most others PLAIN.
 pub const MECHANISMS: &str = "PLAIN AMQPLAIN";
 
 /// `connection.start` with warren's server properties. The capabilities
 /// table is honest: it lists only what warren implements, because clients
 /// act on it (pika refuses `confirm_delivery` without `publisher_confirms`,
 /// aiormq reads the table directly).
-pub fn start_method() -> connection::Start {
+pub fn start_method(mechanisms: &str) -> connection::Start {
     let capabilities = FieldTable::new()
         .with("publisher_confirms", FieldValue::Bool(true))
         .with("exchange_exchange_bindings", FieldValue::Bool(true))
@@ -246,7 +278,7 @@ pub fn start_method() -> connection::Start {
         version_major: 0,
         version_minor: 9,
         server_properties,
-        mechanisms: Bytes::from_static(MECHANISMS.as_bytes()),
+        mechanisms: Bytes::from(mechanisms.to_string()),
         locales: Bytes::from_static(b"en_US"),
     }
 }

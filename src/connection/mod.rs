@@ -64,8 +64,9 @@ use self::texts::{erlang_binary, format_duration};
 use self::throttle::Throttle;
 use self::transport::{ReadSide, WriteSide};
 use self::writer::{Outbound, Outlet};
-use crate::broker::connections::{ConnectionEntry, FaultCommand, Registration};
+use crate::broker::connections::{ConnectionEntry, Connections, Counters, FaultCommand, Faults, Registration};
 use crate::broker::events::Event;
+use crate::broker::inspect::TlsInfo;
 use crate::broker::{Broker, GaugeGuard, Totals};
 use crate::error::AmqpError;
 use crate::logging::Escaped;
@@ -184,7 +185,8 @@ pub async fn serve(socket: TcpStream, broker: Arc<Broker>, shutdown: watch::Rece
         (Ok(p), Ok(l)) => (p, l),
         _ => return,
     };
-    serve_halves(transport::tcp(socket), peer, local, broker, shutdown).await
+    let name = format!("{peer} -> {local}");
+    serve_halves(transport::tcp(socket), |c| c.register(name), peer, broker, shutdown).await
 }
 
 /// Serves a connection over any byte stream (an in-memory pipe in the
@@ -196,19 +198,42 @@ pub async fn serve_stream(
     broker: Arc<Broker>,
     shutdown: watch::Receiver<bool>,
 ) {
-    serve_halves(transport::other(stream), peer, local, broker, shutdown).await
+    let name = format!("{peer} -> {local}");
+    serve_halves(transport::other(stream), |c| c.register(name), peer, broker, shutdown).await
+}
+
+/// Serves a connection over TLS, once its TLS handshake is done (see
+/// `crate::tls`): `stream` runs over a `Metered` socket that counts into
+/// `counters` and heeds `faults`; `socket` is a second handle on it.
+#[allow(clippy::too_many_arguments)]
+pub async fn serve_tls(
+    stream: impl transport::Stream,
+    socket: std::net::TcpStream,
+    tls: TlsInfo,
+    counters: Arc<Counters>,
+    faults: Arc<Faults>,
+    (peer, local): (std::net::SocketAddr, std::net::SocketAddr),
+    broker: Arc<Broker>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let register = |c: &Connections| {
+        let registration = c.register_with(format!("{peer} -> {local}"), counters, faults);
+        registration.entry.set_tls(tls);
+        registration
+    };
+    serve_halves(transport::tls(stream, socket), register, peer, broker, shutdown).await
 }
 
 async fn serve_halves(
     (reader, write_half): (ReadSide, WriteSide),
+    register: impl FnOnce(&Connections) -> Registration,
     peer: std::net::SocketAddr,
-    local: std::net::SocketAddr,
     broker: Arc<Broker>,
     shutdown: watch::Receiver<bool>,
 ) {
     // Counted first and uncounted last, after the registry entry is gone.
     let _alive = GaugeGuard::new(&broker.gauges.connections);
-    let registration = broker.connections.register(format!("{peer} -> {local}"));
+    let registration = register(&broker.connections);
     Totals::add(&broker.totals.connections_opened, 1);
     let span = tracing::info_span!("connection", id = registration.entry.id, %peer);
     async move {
@@ -220,7 +245,7 @@ async fn serve_halves(
         let proposed =
             Limits { channel_max: config.channel_max, frame_max: config.frame_max, heartbeat: config.heartbeat };
         let connection = Connection {
-            stage: Stage::Handshake(Handshake::new(proposed, peer.ip(), entry.clone())),
+            stage: Stage::Handshake(Handshake::new(proposed, peer.ip(), entry.clone(), &config.auth_mechanisms)),
             throttle: Throttle::new(broker.alarms.subscribe(), entry.clone(), outlet.clone(), broker.events.clone()),
             heartbeats: Heartbeats::default(),
             handshake_deadline: entry.counters.accepted.0 + config.handshake_timeout,
@@ -280,7 +305,11 @@ impl Connection {
     /// The connection's life: handle what has been read, wait, handle what
     /// woke it up, until something ends it.
     async fn live(&mut self) -> End {
-        self.outlet.send_method(0, &handshake::start_method().into());
+        let mechanisms = match &self.stage {
+            Stage::Handshake(h) => h.mechanisms(),
+            Stage::Open(_) => String::new(),
+        };
+        self.outlet.send_method(0, &handshake::start_method(&mechanisms).into());
         let faults = self.entry.faults.clone();
         loop {
             // Taken before the throttle looks at the switches, so that a
@@ -399,6 +428,9 @@ impl Connection {
             Ok(n) => n,
             Err(e) => return Err(End::PeerClosed(Some(e))),
         };
+        if self.reader.counted_below() {
+            return Ok(());
+        }
         let c = &self.entry.counters;
         let now = c.now_ms();
         c.last_read_ms.store(now, Ordering::Relaxed);

@@ -449,8 +449,13 @@ pub async fn run(
             return Ok(());
         }
         let written = buf.write_to(&mut socket).await? as u64;
+        // TLS may hold the tail of a record back until flushed; on TCP this
+        // does nothing.
+        socket.flush().await?;
         let c = &outlet.counters;
-        c.send_oct.fetch_add(written, Ordering::Relaxed);
+        if !socket.counted_below() {
+            c.send_oct.fetch_add(written, Ordering::Relaxed);
+        }
         c.send_oct_besides_heartbeats.fetch_add(written - heartbeats * HEARTBEAT_FRAME.len() as u64, Ordering::Relaxed);
         c.heartbeats_sent.fetch_add(heartbeats, Ordering::Relaxed);
         c.frames_out.fetch_add(buf.take_frames(), Ordering::Relaxed);

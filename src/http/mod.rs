@@ -176,6 +176,7 @@ fn connection_json(c: &crate::broker::inspect::ConnectionInfo) -> Value {
     };
     let ((peer_host, peer_port), (host, port)) = (split(peer), split(host));
     let d = c.details.as_ref();
+    let tls = c.tls.as_ref();
     json!({
         "name": c.name,
         "user_provided_name": c.client_name,
@@ -183,8 +184,13 @@ fn connection_json(c: &crate::broker::inspect::ConnectionInfo) -> Value {
         "user": d.map(|d| d.user.clone()),
         "vhost": d.map(|d| d.vhost.clone()),
         "auth_mechanism": d.map(|d| d.mechanism.clone()),
-        // TLS arrives with issue 14; until then no connection uses it.
-        "ssl": false,
+        "ssl": tls.is_some(),
+        "ssl_protocol": tls.map(|t| t.protocol),
+        "ssl_key_exchange": tls.map(|t| t.key_exchange.as_str()),
+        "ssl_cipher": tls.map(|t| t.cipher.as_str()),
+        "ssl_hash": tls.map(|t| t.hash.as_str()),
+        "peer_cert_subject": tls.and_then(|t| t.peer_cert_subject.as_deref()),
+        "peer_cert_issuer": tls.and_then(|t| t.peer_cert_issuer.as_deref()),
         "client_properties": d.map(|d| table_json(&d.client_properties)),
         "channel_max": d.map(|d| d.channel_max),
         "frame_max": d.map(|d| d.frame_max),

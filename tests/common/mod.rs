@@ -6,6 +6,7 @@
 
 pub mod http;
 pub mod sse;
+pub mod tls;
 
 use std::time::Duration;
 
@@ -20,9 +21,10 @@ use warren::protocol::frame::{
 use warren::protocol::methods::{basic, channel, connection, queue};
 use warren::protocol::{FieldTable, Frame, Method};
 
-/// A client that reads and writes raw frames.
-pub struct RawClient {
-    pub stream: TcpStream,
+/// A client that reads and writes raw frames, over TCP or any other
+/// stream (TLS).
+pub struct RawClient<S = TcpStream> {
+    pub stream: S,
     buf: BytesMut,
 }
 
@@ -39,6 +41,31 @@ impl RawClient {
         let stream = TcpStream::connect(addr).await.expect("connect");
         stream.set_nodelay(true).unwrap();
         RawClient { stream, buf: BytesMut::new() }
+    }
+
+    /// A full handshake with the given heartbeat, and channel 1 opened.
+    pub async fn open(addr: std::net::SocketAddr, heartbeat: u16) -> RawClient {
+        let mut c = RawClient::connect(addr).await;
+        c.open_on(heartbeat).await;
+        c
+    }
+}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> RawClient<S> {
+    /// A client on a stream already connected.
+    pub fn over(stream: S) -> RawClient<S> {
+        RawClient { stream, buf: BytesMut::new() }
+    }
+
+    /// A full handshake on this client's stream, and channel 1 opened.
+    pub async fn open_on(&mut self, heartbeat: u16) {
+        self.handshake_to_tune_ok(2047, 131_072, heartbeat).await;
+        self.send(0, connection::Open { virtual_host: "/".into(), reserved_1: "".into(), reserved_2: false }).await;
+        let (_, ok) = self.expect_method(Duration::from_secs(5)).await;
+        assert!(matches!(ok, Method::ConnectionOpenOk(_)), "{ok:?}");
+        self.send(1, channel::Open { reserved_1: "".into() }).await;
+        let (_, ok) = self.expect_method(Duration::from_secs(5)).await;
+        assert!(matches!(ok, Method::ChannelOpenOk(_)), "{ok:?}");
     }
 
     pub async fn send_raw(&mut self, bytes: &[u8]) {
@@ -128,19 +155,6 @@ impl RawClient {
         self.send(0, connection::TuneOk { channel_max, frame_max, heartbeat }).await;
         tune
     }
-
-    /// A full handshake with the given heartbeat, and channel 1 opened.
-    pub async fn open(addr: std::net::SocketAddr, heartbeat: u16) -> RawClient {
-        let mut c = RawClient::connect(addr).await;
-        c.handshake_to_tune_ok(2047, 131_072, heartbeat).await;
-        c.send(0, connection::Open { virtual_host: "/".into(), reserved_1: "".into(), reserved_2: false }).await;
-        let (_, ok) = c.expect_method(Duration::from_secs(5)).await;
-        assert!(matches!(ok, Method::ConnectionOpenOk(_)), "{ok:?}");
-        c.send(1, channel::Open { reserved_1: "".into() }).await;
-        let (_, ok) = c.expect_method(Duration::from_secs(5)).await;
-        assert!(matches!(ok, Method::ChannelOpenOk(_)), "{ok:?}");
-        c
-    }
 }
 
 /// Appends `basic.publish` to the default exchange, a content header without
@@ -156,7 +170,7 @@ pub fn publish_frames(buf: &mut BytesMut, routing_key: &str, mandatory: bool, bo
     }
 }
 
-impl RawClient {
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> RawClient<S> {
     /// Declares a queue on channel 1 and waits for declare-ok.
     pub async fn declare_queue(&mut self, name: &str) {
         self.send(1, queue::Declare { queue: name.into(), ..Default::default() }).await;

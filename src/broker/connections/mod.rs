@@ -26,7 +26,7 @@ use tokio::time::Instant;
 pub use faults::{Command as FaultCommand, FaultSwitches, Faults};
 
 use super::events::{Event, Events};
-use super::inspect::{ConnectionDetails, ConnectionInfo};
+use super::inspect::{ConnectionDetails, ConnectionInfo, TlsInfo};
 
 /// A connection's state as RabbitMQ names it (`rabbitmqctl list_connections
 /// state`): the handshake, then the flow-control states of
@@ -144,6 +144,8 @@ pub struct ConnectionEntry {
     commands: mpsc::UnboundedSender<FaultCommand>,
     /// What the handshake settled, from `connection.open` on.
     details: OnceLock<ConnectionDetails>,
+    /// For a TLS connection, what its TLS handshake settled.
+    tls: OnceLock<TlsInfo>,
     /// The open channel numbers.
     channels: Mutex<BTreeSet<u16>>,
     /// Where fault switches flipped through a handle are announced.
@@ -165,6 +167,15 @@ impl ConnectionEntry {
 
     pub fn set_details(&self, details: ConnectionDetails) {
         let _ = self.details.set(details);
+    }
+
+    pub fn set_tls(&self, tls: TlsInfo) {
+        let _ = self.tls.set(tls);
+    }
+
+    /// What its TLS handshake settled; None for a plain connection.
+    pub fn tls(&self) -> Option<&TlsInfo> {
+        self.tls.get()
     }
 
     pub fn channel_opened(&self, channel: u16) {
@@ -234,6 +245,13 @@ impl Connections {
 
     /// Registers a connection just accepted, named `client -> server`.
     pub fn register(&self, name: String) -> Registration {
+        self.register_with(name, Arc::default(), Arc::default())
+    }
+
+    /// The same, with counters and fault switches made before (a TLS
+    /// connection's socket counts its octets, and heeds the ignore-client
+    /// fault, from before the TLS handshake).
+    pub fn register_with(&self, name: String, counters: Arc<Counters>, faults: Arc<Faults>) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let (commands_tx, commands) = mpsc::unbounded_channel();
         let entry = Arc::new(ConnectionEntry {
@@ -241,10 +259,11 @@ impl Connections {
             name,
             client_name: OnceLock::new(),
             state: watch::Sender::new(ConnectionState::Starting),
-            counters: Arc::default(),
-            faults: Arc::default(),
+            counters,
+            faults,
             commands: commands_tx,
             details: OnceLock::new(),
+            tls: OnceLock::new(),
             channels: Mutex::default(),
             events: self.events.clone(),
         });
@@ -372,6 +391,7 @@ impl ConnectionHandle {
             idle_out: c.since(&c.last_write_ms),
             monitor_paused: self.monitor_paused(),
             faults: self.faults(),
+            tls: e.tls().cloned(),
         }
     }
 
