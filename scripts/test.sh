@@ -5,6 +5,11 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+# The TLS tests drive `openssl s_client` for the protocol-level cases.
+if ! command -v openssl >/dev/null 2>&1; then
+    apt-get update -qq && apt-get install -y -qq openssl
+fi
+
 echo "== cargo test"
 cargo test --all-targets
 

@@ -27,6 +27,20 @@ pub struct TestCertificates {
 }
 
 impl TestCertificates {
+    /// The files' names in `dir`, as [`generate`](Self::generate) writes
+    /// them (e.g. for a broker started with `--tls-self-signed dir`).
+    pub fn in_dir(dir: &Path, client_name: &str) -> TestCertificates {
+        TestCertificates {
+            dir: dir.to_path_buf(),
+            ca_certificate: dir.join("ca_certificate.pem"),
+            server_certificate: dir.join("server_certificate.pem"),
+            server_key: dir.join("server_key.pem"),
+            client_certificate: dir.join("client_certificate.pem"),
+            client_key: dir.join("client_key.pem"),
+            client_name: client_name.to_string(),
+        }
+    }
+
     /// Makes a new authority and both certificates in `dir` (created if
     /// need be), the client's for user `client_name`.
     pub fn generate(dir: &Path, client_name: &str) -> Result<TestCertificates, String> {
@@ -51,15 +65,7 @@ impl TestCertificates {
         let (server_cert, server_key) = leaf(hosts, "localhost", ExtendedKeyUsagePurpose::ServerAuth)?;
         let (client_cert, client_key) = leaf(Vec::new(), client_name, ExtendedKeyUsagePurpose::ClientAuth)?;
 
-        let files = TestCertificates {
-            dir: dir.to_path_buf(),
-            ca_certificate: dir.join("ca_certificate.pem"),
-            server_certificate: dir.join("server_certificate.pem"),
-            server_key: dir.join("server_key.pem"),
-            client_certificate: dir.join("client_certificate.pem"),
-            client_key: dir.join("client_key.pem"),
-            client_name: client_name.to_string(),
-        };
+        let files = TestCertificates::in_dir(dir, client_name);
         write(&files.ca_certificate, &ca.pem(), false)?;
         write(&files.server_certificate, &server_cert, false)?;
         write(&files.server_key, &server_key, true)?;

@@ -149,7 +149,7 @@ struct Handshaken {
 async fn handshake(socket: TcpStream, acceptor: &Acceptor, peer: SocketAddr) -> Result<Handshaken, String> {
     // A TLS record starts with its content type, 22 for a handshake; a
     // plain AMQP client starts with "AMQP". Tell it apart for the log.
-    let mut first = [0u8; 8];
+    let mut first = [0u8; 11];
     let n = socket.peek(&mut first).await.map_err(|e| e.to_string())?;
     if n == 0 {
         return Err("closed before a TLS handshake".into());
@@ -163,7 +163,13 @@ async fn handshake(socket: TcpStream, acceptor: &Acceptor, peer: SocketAddr) -> 
     let (counters, faults) = (Arc::<Counters>::default(), Arc::<Faults>::default());
     let metered = Metered::new(socket, counters.clone(), faults.clone());
     let handle = metered.handle().map_err(|e| e.to_string())?;
-    let stream = acceptor.inner.accept(metered).await.map_err(|e| format!("TLS handshake failed: {e}"))?;
+    let too_old = too_old(&first[..n]);
+    let stream = acceptor.inner.accept(metered).await.map_err(|e| match too_old {
+        Some(version) => {
+            format!("TLS handshake failed: {e} (the client offers {version} at most; warren speaks TLS 1.2 and 1.3)")
+        }
+        None => format!("TLS handshake failed: {e}"),
+    })?;
     let info = info(stream.get_ref().1);
     info!(
         "TLS connection from {peer}: {} {}{}",
@@ -172,6 +178,18 @@ async fn handshake(socket: TcpStream, acceptor: &Acceptor, peer: SocketAddr) -> 
         info.peer_cert_subject.as_deref().map(|s| format!(", client certificate {}", Escaped(s))).unwrap_or_default()
     );
     Ok(Handshaken { stream, socket: handle, info, counters, faults })
+}
+
+/// The newest version a ClientHello offers, if it is older than TLS 1.2:
+/// the `client_version` after the record and handshake headers (a TLS 1.3
+/// client also says 1.2 there, and names 1.3 in an extension).
+fn too_old(hello: &[u8]) -> Option<&'static str> {
+    match hello.get(9..11)? {
+        [3, 0] => Some("SSL 3.0"),
+        [3, 1] => Some("TLS 1.0"),
+        [3, 2] => Some("TLS 1.1"),
+        _ => None,
+    }
 }
 
 /// What a finished handshake settled, as [`TlsInfo`].

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 pub struct Warren {
     pub child: Child,
+    /// The plain listener, or the TLS one when there is no plain one.
     pub amqp: SocketAddr,
+    pub amqps: Option<SocketAddr>,
     pub http: Option<SocketAddr>,
     /// Its stderr, a line at a time.
     pub log: mpsc::Receiver<String>,
@@ -55,7 +57,8 @@ impl Warren {
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut ready).expect("ready line");
         let ready: serde_json::Value = serde_json::from_str(&ready).unwrap_or_else(|e| panic!("{e}: {ready:?}"));
         let addr = |key: &str| ready[key].as_str().map(|a| a.parse().unwrap());
-        Warren { amqp: addr("amqp").expect("amqp address"), http: addr("http"), child, log, conf }
+        let amqp = addr("amqp").or(addr("amqps")).expect("an AMQP address");
+        Warren { amqp, amqps: addr("amqps"), http: addr("http"), child, log, conf }
     }
 
     pub fn pid(&self) -> u32 {
