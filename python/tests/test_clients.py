@@ -89,3 +89,20 @@ def test_a_crash_resets_pika_without_a_close_frame(warren: Broker):
     warren.restart(crash=True)
     with pytest.raises(pika.exceptions.StreamLostError):
         conn.channel()
+
+
+def test_a_tls_broker_in_one_call_with_pika_and_a_client_certificate(tmp_path):
+    # The README's TLS example, with the binary from the wheel.
+    with Broker.start(tls=True, workdir=tmp_path) as broker:
+        context = broker.tls.ssl_context()  # trusts the test authority, presents guest's certificate
+        params = pika.ConnectionParameters(host="localhost", port=broker.amqps_port,
+                                           ssl_options=pika.SSLOptions(context, "localhost"))
+        with pika.BlockingConnection(params) as conn:
+            ch = conn.channel()
+            ch.queue_declare("secure")
+            ch.basic_publish("", "secure", b"hello over tls")
+            method, _, body = ch.basic_get("secure", auto_ack=True)
+            assert body == b"hello over tls"
+            shown = broker.connections()[0]
+            assert shown["ssl"] and shown["peer_cert_subject"] == "O=warren,CN=guest"
+        assert broker.amqps_url.startswith("amqps://guest:guest@localhost:")

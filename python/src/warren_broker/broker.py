@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -47,31 +48,61 @@ def find_binary(explicit: Optional[str] = None) -> str:
                       "set $WARREN_BIN, or pass binary=")
 
 
+class TlsFiles:
+    """The throwaway certificates of a broker started with `tls=True` (PEM files, named as
+    RabbitMQ's tls-gen names them): the authority to trust, and a client certificate for
+    guest (for EXTERNAL)."""
+
+    def __init__(self, directory: Path):
+        self.dir = directory
+        self.ca_certificate = directory / "ca_certificate.pem"
+        self.client_certificate = directory / "client_certificate.pem"
+        self.client_key = directory / "client_key.pem"
+
+    def ssl_context(self, client_certificate: bool = True) -> ssl.SSLContext:
+        """A client context that trusts the test authority, checks the server is `localhost`
+        and, unless told not to, presents the client certificate."""
+        context = ssl.create_default_context(cafile=str(self.ca_certificate))
+        if client_certificate:
+            context.load_cert_chain(str(self.client_certificate), str(self.client_key))
+        return context
+
+
 class Broker:
     """A running warren process: its AMQP URL and its HTTP control API."""
 
-    def __init__(self, process: subprocess.Popen, ready: Dict[str, Any], log_path: Path):
+    def __init__(self, process: subprocess.Popen, ready: Dict[str, Any], log_path: Path,
+                 tls: Optional[TlsFiles] = None):
         self.process = process
         self.log_path = log_path
-        self.amqp = ready["amqp"]
-        self.amqp_port = int(ready["amqp_port"])
-        self.host = self.amqp.rsplit(":", 1)[0]
+        # Without a plain listener (--no-tcp) there is only amqps.
+        self.amqp = ready.get("amqp")
+        self.amqp_port = int(ready["amqp_port"]) if ready.get("amqp_port") is not None else None
+        self.amqps = ready.get("amqps")
+        self.amqps_port = int(ready["amqps_port"]) if ready.get("amqps_port") is not None else None
+        self.host = (self.amqp or self.amqps or "127.0.0.1").rsplit(":", 1)[0]
         self.http = f"http://{ready['http']}"
         self.http_port = int(ready["http"].rsplit(":", 1)[1])
-        self.url = f"amqp://guest:guest@{self.amqp}/%2f"
+        self.url = f"amqp://guest:guest@{self.amqp}/%2f" if self.amqp else None
+        # `localhost`: the name the test server certificate is for.
+        self.amqps_url = f"amqps://guest:guest@localhost:{self.amqps_port}/%2f" if self.amqps_port else None
+        self.tls = tls
         self._auth = "Basic " + base64.b64encode(b"guest:guest").decode()
 
     @classmethod
     def start(cls, heartbeat: Optional[int] = None, config: Optional[str] = None,
               definitions: Optional[Dict[str, Any]] = None, binary: Optional[str] = None,
               args: Sequence[str] = (), timeout: float = 10.0,
-              workdir: Optional[Path] = None, data_dir: Optional[Path] = None) -> "Broker":
+              workdir: Optional[Path] = None, data_dir: Optional[Path] = None,
+              tls: bool = False) -> "Broker":
         """Starts warren on free loopback ports. `heartbeat`: the T it proposes (seconds);
         `config`: rabbitmq.conf text; `definitions`: a RabbitMQ definitions document loaded
         at start-up; `args`: more command-line arguments; `workdir`: the directory in which
         it gets a folder of its own for its log and generated files (the system's temporary
         directory by default); `data_dir`: keep durable queues and persistent messages there,
-        and find them again when a broker starts on it. If warren cannot start, the error
+        and find them again when a broker starts on it; `tls`: also listen for amqps on a free
+        port, with a throwaway authority, server and client certificates (`.tls`, `.amqps_url`;
+        client certificates are asked for, not required). If warren cannot start, the error
         carries what it printed."""
         workdir = Path(tempfile.mkdtemp(prefix="warren-", dir=workdir))
         command = [find_binary(binary), "--port", "0", "--http-port", "0", *args]
@@ -79,6 +110,10 @@ class Broker:
             command += ["--heartbeat", str(heartbeat)]
         if data_dir is not None:
             command += ["--data-dir", str(data_dir)]
+        tls_files = None
+        if tls:
+            tls_files = TlsFiles(workdir / "tls")
+            command += ["--tls-self-signed", str(tls_files.dir), "--tls-port", "0"]
         conf_text = config or ""
         if definitions is not None:
             defs = workdir / "definitions.json"
@@ -105,7 +140,7 @@ class Broker:
             process.wait()
             said = log_path.read_text(errors="replace").strip() or "(nothing)"
             raise BrokerError(f"warren did not start ({' '.join(command)}); it said:\n{said}") from None
-        return cls(process, ready, log_path)
+        return cls(process, ready, log_path, tls_files)
 
     def stop(self) -> None:
         """Stops warren (SIGTERM, then SIGKILL after 5 s)."""
