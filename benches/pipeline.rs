@@ -11,6 +11,8 @@
 //! WATERMARK=4MiB SIZE=4096 cargo bench --bench pipeline      # with flow control engaging
 //! PERSISTENT=1 cargo bench --bench pipeline     # a durable queue, delivery_mode 2, and the
 //!                                               # embedded warren with a data directory
+//! TLS=1 cargo bench --bench pipeline            # over amqps (embedded warren, test certificates)
+//! AMQP_URL=amqps://guest:guest@localhost:5671/%2f TLS_CA=ca_certificate.pem cargo bench --bench pipeline
 //! ```
 //!
 //! Under `cargo test` (no `--bench` argument) it runs a small smoke round.
@@ -20,8 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use warren::protocol::frame::{
@@ -35,25 +36,49 @@ fn env_or(name: &str, default: usize) -> usize {
 }
 
 struct Target {
+    /// Over TLS (amqps://), trusting these authorities.
+    tls: Option<Arc<rustls::ClientConfig>>,
+    host: String,
     addr: String,
     user: String,
     password: String,
     vhost: String,
 }
 
-/// Reads `amqp://user:pass@host:port/vhost` (vhost `%2f` is `/`).
-fn parse_url(url: &str) -> Target {
-    let rest = url.strip_prefix("amqp://").expect("an amqp:// URL");
+/// Reads `amqp://user:pass@host:port/vhost` (vhost `%2f` is `/`), or the
+/// same as `amqps://`, trusting the authorities in the PEM file `ca`.
+fn parse_url(url: &str, ca: Option<&std::path::Path>) -> Target {
+    let (tls, rest) = match (url.strip_prefix("amqp://"), url.strip_prefix("amqps://")) {
+        (Some(rest), _) => (None, rest),
+        (None, Some(rest)) => {
+            (Some(Arc::new(tls_client(ca.expect("amqps:// needs TLS_CA, the authority's PEM file")))), rest)
+        }
+        _ => panic!("an amqp:// or amqps:// URL"),
+    };
     let (creds, rest) = rest.split_once('@').unwrap_or(("guest:guest", rest));
     let (user, password) = creds.split_once(':').unwrap_or((creds, ""));
     let (addr, vhost) = rest.split_once('/').unwrap_or((rest, "%2f"));
     let vhost = if vhost.is_empty() { "/".to_string() } else { vhost.replace("%2f", "/").replace("%2F", "/") };
-    Target { addr: addr.to_string(), user: user.into(), password: password.into(), vhost }
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).to_string();
+    Target { tls, host, addr: addr.to_string(), user: user.into(), password: password.into(), vhost }
+}
+
+fn tls_client(ca: &std::path::Path) -> rustls::ClientConfig {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).expect("TLS_CA: a PEM file") {
+        roots.add(cert.expect("a certificate")).expect("a CA certificate");
+    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
 }
 
 struct Client {
-    reader: OwnedReadHalf,
-    writer: OwnedWriteHalf,
+    reader: Box<dyn AsyncRead + Unpin + Send>,
+    writer: Box<dyn AsyncWrite + Unpin + Send>,
     buf: BytesMut,
 }
 
@@ -88,7 +113,20 @@ impl Client {
     async fn open(target: &Target) -> Client {
         let stream = TcpStream::connect(&target.addr).await.expect("connect");
         stream.set_nodelay(true).unwrap();
-        let (reader, writer) = stream.into_split();
+        let (reader, writer): (Box<dyn AsyncRead + Unpin + Send>, Box<dyn AsyncWrite + Unpin + Send>) = match &target
+            .tls
+        {
+            None => {
+                let (r, w) = stream.into_split();
+                (Box::new(r), Box::new(w))
+            }
+            Some(config) => {
+                let name = rustls::pki_types::ServerName::try_from(target.host.clone()).expect("a host name");
+                let tls = tokio_rustls::TlsConnector::from(config.clone()).connect(name, stream).await.expect("TLS");
+                let (r, w) = tokio::io::split(tls);
+                (Box::new(r), Box::new(w))
+            }
+        };
         let mut c = Client { reader, writer, buf: BytesMut::with_capacity(256 * 1024) };
         c.writer.write_all(PROTOCOL_HEADER).await.unwrap();
         assert!(matches!(c.method().await, Method::ConnectionStart(_)));
@@ -184,6 +222,9 @@ async fn main() {
     let prefetch = env_or("PREFETCH", 1000) as u16;
 
     let persistent = std::env::var("PERSISTENT").is_ok_and(|v| v == "1");
+    let tls = std::env::var("TLS").is_ok_and(|v| v == "1");
+    let cert_dir = std::env::temp_dir().join(format!("warren-pipeline-tls-{}", std::process::id()));
+    let mut ca = std::env::var("TLS_CA").ok().map(std::path::PathBuf::from);
     let data_dir = std::env::temp_dir().join(format!("warren-pipeline-{}", std::process::id()));
     let embedded;
     let url = match std::env::var("AMQP_URL") {
@@ -199,11 +240,20 @@ async fn main() {
                 builder =
                     builder.memory_high_watermark(warren::config::parse_size(&w).expect("WATERMARK such as 4MiB"));
             }
+            if tls {
+                builder = builder.tls_self_signed(&cert_dir);
+            }
             embedded = builder.start().await.expect("start warren");
-            embedded.url()
+            match tls {
+                true => {
+                    ca = embedded.certificates().map(|c| c.ca_certificate.clone());
+                    embedded.amqps_url().unwrap()
+                }
+                false => embedded.url(),
+            }
         }
     };
-    let target = Arc::new(parse_url(&url));
+    let target = Arc::new(parse_url(&url, ca.as_deref()));
     let queue = format!("pipeline-{}", std::process::id());
     let mut admin = Client::open(&target).await;
     admin.send(1, queue::Declare { queue: queue.as_str().into(), durable: persistent, ..Default::default() }).await;
@@ -226,10 +276,12 @@ async fn main() {
     admin.send(1, queue::Delete { queue: queue.as_str().into(), ..Default::default() }).await;
     let _ = admin.method().await;
     println!(
-        "pipeline: {messages} {}messages of {size} B, {publishers} publisher(s), {consumers} consumer(s), prefetch {prefetch}: {:.2} s, {:.0} msg/s end to end",
+        "pipeline: {messages} {}messages of {size} B{}, {publishers} publisher(s), {consumers} consumer(s), prefetch {prefetch}: {:.2} s, {:.0} msg/s end to end",
         if persistent { "persistent " } else { "" },
+        if target.tls.is_some() { " over TLS" } else { "" },
         elapsed.as_secs_f64(),
         messages as f64 / elapsed.as_secs_f64()
     );
     let _ = std::fs::remove_dir_all(&data_dir);
+    let _ = std::fs::remove_dir_all(&cert_dir);
 }

@@ -25,6 +25,8 @@
 //! - [`http`]: the HTTP control API (management-API subset, fault
 //!   injection, events) for test suites in any language, and the live
 //!   page that draws connections and their heartbeats (`http/dashboard.html`).
+//! - [`tls`]: amqps: the TLS listener's handshake in front of an ordinary
+//!   connection, and throwaway certificates for tests.
 //! - [`store`]: durable definitions and persistent messages on disk, with
 //!   a data directory (group commit, segments, recovery).
 //! - [`config`]: settings and the `rabbitmq.conf` format.

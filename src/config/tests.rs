@@ -70,3 +70,11 @@ fn bad_values_name_the_line() {
     assert!(c.apply("frame_max = 100").is_err());
     assert!(c.apply("just words").is_err());
 }
+
+#[test]
+fn the_example_file_reads_with_no_unknown_key() {
+    let mut c = Config::default();
+    let warnings = c.apply(include_str!("../../rabbitmq.conf.example")).unwrap();
+    let unknown: Vec<_> = warnings.iter().filter(|w| w.reason.starts_with("unknown")).collect();
+    assert!(unknown.is_empty(), "{unknown:?}");
+}
