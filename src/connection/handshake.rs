@@ -157,7 +157,7 @@ impl Handshake {
             let m = String::from_utf8_lossy(mechanism);
             return Step::Failed(Stop::Silent(format!("unknown authentication mechanism '{m}'")));
         };
-        let login = if offered == AuthMechanism::External {
+        let (credentials, result) = if offered == AuthMechanism::External {
             // The user is the certificate's common name; the response,
             // whatever it holds, is not a password (RabbitMQ ignores it).
             let user = self.entry.tls().and_then(|t| t.peer_cert_cn.clone()).unwrap_or_default();
@@ -174,7 +174,6 @@ impl Handshake {
             let result = broker.access.authenticate(&credentials.username, &credentials.password, self.peer);
             (credentials, result)
         };
-        let (credentials, result) = login;
         if let Err(e) = result {
             let why = match e {
                 LoginError::InvalidCredentials => "invalid credentials",

@@ -74,6 +74,7 @@ pub(super) fn snapshot(broker: &Broker) -> Value {
                 "heartbeats_received": c.heartbeats_received,
                 "channels": c.channels.len(),
                 "faults": faults_json(&c.faults),
+                "tls": c.tls.as_ref().map(|t| t.protocol),
             })
         })
         .collect();
