@@ -30,6 +30,8 @@
 //! - [`store`]: durable definitions and persistent messages on disk, with
 //!   a data directory (group commit, segments, recovery).
 //! - [`config`]: settings and the `rabbitmq.conf` format.
+//! - [`perf`]: `warren perf`, a load tool for any AMQP broker in PerfTest's
+//!   language (a client: it uses only [`protocol`]).
 //! - [`error`]: errors that carry the AMQP reply code they become.
 //! - [`logging`]: log lines a client cannot forge (client-supplied text is
 //!   escaped).
@@ -44,6 +46,7 @@ pub mod error;
 pub mod http;
 pub mod json;
 pub mod logging;
+pub mod perf;
 pub mod protocol;
 pub mod server;
 pub mod store;

@@ -212,6 +212,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    // `warren perf ...` is the load tool, a client of any broker.
+    if std::env::args().nth(1).as_deref() == Some("perf") {
+        return warren::perf::main(std::env::args().skip(1));
+    }
     let args = Args::parse();
     let mut config = Config::default();
     if let Some(path) = &args.config {
