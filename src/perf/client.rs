@@ -105,7 +105,11 @@ impl Client {
     /// Connects, logs in with PLAIN, tunes with `heartbeat` and opens
     /// channel 1.
     pub async fn open(target: &Target, heartbeat: u16, name: &str) -> Result<Client, String> {
-        let stream = TcpStream::connect(&target.addr).await.map_err(|e| format!("{}: {e}", target.addr))?;
+        Client::handshake(target, heartbeat, name).await.map_err(|e| format!("{name} ({}): {e}", target.addr))
+    }
+
+    async fn handshake(target: &Target, heartbeat: u16, name: &str) -> Result<Client, String> {
+        let stream = TcpStream::connect(&target.addr).await.map_err(|e| e.to_string())?;
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
         let (reader, writer): (Reader, Writer) = match &target.tls {
             None => {
@@ -217,9 +221,9 @@ impl Client {
 
     /// The next method, which must be what `wanted` accepts, within 10 s.
     pub async fn expect(&mut self, wanted: impl Fn(&Method) -> bool) -> Result<Method, String> {
-        let m = tokio::time::timeout(Duration::from_secs(10), self.method())
+        let m = tokio::time::timeout(Duration::from_secs(30), self.method())
             .await
-            .map_err(|_| "no answer".to_string())??;
+            .map_err(|_| "no answer within 30 s".to_string())??;
         if wanted(&m) {
             Ok(m)
         } else {

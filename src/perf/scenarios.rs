@@ -13,7 +13,7 @@
 //!   which must be dropped 2T..3T after its last byte.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -42,10 +42,11 @@ pub async fn run(o: Options) -> Result<Value, String> {
     }
 }
 
-/// Microseconds on this process's clock: what a message's body carries.
+/// Microseconds since the Unix epoch: what a message's body carries. Wall
+/// clock, not this process's own, so that a message left in a queue by an
+/// earlier run shows how long it really waited.
 fn now_us() -> u64 {
-    static BASE: OnceLock<Instant> = OnceLock::new();
-    BASE.get_or_init(Instant::now).elapsed().as_micros() as u64
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
 /// The queues of a run, and whether it made them up (and so deletes them).
