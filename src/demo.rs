@@ -28,18 +28,15 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use bytes::BytesMut;
 use tokio::time::Instant;
 
 use crate::broker::events::Event;
 use crate::broker::Broker;
-use crate::protocol::frame::{
-    parse_frame, write_body_frame_header, write_content_header, write_method, HEARTBEAT_FRAME, PROTOCOL_HEADER,
-};
-use crate::protocol::methods::{basic, channel, connection, queue};
-use crate::protocol::{FieldTable, FieldValue, Frame, Method};
+use crate::client::{Client, Target};
+use crate::protocol::frame::{write_body_frame_header, write_content_header, write_method, HEARTBEAT_FRAME};
+use crate::protocol::methods::{basic, queue};
+use crate::protocol::{Frame, Method};
 
 /// The heartbeat the workers ask for: short, so the story takes seconds.
 pub const HEARTBEAT: u16 = 1;
@@ -164,12 +161,11 @@ async fn story(broker: &Broker, mut first: Worker, login: &Login) -> Result<(), 
     second.close().await
 }
 
-/// A minimal AMQP client, enough for the story: raw frames over a socket.
+/// A worker of the story: a [`Client`] that heartbeats while it waits.
 struct Worker {
     /// The connection's name as warren gives it (`client -> server`).
     name: String,
-    stream: TcpStream,
-    buf: BytesMut,
+    client: Client,
     /// When the worker's next heartbeat is due, while it heartbeats.
     next_beat: Instant,
 }
@@ -178,39 +174,16 @@ impl Worker {
     async fn connect(broker: &Broker, login: &Login, client_name: &str) -> Result<Worker, String> {
         let listen = *broker.amqp_addr.get().ok_or("the AMQP listener is not up")?;
         let addr = SocketAddr::new(loopback_for(listen.ip()), listen.port());
-        let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-        stream.set_nodelay(true).map_err(|e| e.to_string())?;
-        let local = stream.local_addr().map_err(|e| e.to_string())?;
-        let mut w =
-            Worker { name: format!("{local} -> {addr}"), stream, buf: BytesMut::new(), next_beat: Instant::now() };
-        w.write_raw(PROTOCOL_HEADER).await?;
-        w.expect(|m| matches!(m, Method::ConnectionStart(_))).await?;
-        let props = FieldTable::new()
-            .with("product", FieldValue::LongStr(Bytes::from_static(b"warren demo")))
-            .with("connection_name", FieldValue::LongStr(Bytes::from(client_name.to_string())));
-        let response = Bytes::from(format!("\0{}\0{}", login.user, login.password));
-        w.send(
-            0,
-            connection::StartOk {
-                client_properties: props,
-                mechanism: "PLAIN".into(),
-                response,
-                locale: "en_US".into(),
-            },
-        )
-        .await?;
-        let tune = match w.expect(|m| matches!(m, Method::ConnectionTune(_))).await? {
-            Method::ConnectionTune(tune) => tune,
-            _ => unreachable!("expect checked the method"),
+        let target = Target {
+            addr: addr.to_string(),
+            host: addr.ip().to_string(),
+            user: login.user.clone(),
+            password: login.password.clone(),
+            vhost: login.vhost.clone(),
+            tls: None,
         };
-        let tune_ok =
-            connection::TuneOk { channel_max: tune.channel_max, frame_max: tune.frame_max, heartbeat: HEARTBEAT };
-        w.send(0, tune_ok).await?;
-        w.send(0, connection::Open { virtual_host: login.vhost.as_str().into(), ..Default::default() }).await?;
-        w.expect(|m| matches!(m, Method::ConnectionOpenOk(_))).await?;
-        w.send(1, channel::Open::default()).await?;
-        w.expect(|m| matches!(m, Method::ChannelOpenOk(_))).await?;
-        Ok(w)
+        let client = Client::open(&target, HEARTBEAT, client_name).await?;
+        Ok(Worker { name: format!("{} -> {addr}", client.local), client, next_beat: Instant::now() })
     }
 
     async fn declare_and_consume(&mut self) -> Result<(), String> {
@@ -237,7 +210,7 @@ impl Worker {
         write_body_frame_header(&mut buf, 1, body.len());
         buf.extend_from_slice(body);
         buf.extend_from_slice(&[0xce]);
-        self.write_raw(&buf).await
+        self.client.write(&buf).await
     }
 
     /// Waits for a `basic.deliver` (and its content), heartbeating the while;
@@ -262,13 +235,11 @@ impl Worker {
         let deadline = Instant::now() + Duration::from_millis(500);
         while self.read_until(deadline, false).await?.is_some() {}
         // A second write finds the reset the first one provoked.
-        self.write_raw(&HEARTBEAT_FRAME).await
+        self.client.write(&HEARTBEAT_FRAME).await
     }
 
-    async fn close(&mut self) -> Result<(), String> {
-        let close = connection::Close { reply_code: 200, reply_text: "Goodbye".into(), ..Default::default() };
-        self.send(0, close).await?;
-        self.expect(|m| matches!(m, Method::ConnectionCloseOk(_))).await.map(drop)
+    async fn close(self) -> Result<(), String> {
+        self.client.close().await
     }
 
     /// An idle client for `period`: a heartbeat every T/2, frames read and
@@ -285,25 +256,15 @@ impl Worker {
         let half = Duration::from_millis(u64::from(HEARTBEAT) * 500);
         loop {
             if beat && Instant::now() >= self.next_beat {
-                self.write_raw(&HEARTBEAT_FRAME).await?;
+                self.client.write(&HEARTBEAT_FRAME).await?;
                 self.next_beat = Instant::now() + half;
             }
-            match parse_frame(&mut self.buf, 1 << 20) {
-                Ok(Some(Frame::Method { method, .. })) => return Ok(Some(method)),
-                Ok(Some(_)) => continue,
-                Ok(None) => {}
-                Err(e) => return Err(format!("a bad frame from warren: {e:?}")),
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Ok(None);
-            }
             let until = if beat { deadline.min(self.next_beat) } else { deadline };
-            match tokio::time::timeout_at(until, self.stream.read_buf(&mut self.buf)).await {
-                Ok(Ok(0)) => return Err("the connection was closed by warren (end of file)".into()),
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(e.to_string()),
-                Err(_) => {}
+            match self.client.frame_until(until).await? {
+                Some(Frame::Method { method, .. }) => return Ok(Some(method)),
+                Some(_) => {}
+                None if Instant::now() >= deadline => return Ok(None),
+                None => {}
             }
         }
     }
@@ -318,13 +279,7 @@ impl Worker {
     }
 
     async fn send(&mut self, channel: u16, method: impl Into<Method>) -> Result<(), String> {
-        let mut buf = BytesMut::new();
-        write_method(&mut buf, channel, &method.into());
-        self.write_raw(&buf).await
-    }
-
-    async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), String> {
-        self.stream.write_all(bytes).await.map_err(|e| e.to_string())
+        self.client.send(channel, method).await
     }
 }
 

@@ -30,14 +30,17 @@
 //! - [`store`]: durable definitions and persistent messages on disk, with
 //!   a data directory (group commit, segments, recovery).
 //! - [`config`]: settings and the `rabbitmq.conf` format.
+//! - [`client`]: a lean AMQP client on raw frames (it uses only
+//!   [`protocol`]), for [`perf`] and [`demo`].
 //! - [`perf`]: `warren perf`, a load tool for any AMQP broker in PerfTest's
-//!   language (a client: it uses only [`protocol`]).
+//!   language.
 //! - [`error`]: errors that carry the AMQP reply code they become.
 //! - [`logging`]: log lines a client cannot forge (client-supplied text is
 //!   escaped).
 
 pub mod blocking;
 pub mod broker;
+pub mod client;
 pub mod config;
 pub mod connection;
 pub mod demo;

@@ -22,7 +22,6 @@
 //! consumer latency is measured end to end; bodies shorter than 8 octets
 //! carry no time.
 
-mod client;
 mod scenarios;
 mod stats;
 

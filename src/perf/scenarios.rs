@@ -21,9 +21,9 @@ use serde_json::{json, Value};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
-use super::client::{Client, Target};
 use super::stats::{Meter, Reporter};
 use super::Options;
+use crate::client::{Client, Target};
 use crate::protocol::frame::{write_body_frame_header, write_content_header, write_method};
 use crate::protocol::methods::{basic, confirm, queue};
 use crate::protocol::{Frame, Method};

@@ -1,6 +1,7 @@
-//! A lean AMQP client for load: raw frames from `crate::protocol`, each
-//! publish encoded once and written many times, so that the broker rather
-//! than the client is what is measured. Speaks amqp:// and amqps://.
+//! A lean AMQP client on raw frames from `crate::protocol`: what `warren
+//! perf` loads a broker with (so that the broker rather than a client
+//! library is what is measured) and what the teaching demo's workers are.
+//! Speaks amqp:// and amqps://.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -99,6 +100,8 @@ pub struct Client {
     pub reader: Reader,
     pub writer: Writer,
     buf: BytesMut,
+    /// This end of the socket (a broker names the connection `local -> addr`).
+    pub local: std::net::SocketAddr,
 }
 
 impl Client {
@@ -111,6 +114,7 @@ impl Client {
     async fn handshake(target: &Target, heartbeat: u16, name: &str) -> Result<Client, String> {
         let stream = TcpStream::connect(&target.addr).await.map_err(|e| e.to_string())?;
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        let local = stream.local_addr().map_err(|e| e.to_string())?;
         let (reader, writer): (Reader, Writer) = match &target.tls {
             None => {
                 let (r, w) = stream.into_split();
@@ -126,11 +130,11 @@ impl Client {
                 (Box::new(r), Box::new(w))
             }
         };
-        let mut c = Client { reader, writer, buf: BytesMut::with_capacity(64 * 1024) };
+        let mut c = Client { reader, writer, buf: BytesMut::with_capacity(64 * 1024), local };
         c.write(PROTOCOL_HEADER).await?;
         c.expect(|m| matches!(m, Method::ConnectionStart(_))).await?;
         let props = FieldTable::new()
-            .with("product", FieldValue::LongStr(Bytes::from_static(b"warren perf")))
+            .with("product", FieldValue::LongStr(Bytes::from_static(b"warren")))
             .with("connection_name", FieldValue::LongStr(Bytes::from(name.to_string())));
         let response = Bytes::from(format!("\0{}\0{}", target.user, target.password));
         let start_ok = connection::StartOk {
@@ -175,6 +179,14 @@ impl Client {
                 Ok(_) => {}
                 Err(e) => return Err(e.to_string()),
             }
+        }
+    }
+
+    /// The next frame, or None if none has come by `until`.
+    pub async fn frame_until(&mut self, until: tokio::time::Instant) -> Result<Option<Frame>, String> {
+        match tokio::time::timeout_at(until, self.frame()).await {
+            Ok(frame) => frame.map(Some),
+            Err(_) => Ok(None),
         }
     }
 
