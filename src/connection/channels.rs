@@ -21,7 +21,10 @@ use crate::protocol::{Frame, Method};
 
 pub struct Channels {
     session: Session,
-    open: HashMap<u16, Channel>,
+    /// Boxed: a map's table holds room for more entries than it has, and
+    /// a channel is some 400 octets, so unboxed a connection with one
+    /// channel would carry room for three more.
+    open: HashMap<u16, Box<Channel>>,
     /// Negotiated in `tune-ok`; 0 is no limit.
     channel_max: u16,
     entry: Arc<ConnectionEntry>,
@@ -89,7 +92,7 @@ impl Channels {
                 self.channel_max
             )));
         }
-        self.open.insert(id, Channel::new(id, &self.session));
+        self.open.insert(id, Box::new(Channel::new(id, &self.session)));
         self.entry.channel_opened(id);
         self.session.send_method(id, &channel::OpenOk { reserved_1: Default::default() }.into());
         Ok(())

@@ -5,6 +5,7 @@
 
 use std::sync::atomic::Ordering;
 
+use bytes::BytesMut;
 use tokio::time::Instant;
 use tracing::{debug, error, info};
 
@@ -14,7 +15,8 @@ use super::ending::{End, Stop};
 use super::handshake::{Limits, Opened, Step};
 use super::texts::{frame_error, payload_snippet};
 use super::writer::Outbound;
-use super::{Connection, Phase, Stage, CLOSE_TIMEOUT, READ_BUFFER};
+use super::{Connection, Phase, Stage, CLOSE_TIMEOUT, READ_BUFFER, SMALL_READ};
+
 use crate::broker::events::Event;
 use crate::error::AmqpError;
 use crate::logging::Escaped;
@@ -56,12 +58,28 @@ impl Connection {
         if let Stage::Open(channels) = &mut self.stage {
             channels.flush_confirms();
         }
-        if self.buf.capacity() - self.buf.len() < 4096 {
-            // Asking for the same total size each time lets the allocator
-            // reuse freed buffers instead of fragmenting the heap.
-            self.buf.reserve(READ_BUFFER.saturating_sub(self.buf.len()).max(4096));
-        }
+        self.size_read_buffer();
         Ok(())
+    }
+
+    /// Sizes the read buffer for the next read. A client sending in earnest
+    /// (its last read was big or filled the room it had) gets room for
+    /// [`READ_BUFFER`] octets, so that its frames come in few reads. A quiet
+    /// one whose input is all handled gives its buffer back and reads into
+    /// a few octets that `read_buf` asks for: an idle connection's
+    /// heartbeats would otherwise walk through a big buffer eight octets at
+    /// a time, until every page of it is resident. (Message bodies cut from
+    /// the old buffer keep their part of it alive, as they must.)
+    fn size_read_buffer(&mut self) {
+        if !self.last_read_small {
+            if self.buf.capacity() - self.buf.len() < 4096 {
+                // Asking for the same total size each time lets the
+                // allocator reuse freed buffers instead of fragmenting the heap.
+                self.buf.reserve(READ_BUFFER.saturating_sub(self.buf.len()).max(4096));
+            }
+        } else if self.buf.is_empty() && self.buf.capacity() > SMALL_READ {
+            self.buf = BytesMut::new();
+        }
     }
 
     /// Handles a frame; a content frame on a connection in `blocking`

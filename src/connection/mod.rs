@@ -104,8 +104,12 @@ impl Phase {
     }
 }
 
-/// The size of a connection's read buffer allocations.
+/// The size of a busy connection's read buffer allocations.
 const READ_BUFFER: usize = 64 * 1024;
+
+/// A read shorter than this that did not fill the buffer's room is a quiet
+/// connection's: see [`Connection::size_read_buffer`].
+const SMALL_READ: usize = 1024;
 
 /// How long to wait for `close-ok` after sending `connection.close`, and
 /// for the writer to flush at the end.
@@ -161,6 +165,8 @@ struct Connection {
     reader: ReadSide,
     /// What was read and not yet cut into frames.
     buf: BytesMut,
+    /// Whether the last read was short and left room: the client is quiet.
+    last_read_small: bool,
     writer: WriterTask,
     shutdown: watch::Receiver<bool>,
     shutting_down: bool,
@@ -254,7 +260,8 @@ async fn serve_halves(
             entry,
             outlet,
             reader,
-            buf: BytesMut::with_capacity(READ_BUFFER),
+            buf: BytesMut::with_capacity(SMALL_READ),
+            last_read_small: true,
             writer,
             shutdown,
             shutting_down: false,
@@ -428,6 +435,9 @@ impl Connection {
             Ok(n) => n,
             Err(e) => return Err(End::PeerClosed(Some(e))),
         };
+        // The room the read had: `read_buf` only adds room when there was none.
+        let room = self.buf.capacity() - (self.buf.len() - n);
+        self.last_read_small = n < SMALL_READ && n < room;
         if self.reader.counted_below() {
             return Ok(());
         }

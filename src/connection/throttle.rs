@@ -31,7 +31,7 @@
 use std::sync::Arc;
 
 use tokio::sync::watch;
-use tracing::info;
+use tracing::{debug, info};
 
 use super::heartbeat::MonitorControl;
 use super::writer::{Outlet, REPLY_BACKLOG_HIGH, REPLY_BACKLOG_LOW};
@@ -176,7 +176,13 @@ impl Throttle {
             (true, false) if !self.black_holed => self.monitor.resume(),
             _ => {}
         }
-        info!("connection {}: state {} -> {next}", self.entry.name, self.state);
+        if self.state == ConnectionState::Starting {
+            // Every connection's start: the log's "accepting" and
+            // "authenticated" lines already say it.
+            debug!("connection {}: state {} -> {next}", self.entry.name, self.state);
+        } else {
+            info!("connection {}: state {} -> {next}", self.entry.name, self.state);
+        }
         self.state = next;
         self.entry.set_state(next);
         self.announce();

@@ -243,6 +243,9 @@ impl Outlet {
     }
 }
 
+/// The size of the scratch buffer's allocations.
+const SCRATCH: usize = 16 * 1024;
+
 /// Frames waiting to be written: small frames are encoded into one buffer,
 /// message bodies are queued as they are, and one vectored write sends it all.
 pub struct FrameBuffer {
@@ -255,7 +258,7 @@ pub struct FrameBuffer {
 
 impl Default for FrameBuffer {
     fn default() -> Self {
-        FrameBuffer { scratch: BytesMut::with_capacity(16 * 1024), chunks: VecDeque::new(), len: 0, frames: 0 }
+        FrameBuffer { scratch: BytesMut::new(), chunks: VecDeque::new(), len: 0, frames: 0 }
     }
 }
 
@@ -291,12 +294,32 @@ impl FrameBuffer {
 
     pub fn heartbeat(&mut self) {
         self.frames += 1;
-        self.scratch.put_slice(&HEARTBEAT_FRAME);
+        // Not encoded into the scratch buffer: a connection that only
+        // heartbeats needs none.
+        self.push_chunk(Bytes::from_static(&HEARTBEAT_FRAME));
+    }
+
+    /// The scratch buffer, made with [`SCRATCH`] octets when there is none.
+    /// `BytesMut` remembers the capacity it was made with and gives each
+    /// later allocation at least that much, so it must not start empty and
+    /// grow a few octets at a time.
+    fn scratch(&mut self) -> &mut BytesMut {
+        if self.scratch.capacity() == 0 {
+            self.scratch = BytesMut::with_capacity(SCRATCH);
+        }
+        &mut self.scratch
     }
 
     pub fn method(&mut self, channel: u16, encode: impl FnOnce(&mut BytesMut)) {
         self.frames += 1;
-        write_method_frame(&mut self.scratch, channel, encode);
+        write_method_frame(self.scratch(), channel, encode);
+    }
+
+    /// Gives the scratch buffer back. Kept by an idle connection, each
+    /// batch would encode a little further into it until all its pages
+    /// were resident.
+    pub fn release_scratch(&mut self) {
+        self.scratch = BytesMut::new();
     }
 
     /// How many frames were encoded since the last call.
@@ -308,7 +331,7 @@ impl FrameBuffer {
     /// `frame_max` (0: no limit). Body octets are never copied.
     pub fn content(&mut self, channel: u16, raw_properties: &[u8], body: &[Bytes], frame_max: u32) {
         let body_size: usize = body.iter().map(Bytes::len).sum();
-        write_content_header(&mut self.scratch, channel, CLASS_BASIC, body_size as u64, raw_properties);
+        write_content_header(self.scratch(), channel, CLASS_BASIC, body_size as u64, raw_properties);
         let max_payload = if frame_max == 0 { usize::MAX } else { frame_max as usize - FRAME_OVERHEAD };
         self.frames += 1 + body_size.div_ceil(max_payload) as u64;
         let (mut chunk, mut offset) = (0, 0);
@@ -458,7 +481,13 @@ pub async fn run(
         }
         c.send_oct_besides_heartbeats.fetch_add(written - heartbeats * HEARTBEAT_FRAME.len() as u64, Ordering::Relaxed);
         c.heartbeats_sent.fetch_add(heartbeats, Ordering::Relaxed);
-        c.frames_out.fetch_add(buf.take_frames(), Ordering::Relaxed);
+        let frames = buf.take_frames();
+        c.frames_out.fetch_add(frames, Ordering::Relaxed);
+        if frames == heartbeats {
+            // Only heartbeats: the connection is idle outbound, and a
+            // heartbeat needs no scratch buffer.
+            buf.release_scratch();
+        }
         c.last_write_ms.store(c.now_ms(), Ordering::Relaxed);
         outlet.delivered(deliveries);
         outlet.written(replies);

@@ -1,0 +1,96 @@
+//! What an idle connection costs the broker: heap octets per connection,
+//! counted by a global allocator that tracks the live total.
+//!
+//! The clients are `warren perf --scenario idle` in a process of their own,
+//! so only the broker's allocations are in this process. A connection that
+//! only heartbeats keeps no read buffer and no scratch buffer for its writer
+//! (see `Connection::size_read_buffer` and `FrameBuffer::release_scratch`):
+//! before they were given back, each idle connection held 80 KB of them.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::collections::HashSet;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::time::Duration;
+
+use warren::{EmbeddedBroker, Event};
+
+struct LiveBytes;
+
+/// Octets allocated and not yet freed, by every thread.
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+unsafe impl GlobalAlloc for LiveBytes {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: LiveBytes = LiveBytes;
+
+/// Enough that the event stream's ring (at most 16,384 events, which this
+/// test's subscription keeps filled) is a small share of each connection's
+/// figure, and few enough for the default limit of 1,024 open files.
+const CONNECTIONS: usize = 500;
+
+/// The bound: heap per idle, heartbeating connection (measured: 12.6 KB,
+/// the event ring's share included).
+const MOST_PER_CONNECTION: isize = 16 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_heartbeating_connection_holds_no_buffers() {
+    let broker = EmbeddedBroker::start().await.unwrap();
+    let mut events = broker.events();
+    let before = LIVE.load(Ordering::Relaxed);
+    let clients = std::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(["perf", "-h", &broker.url(), "--scenario", "idle", "--heartbeat", "1", "-z", "30"])
+        .args(["--connections", &CONNECTIONS.to_string()])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _clients = KillOnDrop(clients);
+    // Every connection has heartbeated three times: open, tuned and idle.
+    let mut beats = std::collections::HashMap::<String, u32>::new();
+    let mut idle = HashSet::new();
+    while idle.len() < CONNECTIONS {
+        let event = events.next(Duration::from_secs(20)).await.expect("heartbeats from every connection");
+        if let Event::HeartbeatReceived { connection } = event {
+            let n = beats.entry(connection.clone()).or_default();
+            *n += 1;
+            if *n >= 3 {
+                idle.insert(connection);
+            }
+        }
+    }
+    let per_connection = (LIVE.load(Ordering::Relaxed) - before) / CONNECTIONS as isize;
+    println!("heap per idle connection: {per_connection} octets");
+    assert_eq!(broker.connections().len(), CONNECTIONS, "none dropped");
+    assert!(per_connection < MOST_PER_CONNECTION, "{per_connection} octets per idle connection");
+}
+
+/// Ends the client process however the test ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
