@@ -32,6 +32,9 @@ run() { # name, then perf arguments; a failed run leaves its log and no figure
     "${PERF[@]}" -h "$URI" "$@" --json "$OUT/$BROKER-$name.json" >"$OUT/$BROKER-$name.log" 2>&1 \
         || { echo "$BROKER $name failed: $(tail -1 "$OUT/$BROKER-$name.log")"; echo '{}' >"$OUT/$BROKER-$name.json"; }
 }
+# First, while the broker's peak resident memory is still its own: one
+# 100 MB message through it.
+run huge -x 1 -y 1 -s 100000000 -C 1 -c 1 --broker-pid "$PID"
 run pipeline -x 1 -y 1 -s 16 -q 1000 -c 1000 -A 100 -z "$Z"
 for pairs in 10 100 1000; do
     run "flows-$pairs" -x "$pairs" -y "$pairs" -s 16 -q 1000 -c 1000 -A 100 -z "$Z" \
@@ -41,7 +44,10 @@ for rate in 10000 200000; do
     run "latency-$rate" -x 1 -y 1 -s 16 -q 1000 -A 100 -r "$rate" -z "$Z"
 done
 run large -x 1 -y 1 -s 4096 -q 1000 -c 1000 -A 100 -z "$Z"
-run conn-churn --scenario connection-churn -z "$Z"
+run fanout -x 1 -y 10 -t fanout -s 16 -q 1000 -c 1000 -A 100 -z "$Z"
+run direct-bindings -x 1 -y 1 -t direct --extra-bindings 100000 -s 16 -q 1000 -c 1000 -A 100 -z "$Z"
+run topic-bindings -x 1 -y 1 -t topic --extra-bindings 100000 -s 16 -q 1000 -c 1000 -A 100 -z "$Z"
+run conn-churn --scenario connection-churn -x 32 -z "$Z"
 run queue-churn --scenario queue-churn -z "$Z" --pipeline 100
 run idle --scenario idle --connections 10000 --heartbeat 2 -z "$Z" --broker-pid "$PID"
 run heartbeat --scenario heartbeat-check --heartbeat 2 -x 1 -y 1 -s 16 -q 1000 -c 1000 -A 100 -z "$Z"
@@ -67,8 +73,14 @@ for pairs in (10, 100, 1000):
 for rate in (10000, 200000):
     line(f"latency at {rate:,} msg/s", f"latency-{rate}",
          lambda d: f"p50 {d['latency_us']['median']} µs, p99 {d['latency_us']['p99']} µs ({int(d['receive_rate']):,} msg/s)")
+line("one 100 MB message", "huge",
+     lambda d: f"broker peak {d['broker_rss_peak'] / 2**20:.0f} MiB, "
+               f"{(d['broker_rss_peak'] - d['broker_rss_before']) / 1e8:.2f}x the message above its {d['broker_rss_before'] / 2**20:.0f} MiB before")
+line("fanout to 10 queues", "fanout", lambda d: f"{int(d['receive_rate']):,} deliveries/s ({int(d['send_rate']):,} published/s)")
+line("direct, 100,000 bindings", "direct-bindings", lambda d: f"{int(d['send_rate']):,} published/s")
+line("topic, 100,000 bindings", "topic-bindings", lambda d: f"{int(d['send_rate']):,} published/s")
 line("4 KB bodies", "large", lambda d: f"{d['receive_rate'] * 4096 / 1e9:.2f} GB/s ({int(d['receive_rate']):,} msg/s)")
-line("connection open + close", "conn-churn", lambda d: f"{int(d['rate']):,} /s")
+line("connection open + close (32 at a time)", "conn-churn", lambda d: f"{int(d['rate']):,} /s")
 line("queue declare + delete (100 in flight)", "queue-churn", lambda d: f"{int(d['rate']):,} /s")
 line("10,000 idle connections, heartbeat 2", "idle",
      lambda d: f"{d['bytes_per_connection'] / 1024:.1f} KB each, opened in {d['opened_in_s']:.2f} s, {d['dropped']} dropped")

@@ -74,6 +74,57 @@ async fn a_queue_pattern_spreads_pairs_over_queues_and_a_rate_is_kept() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn fanout_delivers_each_message_to_every_consumers_queue_and_topic_routes_past_many_bindings() {
+    let broker = EmbeddedBroker::start().await.unwrap();
+    let url = broker.url();
+    let (out, fanout) =
+        perf(&["-h", &url, "-t", "fanout", "-x", "1", "-y", "3", "-s", "16", "-q", "100", "-c", "100", "-C", "2000"])
+            .await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!((fanout["sent"].as_u64(), fanout["received"].as_u64()), (Some(2000), Some(6000)), "{fanout}");
+    assert_eq!(fanout["queues"], 3);
+    // 2,000 bindings that never match: the consumer still gets each message once.
+    let (out, topic) = perf(&[
+        "-h",
+        &url,
+        "-t",
+        "topic",
+        "--extra-bindings",
+        "2000",
+        "-k",
+        "perf.a.b",
+        "-s",
+        "16",
+        "-q",
+        "100",
+        "-c",
+        "100",
+        "-C",
+        "2000",
+    ])
+    .await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!((topic["sent"].as_u64(), topic["received"].as_u64()), (Some(2000), Some(2000)), "{topic}");
+    // The run's exchanges and queues (and so their bindings) are gone again.
+    assert!(broker.broker().queue_infos().iter().all(|q| !q.name.starts_with("warren-perf-")));
+    assert!(broker.broker().exchange_infos().iter().all(|e| !e.name.starts_with("warren-perf-")));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_bigger_than_frame_max_goes_in_many_frames_and_the_broker_memory_is_reported() {
+    let broker = EmbeddedBroker::start().await.unwrap();
+    let url = broker.url();
+    let pid = std::process::id().to_string();
+    // 3 MB: 24 body frames of at most 131,072 octets each.
+    let (out, summary) = perf(&["-h", &url, "-s", "3000000", "-C", "3", "-c", "1", "--broker-pid", &pid]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!((summary["sent"].as_u64(), summary["received"].as_u64()), (Some(3), Some(3)), "{summary}");
+    assert!(summary["broker_rss_peak"].as_u64() >= summary["broker_rss_before"].as_u64(), "{summary}");
+    assert!(stdout.contains("broker resident memory: "), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_churn_idle_and_heartbeat_scenarios_run_and_say_what_they_measured() {
     let broker = EmbeddedBroker::start().await.unwrap();
     let url = broker.url();

@@ -10,9 +10,9 @@
 //! The flags are PerfTest's where it has one (`-x` producers, `-y`
 //! consumers, `-s` size, `-q` prefetch, `-c` confirm window, `-r` rate per
 //! producer, `-z` seconds, `-C` messages per producer, `-a` auto-ack,
-//! `--multi-ack-every`, `-u` queue, `-f persistent`, `--queue-pattern`
-//! with `--queue-pattern-from`/`-to`, `-h` the URI), and at the end it
-//! prints PerfTest's averages and, with `--json FILE`, a summary. Scenarios
+//! `--multi-ack-every`, `-u` queue, `-e` exchange, `-t` type, `-k`
+//! routing key, `-f persistent`, `--queue-pattern` with
+//! `--queue-pattern-from`/`-to`, `-h` the URI), and at the end it prints PerfTest's averages and, with `--json FILE`, a summary. Scenarios
 //! PerfTest lacks come with `--scenario` (see [`scenarios`]): connection
 //! churn, queue churn, idle connections with the broker's memory per
 //! connection, and a heartbeat check under load.
@@ -22,6 +22,7 @@
 //! consumer latency is measured end to end; bodies shorter than 8 octets
 //! carry no time.
 
+mod publish;
 mod scenarios;
 mod stats;
 
@@ -76,6 +77,25 @@ pub struct Options {
     /// Message flags: `persistent` (delivery_mode 2, and durable queues).
     #[arg(short = 'f', long = "flag")]
     pub flag: Vec<String>,
+    /// The exchange producers publish to. None: with `-t`, one of the run's
+    /// own (declared, deleted at the end); without, the default exchange,
+    /// each producer publishing to its queue by name.
+    #[arg(short = 'e', long = "exchange")]
+    pub exchange: Option<String>,
+    /// The exchange's type when the run declares it: direct, fanout, topic.
+    #[arg(short = 't', long = "type")]
+    pub kind: Option<String>,
+    /// With an exchange: the routing key producers publish with, and the
+    /// key each queue is bound with. Without `-u` or a pattern, each
+    /// consumer gets a queue of its own (PerfTest's way), so fanout to N
+    /// queues is `-t fanout -y N`.
+    #[arg(short = 'k', long = "routing-key", default_value = "perf.a.b")]
+    pub routing_key: String,
+    /// With an exchange: this many more bindings of the first queue, none
+    /// matching the routing key (for topic, half `perf.<i>.*` and half
+    /// `perf.*.x<i>`, so a lookup meets both wildcards and many siblings).
+    #[arg(long, default_value_t = 0)]
+    pub extra_bindings: usize,
     /// Queues named by this pattern, `%d` replaced by each number from
     /// --queue-pattern-from to --queue-pattern-to; producers and consumers
     /// are spread over them, one each by one each.
@@ -96,12 +116,17 @@ pub struct Options {
     /// heartbeat-check; 0 elsewhere).
     #[arg(long, default_value_t = 2)]
     pub heartbeat: u16,
-    /// idle: the broker's process id, to read its resident memory.
+    /// The broker's process id, to read its resident memory (idle: per
+    /// connection; publish-consume: before and at its peak).
     #[arg(long)]
     pub broker_pid: Option<u32>,
     /// queue-churn: declare/delete pairs in flight at once.
     #[arg(long, default_value_t = 1)]
     pub pipeline: usize,
+    /// The tool's threads; 0 for one per core. On a machine the broker
+    /// shares, one thread leaves the broker a core of its own.
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
     /// Write a JSON summary here (`-` for standard output).
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -127,7 +152,12 @@ pub fn main(args: impl IntoIterator<Item = String>) -> ExitCode {
             return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let built = match options.threads {
+        1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        0 => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+        n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build(),
+    };
+    let runtime = match built {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("warren perf: {e}");

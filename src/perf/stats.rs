@@ -168,7 +168,8 @@ impl Reporter {
         let (sent, received) = (self.meter.sent.load(Ordering::Relaxed), self.meter.received.load(Ordering::Relaxed));
         let (then, sent_then, received_then) = self.last;
         let dt = now.duration_since(then).as_secs_f64();
-        // The last, partial second of a run: too short to make a rate of.
+        // The last, partial second of a run: too short to make a rate of
+        // (what it recorded is taken in by `finish`).
         if dt < 0.1 {
             return;
         }
@@ -193,6 +194,13 @@ impl Reporter {
             latency.p99
         );
         self.seconds.push(second);
+    }
+
+    /// Takes in what the consumers recorded since the last second, so that
+    /// the run's latencies count every message: called once they are done.
+    pub fn finish(&mut self) {
+        let histograms = self.meter.histograms.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        drain(&histograms, &mut self.total, &mut self.total_min);
     }
 
     /// The latencies of the whole run.
