@@ -6,6 +6,10 @@
 //! only heartbeats keeps no read buffer and no scratch buffer for its writer
 //! (see `Connection::size_read_buffer` and `FrameBuffer::release_scratch`):
 //! before they were given back, each idle connection held 80 KB of them.
+//! And a message published now and then pins a small read buffer while it
+//! is queued, never a big one.
+//!
+//! The live total is the whole process's, so the tests take turns.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashSet;
@@ -13,6 +17,11 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Duration;
 
+use bytes::BytesMut;
+use warren::client::{Client, Target};
+use warren::protocol::frame::{write_body_frame_header, write_content_header, write_method};
+use warren::protocol::methods::{basic, confirm, queue};
+use warren::protocol::Method;
 use warren::{EmbeddedBroker, Event};
 
 struct LiveBytes;
@@ -54,8 +63,12 @@ const CONNECTIONS: usize = 500;
 /// the event ring's share included).
 const MOST_PER_CONNECTION: isize = 16 * 1024;
 
+/// One test at a time: each measures the process's live total.
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_heartbeating_connection_holds_no_buffers() {
+    let _turn = TURN.lock().await;
     let broker = EmbeddedBroker::start().await.unwrap();
     let mut events = broker.events();
     let before = LIVE.load(Ordering::Relaxed);
@@ -83,6 +96,50 @@ async fn an_idle_heartbeating_connection_holds_no_buffers() {
     println!("heap per idle connection: {per_connection} octets");
     assert_eq!(broker.connections().len(), CONNECTIONS, "none dropped");
     assert!(per_connection < MOST_PER_CONNECTION, "{per_connection} octets per idle connection");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_published_now_and_then_pins_a_small_buffer_while_queued() {
+    let _turn = TURN.lock().await;
+    let broker = EmbeddedBroker::start().await.unwrap();
+    let target = Target::parse(&broker.url(), None).unwrap();
+    let mut c = Client::open(&target, 0, "now and then").await.unwrap();
+    c.send(1, confirm::Select { no_wait: false }).await.unwrap();
+    c.expect(|m| matches!(m, Method::ConfirmSelectOk(_))).await.unwrap();
+    c.send(1, queue::Declare { queue: "kept".into(), ..Default::default() }).await.unwrap();
+    c.expect(|m| matches!(m, Method::QueueDeclareOk(_))).await.unwrap();
+    // First a burst, so that the connection has had a big buffer.
+    let one = |body: &[u8]| {
+        let mut out = BytesMut::new();
+        let publish = basic::Publish { routing_key: "kept".into(), ..Default::default() };
+        write_method(&mut out, 1, &publish.into());
+        write_content_header(&mut out, 1, 60, body.len() as u64, &[0, 0]);
+        write_body_frame_header(&mut out, 1, body.len());
+        out.extend_from_slice(body);
+        out.extend_from_slice(&[0xce]);
+        out
+    };
+    let burst: Vec<u8> = (0..2000).flat_map(|_| one(&[b'b'; 100]).to_vec()).collect();
+    c.write(&burst).await.unwrap();
+    let mut confirmed = 0;
+    while confirmed < 2000 {
+        if let Method::BasicAck(ack) = c.method().await.unwrap() {
+            confirmed = if ack.multiple { ack.delivery_tag } else { confirmed + 1 };
+        }
+    }
+    // Then one at a time, each waiting for its confirm: each is a read of
+    // its own, and stays in the queue.
+    const NOW_AND_THEN: isize = 300;
+    let before = LIVE.load(Ordering::Relaxed);
+    for _ in 0..NOW_AND_THEN {
+        c.write(&one(&[b'x'; 100])).await.unwrap();
+        c.expect(|m| matches!(m, Method::BasicAck(_))).await.unwrap();
+    }
+    let per_message = (LIVE.load(Ordering::Relaxed) - before) / NOW_AND_THEN;
+    println!("heap per message published now and then: {per_message} octets");
+    let kept = broker.broker().queue_infos().into_iter().find(|q| q.name == "kept").unwrap();
+    assert_eq!(kept.messages_ready, 2000 + NOW_AND_THEN as usize);
+    assert!(per_message < 4096, "{per_message} octets per queued 100-octet message");
 }
 
 /// Ends the client process however the test ends.

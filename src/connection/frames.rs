@@ -64,21 +64,26 @@ impl Connection {
 
     /// Sizes the read buffer for the next read. A client sending in earnest
     /// (its last read was big or filled the room it had) gets room for
-    /// [`READ_BUFFER`] octets, so that its frames come in few reads. A quiet
-    /// one whose input is all handled gives its buffer back and reads into
-    /// a few octets that `read_buf` asks for: an idle connection's
-    /// heartbeats would otherwise walk through a big buffer eight octets at
-    /// a time, until every page of it is resident. (Message bodies cut from
-    /// the old buffer keep their part of it alive, as they must.)
+    /// [`READ_BUFFER`] octets, so that its frames come in few reads. A
+    /// quiet one reads into [`SMALL_READ`] octets: one that was busy and
+    /// whose input is all handled swaps its big buffer for a small one.
+    /// Kept, a big buffer would be walked through by an idle connection's
+    /// heartbeats, eight octets at a time, until every page of it was
+    /// resident. Small, not none: message bodies are cut from this buffer
+    /// and keep their part of it alive while queued, so a message published
+    /// now and then pins a small buffer, never a big one.
     fn size_read_buffer(&mut self) {
+        let room = self.buf.capacity() - self.buf.len();
         if !self.last_read_small {
-            if self.buf.capacity() - self.buf.len() < 4096 {
+            if room < 4096 {
                 // Asking for the same total size each time lets the
                 // allocator reuse freed buffers instead of fragmenting the heap.
                 self.buf.reserve(READ_BUFFER.saturating_sub(self.buf.len()).max(4096));
             }
         } else if self.buf.is_empty() && self.buf.capacity() > SMALL_READ {
-            self.buf = BytesMut::new();
+            self.buf = BytesMut::with_capacity(SMALL_READ);
+        } else if room < SMALL_READ / 4 {
+            self.buf.reserve(SMALL_READ);
         }
     }
 
