@@ -65,13 +65,13 @@ impl Connection {
     /// Sizes the read buffer for the next read. A client sending in earnest
     /// (its last read was big or filled the room it had) gets room for
     /// [`READ_BUFFER`] octets, so that its frames come in few reads. A
-    /// quiet one reads into [`SMALL_READ`] octets: one that was busy and
-    /// whose input is all handled swaps its big buffer for a small one.
+    /// quiet one whose input is all handled gives its buffer back, and reads
+    /// into [`SMALL_READ`] octets made when the socket is next readable.
     /// Kept, a big buffer would be walked through by an idle connection's
     /// heartbeats, eight octets at a time, until every page of it was
-    /// resident. Small, not none: message bodies are cut from this buffer
-    /// and keep their part of it alive while queued, so a message published
-    /// now and then pins a small buffer, never a big one.
+    /// resident; and message bodies are cut from this buffer and keep their
+    /// part of it alive while queued, so a message published now and then
+    /// must pin a small buffer, never a big one.
     fn size_read_buffer(&mut self) {
         let room = self.buf.capacity() - self.buf.len();
         if !self.last_read_small {
@@ -80,8 +80,8 @@ impl Connection {
                 // allocator reuse freed buffers instead of fragmenting the heap.
                 self.buf.reserve(READ_BUFFER.saturating_sub(self.buf.len()).max(4096));
             }
-        } else if self.buf.is_empty() && self.buf.capacity() > SMALL_READ {
-            self.buf = BytesMut::with_capacity(SMALL_READ);
+        } else if self.buf.is_empty() {
+            self.buf = BytesMut::new();
         } else if room < SMALL_READ / 4 {
             self.buf.reserve(SMALL_READ);
         }

@@ -36,6 +36,7 @@ pub mod ending;
 mod frames;
 pub mod handshake;
 pub mod heartbeat;
+pub mod mailbox;
 pub mod texts;
 pub mod throttle;
 pub mod timeouts;
@@ -111,6 +112,19 @@ const READ_BUFFER: usize = 64 * 1024;
 /// connection's: see [`Connection::size_read_buffer`].
 const SMALL_READ: usize = 1024;
 
+/// Reads from the client into `buf`. A quiet connection holds no read
+/// buffer (see `Connection::size_read_buffer`): on TCP it waits for the
+/// socket to become readable, and only then makes a small one to read into.
+/// Cancel-safe, as the `select!` in `next_wake` needs: waiting for
+/// readiness and `read_buf` both are.
+async fn read_into(reader: &mut ReadSide, buf: &mut BytesMut) -> io::Result<usize> {
+    if buf.capacity() == 0 {
+        reader.readable().await?;
+        *buf = BytesMut::with_capacity(SMALL_READ);
+    }
+    reader.read_buf(buf).await
+}
+
 /// How long to wait for `close-ok` after sending `connection.close`, and
 /// for the writer to flush at the end.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -121,11 +135,8 @@ enum Wake {
     Read(io::Result<usize>),
     MissedHeartbeats(MissedHeartbeats),
     WriterEnded(io::Error),
-    HandshakeDeadline,
-    /// No `close-ok` in time after our `connection.close`.
-    CloseDeadline,
-    /// A delivery may have passed its `consumer_timeout`.
-    ConsumerTimeout,
+    /// The nearest deadline passed.
+    Deadline(Deadline),
     /// A delivery noted a nearer consumer-timeout deadline.
     DeadlinesMoved,
     AlarmChanged,
@@ -136,6 +147,18 @@ enum Wake {
     Shutdown,
     /// The store synced more: confirms held for the disk can go.
     DiskSynced,
+}
+
+/// What a connection may be waiting for with a time limit. It sleeps until
+/// the nearest one only: one timer, not one for each.
+#[derive(Debug, Clone, Copy)]
+enum Deadline {
+    /// The handshake must be done by then (`handshake_timeout`).
+    Handshake,
+    /// No `close-ok` in time after our `connection.close`.
+    Close,
+    /// A delivery may have passed its `consumer_timeout`.
+    ConsumerTimeout,
 }
 
 /// Before `open-ok`, the handshake; after it, the channels.
@@ -156,7 +179,7 @@ impl Drop for WriterTask {
 struct Connection {
     broker: Arc<Broker>,
     /// This connection's entry in the broker's registry; removed on drop.
-    registration: Registration,
+    _registration: Registration,
     entry: Arc<ConnectionEntry>,
     outlet: Arc<Outlet>,
     stage: Stage,
@@ -183,6 +206,8 @@ struct Connection {
     /// After a frame error that loses the frame boundaries, the rest of the
     /// input cannot be trusted.
     discard_input: bool,
+    /// Counts this connection in the broker's gauge until the very end.
+    _alive: GaugeGuard,
 }
 
 /// Serves one accepted socket until the connection ends.
@@ -230,51 +255,52 @@ pub async fn serve_tls(
     serve_halves(transport::tls(stream, socket), register, peer, broker, shutdown).await
 }
 
-async fn serve_halves(
+/// Makes the connection, then runs it in its span. Everything is set up
+/// before the first `.await`, so that the task's future holds the
+/// connection once and nothing that was only needed to build it: an idle
+/// connection's memory is mostly its tasks' futures.
+fn serve_halves(
     (reader, write_half): (ReadSide, WriteSide),
     register: impl FnOnce(&Connections) -> Registration,
     peer: std::net::SocketAddr,
     broker: Arc<Broker>,
     shutdown: watch::Receiver<bool>,
-) {
-    // Counted first and uncounted last, after the registry entry is gone.
-    let _alive = GaugeGuard::new(&broker.gauges.connections);
+) -> impl std::future::Future<Output = ()> {
+    // Counted first and uncounted last, after the registry entry is gone
+    // (it is the connection's last field).
+    let alive = GaugeGuard::new(&broker.gauges.connections);
     let registration = register(&broker.connections);
     Totals::add(&broker.totals.connections_opened, 1);
-    let span = tracing::info_span!("connection", id = registration.entry.id, %peer);
-    async move {
-        let entry = registration.entry.clone();
-        info!("accepting AMQP connection {}", entry.name);
-        let (outlet, rx) = Outlet::new(broker.config.trace_frames, entry.counters.clone());
-        let writer = WriterTask(tokio::spawn(writer::run(write_half, rx, outlet.clone(), entry.faults.clone())));
-        let config = &broker.config;
-        let proposed =
-            Limits { channel_max: config.channel_max, frame_max: config.frame_max, heartbeat: config.heartbeat };
-        let connection = Connection {
-            stage: Stage::Handshake(Handshake::new(proposed, peer.ip(), entry.clone(), &config.auth_mechanisms)),
-            throttle: Throttle::new(broker.alarms.subscribe(), entry.clone(), outlet.clone(), broker.events.clone()),
-            heartbeats: Heartbeats::default(),
-            handshake_deadline: entry.counters.accepted.0 + config.handshake_timeout,
-            broker: broker.clone(),
-            registration,
-            entry,
-            outlet,
-            reader,
-            buf: BytesMut::with_capacity(SMALL_READ),
-            last_read_small: true,
-            writer,
-            shutdown,
-            shutting_down: false,
-            disk_synced: broker.store.as_ref().map(|s| s.synced()),
-            frame_max: crate::protocol::constants::FRAME_MIN_SIZE,
-            heartbeat: 0,
-            close_deadline: None,
-            discard_input: false,
-        };
-        connection.run().await
-    }
-    .instrument(span)
-    .await
+    let entry = registration.entry.clone();
+    let span = tracing::info_span!("connection", id = entry.id, %peer);
+    span.in_scope(|| info!("accepting AMQP connection {}", entry.name));
+    let outlet = Outlet::new(broker.config.trace_frames, entry.counters.clone());
+    let writer = WriterTask(tokio::spawn(writer::run(write_half, outlet.clone(), entry.faults.clone())));
+    let config = &broker.config;
+    let proposed = Limits { channel_max: config.channel_max, frame_max: config.frame_max, heartbeat: config.heartbeat };
+    let connection = Connection {
+        stage: Stage::Handshake(Handshake::new(proposed, peer.ip(), entry.clone(), &config.auth_mechanisms)),
+        throttle: Throttle::new(broker.alarms.subscribe(), entry.clone(), outlet.clone(), broker.events.clone()),
+        heartbeats: Heartbeats::default(),
+        handshake_deadline: entry.counters.accepted.0 + config.handshake_timeout,
+        disk_synced: broker.store.as_ref().map(|s| s.synced()),
+        broker,
+        _registration: registration,
+        entry,
+        outlet,
+        reader,
+        buf: BytesMut::new(),
+        last_read_small: true,
+        writer,
+        shutdown,
+        shutting_down: false,
+        frame_max: crate::protocol::constants::FRAME_MIN_SIZE,
+        heartbeat: 0,
+        close_deadline: None,
+        discard_input: false,
+        _alive: alive,
+    };
+    connection.run().instrument(span)
 }
 
 impl Connection {
@@ -303,7 +329,7 @@ impl Connection {
                 ProtocolHeader::Incomplete => {}
             }
             tokio::select! {
-                read = self.reader.read_buf(&mut self.buf) => self.read(read)?,
+                read = read_into(&mut self.reader, &mut self.buf) => self.read(read)?,
                 _ = sleep_until(self.handshake_deadline) => return Err(End::HandshakeTimeout("handshake")),
             }
         }
@@ -343,22 +369,17 @@ impl Connection {
         let consumer_deadline = deadlines.as_ref().and_then(|d| d.earliest());
         let (reading, in_flow) = (self.throttle.reading(), self.throttle.in_flow());
         let awaiting_disk = matches!(&self.stage, Stage::Open(channels) if channels.awaiting_disk());
-        let far = || Instant::now() + Duration::from_secs(86_400);
+        let deadline = self.nearest_deadline(phase, consumer_deadline);
+        let (at, which) = deadline.unwrap_or((self.handshake_deadline, Deadline::Handshake));
         tokio::select! {
-            read = self.reader.read_buf(&mut self.buf), if reading => Wake::Read(read),
+            read = read_into(&mut self.reader, &mut self.buf), if reading => Wake::Read(read),
             missed = self.heartbeats.missed() => Wake::MissedHeartbeats(missed),
             ended = &mut self.writer.0 => Wake::WriterEnded(match ended {
                 Ok(Err(e)) => e,
                 Ok(Ok(())) => io::ErrorKind::BrokenPipe.into(),
                 Err(join) => io::Error::other(join.to_string()),
             }),
-            _ = sleep_until(self.handshake_deadline), if phase < Phase::Running => Wake::HandshakeDeadline,
-            _ = sleep_until(self.close_deadline.unwrap_or_else(far)), if self.close_deadline.is_some() => {
-                Wake::CloseDeadline
-            }
-            _ = sleep_until(consumer_deadline.unwrap_or_else(far)), if consumer_deadline.is_some() => {
-                Wake::ConsumerTimeout
-            }
+            _ = sleep_until(at), if deadline.is_some() => Wake::Deadline(which),
             _ = async {
                 match &deadlines {
                     Some(d) => d.nearer().await,
@@ -368,7 +389,7 @@ impl Connection {
             _ = self.throttle.alarm_changed() => Wake::AlarmChanged,
             _ = self.outlet.drained(), if in_flow => Wake::OutletDrained,
             _ = faults_changed => Wake::FaultsChanged,
-            Some(command) = self.registration.commands.recv() => Wake::Fault(command),
+            command = self.entry.fault_command() => Wake::Fault(command),
             _ = self.shutdown.changed(), if !self.shutting_down => Wake::Shutdown,
             _ = async {
                 match &mut self.disk_synced {
@@ -379,14 +400,22 @@ impl Connection {
         }
     }
 
+    /// The nearest of the deadlines that apply now, and which it is.
+    fn nearest_deadline(&self, phase: Phase, consumer: Option<Instant>) -> Option<(Instant, Deadline)> {
+        let handshake = (phase < Phase::Running).then_some((self.handshake_deadline, Deadline::Handshake));
+        let close = self.close_deadline.map(|at| (at, Deadline::Close));
+        let consumer = consumer.map(|at| (at, Deadline::ConsumerTimeout));
+        [handshake, close, consumer].into_iter().flatten().min_by_key(|&(at, _)| at)
+    }
+
     async fn handle(&mut self, wake: Wake) -> Result<(), End> {
         match wake {
             Wake::Read(read) => self.read(read)?,
             Wake::MissedHeartbeats(missed) => return Err(End::MissedHeartbeats(missed)),
             Wake::WriterEnded(e) => return Err(End::WriterFailed(e)),
-            Wake::HandshakeDeadline => return Err(End::HandshakeTimeout("frame_header")),
-            Wake::CloseDeadline => return Err(End::CloseTimeout),
-            Wake::ConsumerTimeout => {
+            Wake::Deadline(Deadline::Handshake) => return Err(End::HandshakeTimeout("frame_header")),
+            Wake::Deadline(Deadline::Close) => return Err(End::CloseTimeout),
+            Wake::Deadline(Deadline::ConsumerTimeout) => {
                 if let Stage::Open(channels) = &mut self.stage {
                     channels.check_consumer_timeouts();
                 }

@@ -152,6 +152,16 @@ impl AsyncWrite for Metered {
 }
 
 impl ReadSide {
+    /// Waits until a read would find something (TCP), without a buffer to
+    /// read into; other streams are read at once (TLS keeps its own
+    /// buffers anyway).
+    pub async fn readable(&mut self) -> io::Result<()> {
+        match self {
+            ReadSide::Tcp(r) => r.readable().await,
+            ReadSide::Tls { .. } | ReadSide::Other(_) => Ok(()),
+        }
+    }
+
     /// Makes the socket's close a reset (TCP and TLS; other streams just
     /// close).
     pub fn reset_on_close(&self) {

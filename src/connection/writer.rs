@@ -1,8 +1,8 @@
 //! A connection's outbound side: one writer task per connection.
 //!
 //! Everything the broker sends on a connection (method replies, deliveries
-//! from any queue, heartbeats) goes through one channel to one task, the only
-//! owner of the socket's write half. The task takes whatever has piled up,
+//! from any queue, heartbeats) goes through one [`Mailbox`] to one task, the
+//! only owner of the socket's write half. The task takes whatever has piled up,
 //! encodes it into a [`FrameBuffer`], and writes it with vectored writes: many
 //! frames, and message bodies straight from the publisher's buffers, in a few
 //! syscalls. It counts the octets it writes (RabbitMQ's `send_oct`) and,
@@ -14,12 +14,15 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
+
+use super::mailbox::Mailbox;
 
 use crate::broker::connections::{Counters, Faults};
 use crate::broker::message::Message;
@@ -104,7 +107,8 @@ pub enum DeliveryKind {
 /// The handle through which the rest of the broker reaches a connection's
 /// writer. Cheap to share: channels and queue consumers hold an `Arc`.
 pub struct Outlet {
-    tx: mpsc::UnboundedSender<Outbound>,
+    /// What the writer is to send, in order.
+    mailbox: Mailbox<Outbound>,
     /// The connection's counters, shared with the broker's registry.
     pub counters: Arc<Counters>,
     /// Deliveries handed to the writer and not yet written.
@@ -142,18 +146,16 @@ impl Outbound {
 
 impl Outlet {
     /// `trace` logs every frame sent (`--trace-frames`).
-    pub fn new(trace: bool, counters: Arc<Counters>) -> (Arc<Outlet>, mpsc::UnboundedReceiver<Outbound>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let outlet = Outlet {
-            tx,
+    pub fn new(trace: bool, counters: Arc<Counters>) -> Arc<Outlet> {
+        Arc::new(Outlet {
+            mailbox: Mailbox::default(),
             trace,
             counters,
             queued_deliveries: AtomicUsize::new(0),
             waiting_queues: Mutex::new(Vec::new()),
             reply_backlog: AtomicUsize::new(0),
             drained: Notify::new(),
-        };
-        (Arc::new(outlet), rx)
+        })
     }
 
     /// Queues something for the writer; false once the writer has gone.
@@ -162,7 +164,7 @@ impl Outlet {
         if weight > 0 {
             self.reply_backlog.fetch_add(weight, Ordering::Relaxed);
         }
-        self.tx.send(item).is_ok()
+        self.mailbox.send(item)
     }
 
     /// Encodes a method frame and queues it (tracing it when asked to).
@@ -368,13 +370,20 @@ impl FrameBuffer {
         self.seal();
         let total = self.len;
         while !self.chunks.is_empty() {
-            let mut slices = [IoSlice::new(&[]); 64];
-            let mut count = 0;
-            for (slot, chunk) in slices.iter_mut().zip(self.chunks.iter()) {
-                *slot = IoSlice::new(chunk);
-                count += 1;
-            }
-            let mut written = w.write_vectored(&slices[..count]).await?;
+            // The slices are made in each poll, on the stack: kept across the
+            // await they would make every writer task's future a kilobyte
+            // bigger, idle or not.
+            let chunks = &self.chunks;
+            let mut written = std::future::poll_fn(|cx| {
+                let mut slices = [IoSlice::new(&[]); 64];
+                let mut count = 0;
+                for (slot, chunk) in slices.iter_mut().zip(chunks.iter()) {
+                    *slot = IoSlice::new(chunk);
+                    count += 1;
+                }
+                Pin::new(&mut *w).poll_write_vectored(cx, &slices[..count])
+            })
+            .await?;
             if written == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }
@@ -405,15 +414,27 @@ fn trace_delivery(d: &Delivery) {
 /// Stop gathering more into one write past this many octets.
 const BATCH_LIMIT: usize = 256 * 1024;
 
-/// The writer task: drains `rx` into batches and writes them until `Close`,
-/// until every sender is gone, or until the socket fails.
-pub async fn run(
-    mut socket: super::transport::WriteSide,
-    mut rx: mpsc::UnboundedReceiver<Outbound>,
-    outlet: Arc<Outlet>,
-    faults: Arc<Faults>,
-) -> io::Result<()> {
+/// A batch deque grown past this many slots by a burst is given back once
+/// batches are small again.
+const BATCH_SLOTS_KEPT: usize = 256;
+
+/// Closes the outlet's mailbox when the writer ends, however it ends (an
+/// aborted task drops its future): later sends are refused, and what was
+/// queued and never written is let go.
+struct CloseOnDrop<'a>(&'a Outlet);
+
+impl Drop for CloseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.mailbox.close();
+    }
+}
+
+/// The writer task: takes what is queued in batches and writes them until
+/// `Close`, or until the socket fails.
+pub async fn run(mut socket: super::transport::WriteSide, outlet: Arc<Outlet>, faults: Arc<Faults>) -> io::Result<()> {
+    let _close = CloseOnDrop(&outlet);
     let mut buf = FrameBuffer::default();
+    let mut batch = VecDeque::new();
     let mut frame_max = crate::protocol::constants::FRAME_MIN_SIZE;
     let mut closing = false;
     while !closing {
@@ -423,16 +444,16 @@ pub async fn run(
             socket.forget();
             return Ok(());
         }
-        let first = tokio::select! {
-            item = rx.recv() => match item {
-                Some(item) => item,
-                None => break,
-            },
-            _ = changed => continue,
-        };
-        let mut next = Some(first);
-        let (mut deliveries, mut heartbeats, mut replies) = (0usize, 0u64, 0usize);
-        while let Some(item) = next.take() {
+        if batch.is_empty() {
+            tokio::select! {
+                _ = outlet.mailbox.take_all(&mut batch) => {}
+                _ = changed => continue,
+            }
+        }
+        let (mut deliveries, mut heartbeats, mut replies, mut items) = (0usize, 0u64, 0usize, 0usize);
+        // Encoded up to BATCH_LIMIT octets; the rest waits for the next write.
+        while let Some(item) = batch.pop_front() {
+            items += 1;
             replies += item.reply_weight();
             match item {
                 Outbound::Frames(b) => buf.frames(b),
@@ -456,8 +477,8 @@ pub async fn run(
                     break;
                 }
             }
-            if buf.len() < BATCH_LIMIT {
-                next = rx.try_recv().ok();
+            if buf.len() >= BATCH_LIMIT {
+                break;
             }
         }
         // Fault injection: a black hole writes nothing until released; a
@@ -485,8 +506,11 @@ pub async fn run(
         c.frames_out.fetch_add(frames, Ordering::Relaxed);
         if frames == heartbeats {
             // Only heartbeats: the connection is idle outbound, and a
-            // heartbeat needs no scratch buffer.
+            // heartbeat needs no scratch buffer, nor a batch kept for it.
             buf.release_scratch();
+            batch = VecDeque::new();
+        } else if batch.is_empty() && batch.capacity() > BATCH_SLOTS_KEPT && items < BATCH_SLOTS_KEPT / 4 {
+            batch = VecDeque::new();
         }
         c.last_write_ms.store(c.now_ms(), Ordering::Relaxed);
         outlet.delivered(deliveries);

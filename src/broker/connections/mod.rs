@@ -20,13 +20,14 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use dashmap::DashMap;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 pub use faults::{Command as FaultCommand, FaultSwitches, Faults};
 
 use super::events::{Event, Events};
 use super::inspect::{ConnectionDetails, ConnectionInfo, TlsInfo};
+use crate::connection::mailbox::Mailbox;
 
 /// A connection's state as RabbitMQ names it (`rabbitmqctl list_connections
 /// state`): the handshake, then the flow-control states of
@@ -141,7 +142,7 @@ pub struct ConnectionEntry {
     /// Fault switches the test toolkit flips.
     pub faults: Arc<Faults>,
     /// One-shot faults (kill, forced close) for the connection task.
-    commands: mpsc::UnboundedSender<FaultCommand>,
+    commands: Mailbox<FaultCommand>,
     /// What the handshake settled, from `connection.open` on.
     details: OnceLock<ConnectionDetails>,
     /// For a TLS connection, what its TLS handshake settled.
@@ -153,6 +154,11 @@ pub struct ConnectionEntry {
 }
 
 impl ConnectionEntry {
+    /// The next one-shot fault (kill, forced close) sent to this connection.
+    pub async fn fault_command(&self) -> FaultCommand {
+        self.commands.recv().await
+    }
+
     pub fn state(&self) -> ConnectionState {
         *self.state.borrow()
     }
@@ -222,8 +228,6 @@ pub struct Connections {
 /// the connection closing and removes it, however the task ends.
 pub struct Registration {
     pub entry: Arc<ConnectionEntry>,
-    /// Where one-shot faults arrive.
-    pub commands: mpsc::UnboundedReceiver<FaultCommand>,
     map: Arc<DashMap<u64, Arc<ConnectionEntry>>>,
     retired: Arc<Mutex<MessageCounts>>,
 }
@@ -234,6 +238,7 @@ impl Drop for Registration {
         let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
         retired.add(&self.entry.counters);
         self.map.remove(&self.entry.id);
+        self.entry.commands.close();
     }
 }
 
@@ -253,7 +258,6 @@ impl Connections {
     /// fault, from before the TLS handshake).
     pub fn register_with(&self, name: String, counters: Arc<Counters>, faults: Arc<Faults>) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let (commands_tx, commands) = mpsc::unbounded_channel();
         let entry = Arc::new(ConnectionEntry {
             id,
             name,
@@ -261,14 +265,14 @@ impl Connections {
             state: watch::Sender::new(ConnectionState::Starting),
             counters,
             faults,
-            commands: commands_tx,
+            commands: Mailbox::default(),
             details: OnceLock::new(),
             tls: OnceLock::new(),
             channels: Mutex::default(),
             events: self.events.clone(),
         });
         self.map.insert(id, entry.clone());
-        Registration { entry, commands, map: self.map.clone(), retired: self.retired.clone() }
+        Registration { entry, map: self.map.clone(), retired: self.retired.clone() }
     }
 
     /// How many connections are open (handshaking ones included, as
@@ -448,18 +452,18 @@ impl ConnectionHandle {
 
     /// Resets the TCP connection, without a word.
     pub fn kill(&self) {
-        let _ = self.entry.commands.send(FaultCommand::Kill);
+        self.entry.commands.send(FaultCommand::Kill);
     }
 
     /// Closes the connection with `connection.close` 320 CONNECTION_FORCED
     /// and `text`, as `rabbitmqctl close_connection` does.
     pub fn force_close(&self, text: &str) {
-        let _ = self.entry.commands.send(FaultCommand::ForceClose(text.to_string()));
+        self.entry.commands.send(FaultCommand::ForceClose(text.to_string()));
     }
 
     /// Sends `connection.close` 320 with `text` and closes the socket
     /// without waiting for `close-ok`.
     pub fn close_now(&self, text: &str) {
-        let _ = self.entry.commands.send(FaultCommand::CloseNow(text.to_string()));
+        self.entry.commands.send(FaultCommand::CloseNow(text.to_string()));
     }
 }
