@@ -27,7 +27,6 @@
 //! # }
 //! ```
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -550,24 +549,14 @@ impl EventStream {
 /// Watches the connections for any change (see `watch_connections`).
 struct ConnectionsWatch {
     count: watch::Receiver<usize>,
-    states: Vec<watch::Receiver<ConnectionState>>,
+    states: watch::Receiver<u64>,
 }
 
 impl ConnectionsWatch {
     /// True at the first change, false if `deadline` comes first.
     async fn changed(mut self, deadline: tokio::time::Instant) -> bool {
-        let mut states: Vec<_> =
-            self.states.drain(..).map(|mut w| Box::pin(async move { w.changed().await })).collect();
-        let any_state = std::future::poll_fn(|cx| {
-            for change in states.iter_mut() {
-                if change.as_mut().poll(cx).is_ready() {
-                    return std::task::Poll::Ready(());
-                }
-            }
-            std::task::Poll::Pending
-        });
         tokio::select! {
-            _ = any_state => true,
+            _ = self.states.changed() => true,
             _ = self.count.changed() => true,
             _ = tokio::time::sleep_until(deadline) => false,
         }

@@ -59,11 +59,12 @@ static GLOBAL: LiveBytes = LiveBytes;
 /// figure, and few enough for the default limit of 1,024 open files.
 const CONNECTIONS: usize = 500;
 
-/// The bound: heap per idle, heartbeating connection (measured: 8.2 KB,
+/// The bound: heap per idle, heartbeating connection (measured: 6.3 KB,
 /// the event ring's share included; 12.6 KB before the connection's task
-/// was built before its first await and the writer's queue, the fault
-/// commands' and the read buffer were made only when used).
-const MOST_PER_CONNECTION: isize = 10 * 1024;
+/// was built before its first await and stopped holding itself twice, and
+/// the writer's queue, the fault commands, the read buffer, the monitor's
+/// pause switch and the state watch stopped allocating while unused).
+const MOST_PER_CONNECTION: isize = 8 * 1024;
 
 /// One test at a time: each measures the process's live total.
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

@@ -40,12 +40,13 @@
 //! Both loops run as tasks owned by their connection ([`Heartbeats`]) and
 //! end with it.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
-use tokio::task::JoinSet;
+use tokio::sync::futures::Notified;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
 use tokio::time::{self, Instant, MissedTickBehavior};
 
 use super::writer::{Outbound, Outlet};
@@ -86,34 +87,40 @@ pub async fn run_sender(period: Duration, bytes_sent: impl Fn() -> u64, mut send
 }
 
 /// Pause and resume for a connection's receiver monitor; the flow-control
-/// code pauses it while the connection is blocked.
-#[derive(Debug, Clone)]
-pub struct MonitorControl {
-    paused: watch::Sender<bool>,
-}
+/// code pauses it while the connection is blocked. A switch and a bell:
+/// every pause or resume rings it, and the monitor, woken, starts over.
+#[derive(Debug, Clone, Default)]
+pub struct MonitorControl(Arc<PauseSwitch>);
 
-impl Default for MonitorControl {
-    fn default() -> Self {
-        MonitorControl { paused: watch::Sender::new(false) }
-    }
+#[derive(Debug, Default)]
+struct PauseSwitch {
+    paused: AtomicBool,
+    changed: Notify,
 }
 
 impl MonitorControl {
     pub fn pause(&self) {
-        self.paused.send_replace(true);
+        self.set(true);
     }
 
     /// Resumes monitoring with a fresh 2T..3T window.
     pub fn resume(&self) {
-        self.paused.send_replace(false);
+        self.set(false);
+    }
+
+    fn set(&self, paused: bool) {
+        self.0.paused.store(paused, Ordering::SeqCst);
+        self.0.changed.notify_waiters();
     }
 
     pub fn is_paused(&self) -> bool {
-        *self.paused.borrow()
+        self.0.paused.load(Ordering::SeqCst)
     }
 
-    fn subscribe(&self) -> watch::Receiver<bool> {
-        self.paused.subscribe()
+    /// Resolves at the next pause or resume. Take it *before* looking at
+    /// [`is_paused`](Self::is_paused): a change made in between still wakes it.
+    fn changed(&self) -> Notified<'_> {
+        self.0.changed.notified()
     }
 }
 
@@ -136,13 +143,12 @@ pub async fn run_monitor(
     control: &MonitorControl,
     mut on_tick: impl FnMut(u8),
 ) -> MissedHeartbeats {
-    let mut paused = control.subscribe();
     'window: loop {
         // Wait out a pause before (re)starting the window.
-        while *paused.borrow_and_update() {
-            if paused.changed().await.is_err() {
-                return std::future::pending().await;
-            }
+        let mut changed = std::pin::pin!(control.changed());
+        while control.is_paused() {
+            changed.as_mut().await;
+            changed.set(control.changed());
         }
         let mut ticks = time::interval_at(Instant::now() + period, period);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -152,12 +158,7 @@ pub async fn run_monitor(
         loop {
             tokio::select! {
                 _ = ticks.tick() => {}
-                changed = paused.changed() => {
-                    if changed.is_err() {
-                        return std::future::pending().await;
-                    }
-                    continue 'window;
-                }
+                _ = changed.as_mut() => continue 'window,
             }
             let now = bytes_received();
             if now != last_seen {
@@ -179,9 +180,17 @@ pub async fn run_monitor(
 /// dropping this aborts them.
 #[derive(Default)]
 pub struct Heartbeats {
-    /// Each task ends with `Some` when the monitor gave up, `None` when the
-    /// sender stopped because the writer is gone.
-    tasks: JoinSet<Option<MissedHeartbeats>>,
+    /// Ends by itself only when the writer has gone, which the connection
+    /// learns from the writer itself.
+    sender: Option<JoinHandle<()>>,
+    /// Ends when the monitor gives up.
+    monitor: Option<JoinHandle<MissedHeartbeats>>,
+}
+
+impl Drop for Heartbeats {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 impl Heartbeats {
@@ -200,7 +209,7 @@ impl Heartbeats {
             return;
         }
         let (e, out, ev, alive) = (entry.clone(), outlet.clone(), events.clone(), GaugeGuard::new(gauge));
-        self.tasks.spawn(async move {
+        self.sender = Some(tokio::spawn(async move {
             let _alive = alive;
             let sent = || e.counters.send_oct_besides_heartbeats.load(Ordering::Relaxed);
             // Withheld heartbeats (fault injection) are simply not sent.
@@ -212,10 +221,9 @@ impl Heartbeats {
                 out.send(Outbound::Heartbeat)
             };
             run_sender(sender_period(t), sent, send).await;
-            None
-        });
+        }));
         let (e, ev, control, alive) = (entry.clone(), events.clone(), monitor.clone(), GaugeGuard::new(gauge));
-        self.tasks.spawn(async move {
+        self.monitor = Some(tokio::spawn(async move {
             let _alive = alive;
             let c: &Counters = &e.counters;
             let received = || c.recv_oct.load(Ordering::Relaxed);
@@ -223,25 +231,30 @@ impl Heartbeats {
                 let idle = c.since(&c.last_counted_ms);
                 ev.emit(|| Event::MonitorTick { connection: e.name.clone(), silent, idle });
             };
-            Some(run_monitor(monitor_period(t), received, &control, tick).await)
-        });
+            run_monitor(monitor_period(t), received, &control, tick).await
+        }));
     }
 
     /// Resolves when the monitor has given up; never while no task runs.
     pub async fn missed(&mut self) -> MissedHeartbeats {
-        loop {
-            match self.tasks.join_next().await {
-                Some(Ok(Some(missed))) => return missed,
-                // The sender ends only when the writer has gone, which the
-                // connection learns from the writer itself.
-                Some(_) => continue,
-                None => return std::future::pending().await,
-            }
+        let Some(monitor) = &mut self.monitor else { return std::future::pending().await };
+        let ended = monitor.await;
+        // Done: a finished task's handle must not be awaited again.
+        self.monitor = None;
+        match ended {
+            Ok(missed) => missed,
+            // Aborted (the connection is ending) or panicked: no verdict.
+            Err(_) => std::future::pending().await,
         }
     }
 
     pub fn stop(&mut self) {
-        self.tasks.abort_all();
+        if let Some(sender) = self.sender.take() {
+            sender.abort();
+        }
+        if let Some(monitor) = self.monitor.take() {
+            monitor.abort();
+        }
     }
 }
 

@@ -27,8 +27,8 @@
 //!  any phase --(error sent as connection.close)--> Closing --(close-ok)--> closed
 //! ```
 //!
-//! All tasks end with the connection: the writer is aborted on drop and the
-//! heartbeat tasks live in a `JoinSet` the connection owns.
+//! All tasks end with the connection: the writer and the heartbeat tasks
+//! are aborted when the connection drops their handles.
 
 pub mod channel;
 pub mod channels;
@@ -43,12 +43,14 @@ pub mod timeouts;
 pub mod transport;
 pub mod writer;
 
+use std::future::Future;
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
+use futures_util::future::Either;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::futures::Notified;
@@ -143,6 +145,7 @@ enum Wake {
     /// The writer caught up with the reply backlog (ends `flow`).
     OutletDrained,
     FaultsChanged,
+    /// A one-shot fault was queued (it comes before the wait, not from it).
     Fault(FaultCommand),
     Shutdown,
     /// The store synced more: confirms held for the disk can go.
@@ -211,13 +214,14 @@ struct Connection {
 }
 
 /// Serves one accepted socket until the connection ends.
-pub async fn serve(socket: TcpStream, broker: Arc<Broker>, shutdown: watch::Receiver<bool>) {
-    let (peer, local) = match (socket.peer_addr(), socket.local_addr()) {
-        (Ok(p), Ok(l)) => (p, l),
-        _ => return,
+/// Not an `async fn`: one would keep its arguments, and the socket twice,
+/// beside the connection's future for the connection's whole life.
+pub fn serve(socket: TcpStream, broker: Arc<Broker>, shutdown: watch::Receiver<bool>) -> impl Future<Output = ()> {
+    let (Ok(peer), Ok(local)) = (socket.peer_addr(), socket.local_addr()) else {
+        return Either::Right(std::future::ready(()));
     };
     let name = format!("{peer} -> {local}");
-    serve_halves(transport::tcp(socket), |c| c.register(name), peer, broker, shutdown).await
+    Either::Left(serve_halves(transport::tcp(socket), |c| c.register(name), peer, broker, shutdown))
 }
 
 /// Serves a connection over any byte stream (an in-memory pipe in the
@@ -265,7 +269,7 @@ fn serve_halves(
     peer: std::net::SocketAddr,
     broker: Arc<Broker>,
     shutdown: watch::Receiver<bool>,
-) -> impl std::future::Future<Output = ()> {
+) -> impl Future<Output = ()> {
     // Counted first and uncounted last, after the registry entry is gone
     // (it is the connection's last field).
     let alive = GaugeGuard::new(&broker.gauges.connections);
@@ -278,7 +282,7 @@ fn serve_halves(
     let writer = WriterTask(tokio::spawn(writer::run(write_half, outlet.clone(), entry.faults.clone())));
     let config = &broker.config;
     let proposed = Limits { channel_max: config.channel_max, frame_max: config.frame_max, heartbeat: config.heartbeat };
-    let connection = Connection {
+    let mut connection = Connection {
         stage: Stage::Handshake(Handshake::new(proposed, peer.ip(), entry.clone(), &config.auth_mechanisms)),
         throttle: Throttle::new(broker.alarms.subscribe(), entry.clone(), outlet.clone(), broker.events.clone()),
         heartbeats: Heartbeats::default(),
@@ -300,12 +304,19 @@ fn serve_halves(
         discard_input: false,
         _alive: alive,
     };
-    connection.run().instrument(span)
+    // The connection is the block's only capture, used in place: an async
+    // fn that takes `self` by value keeps it twice (the argument and the
+    // local it is moved to), 512 octets each, so `run` takes `&mut self`.
+    async move { connection.run().await }.instrument(span)
 }
 
 impl Connection {
-    async fn run(mut self) {
-        let end = match self.read_protocol_header().await {
+    async fn run(&mut self) {
+        // Awaited apart from the `match`: a scrutinee's temporaries live to
+        // the end of the match, and the header's future would take room
+        // beside `live`'s for the connection's whole life.
+        let header = self.read_protocol_header().await;
+        let end = match header {
             Ok(()) => self.live().await,
             Err(end) => end,
         };
@@ -361,6 +372,12 @@ impl Connection {
 
     /// Waits for whichever input comes first, of those that matter now.
     async fn next_wake(&mut self, faults_changed: Notified<'_>) -> Wake {
+        // A one-shot fault rings the same bell as the switches, which
+        // `faults_changed` was taken before: one sent after this look
+        // still wakes the wait below.
+        if let Some(command) = self.entry.faults.take_command() {
+            return Wake::Fault(command);
+        }
         let phase = self.phase();
         let deadlines = match &self.stage {
             Stage::Open(channels) if phase == Phase::Running => Some(channels.deadlines().clone()),
@@ -389,7 +406,6 @@ impl Connection {
             _ = self.throttle.alarm_changed() => Wake::AlarmChanged,
             _ = self.outlet.drained(), if in_flow => Wake::OutletDrained,
             _ = faults_changed => Wake::FaultsChanged,
-            command = self.entry.fault_command() => Wake::Fault(command),
             _ = self.shutdown.changed(), if !self.shutting_down => Wake::Shutdown,
             _ = async {
                 match &mut self.disk_synced {
@@ -488,9 +504,9 @@ impl Connection {
         }
     }
 
-    /// Tells how the connection ended, gives back what it held, and closes
-    /// the socket (by dropping both halves).
-    async fn finish(mut self, end: End) {
+    /// Tells how the connection ended and gives back what it held; the
+    /// socket closes when the connection is dropped, right after.
+    async fn finish(&mut self, end: End) {
         let name = &self.entry.name;
         let totals = &self.broker.totals;
         Totals::add(&totals.connections_closed, 1);

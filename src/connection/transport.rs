@@ -157,7 +157,10 @@ impl ReadSide {
     /// buffers anyway).
     pub async fn readable(&mut self) -> io::Result<()> {
         match self {
-            ReadSide::Tcp(r) => r.readable().await,
+            // `poll_read_ready` keeps the waker in the socket's own
+            // registration; `readable()` would keep a waiter node in the
+            // connection's future, 200 octets for its whole life.
+            ReadSide::Tcp(r) => std::future::poll_fn(|cx| r.as_ref().poll_read_ready(cx)).await,
             ReadSide::Tls { .. } | ReadSide::Other(_) => Ok(()),
         }
     }

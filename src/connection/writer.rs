@@ -317,11 +317,14 @@ impl FrameBuffer {
         write_method_frame(self.scratch(), channel, encode);
     }
 
-    /// Gives the scratch buffer back. Kept by an idle connection, each
-    /// batch would encode a little further into it until all its pages
-    /// were resident.
+    /// Gives the scratch buffer back, and the chunk queue's slots. Kept by
+    /// an idle connection, each batch would encode a little further into
+    /// the scratch buffer until all its pages were resident.
     pub fn release_scratch(&mut self) {
         self.scratch = BytesMut::new();
+        if self.chunks.is_empty() {
+            self.chunks = VecDeque::new();
+        }
     }
 
     /// How many frames were encoded since the last call.

@@ -3,7 +3,7 @@
 //!
 //! Each connection has a [`Faults`] switchboard, shared with the broker's
 //! registry so a test (through the embedded handle) can flip it while the
-//! connection runs, and a command channel for the one-shot faults:
+//! connection runs, and takes the one-shot faults (commands) too:
 //!
 //! - **withhold heartbeats**: the sender sends none, so the client must
 //!   notice a dead broker;
@@ -18,7 +18,9 @@
 //! - **kill** (a TCP reset) and **force close** (`connection.close` 320 with
 //!   a text, what `rabbitmqctl close_connection` does): commands.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::sync::futures::Notified;
@@ -34,7 +36,10 @@ pub struct Faults {
     /// Set when the connection is being killed: the writer lets go of the
     /// socket without a FIN, so that its close is a reset.
     killed: AtomicBool,
-    /// Wakes the connection and its writer when a switch changes.
+    /// One-shot faults not yet carried out, oldest first.
+    commands: Mutex<VecDeque<Command>>,
+    /// Wakes the connection and its writer when a switch changes or a
+    /// command comes.
     changed: Notify,
 }
 
@@ -127,7 +132,18 @@ impl Faults {
         }
     }
 
-    /// Resolves at the next change of any switch. Take it *before* looking
+    /// Queues a one-shot fault for the connection task, which takes it
+    /// with [`take_command`](Self::take_command) when woken.
+    pub fn command(&self, command: Command) {
+        self.commands.lock().unwrap_or_else(|e| e.into_inner()).push_back(command);
+        self.changed.notify_waiters();
+    }
+
+    pub fn take_command(&self) -> Option<Command> {
+        self.commands.lock().unwrap_or_else(|e| e.into_inner()).pop_front()
+    }
+
+    /// Resolves at the next change of any switch, or command. Take it *before* looking
     /// at the switches: a change made in between still wakes it.
     pub fn changed(&self) -> Notified<'_> {
         self.changed.notified()

@@ -27,7 +27,6 @@ pub use faults::{Command as FaultCommand, FaultSwitches, Faults};
 
 use super::events::{Event, Events};
 use super::inspect::{ConnectionDetails, ConnectionInfo, TlsInfo};
-use crate::connection::mailbox::Mailbox;
 
 /// A connection's state as RabbitMQ names it (`rabbitmqctl list_connections
 /// state`): the handshake, then the flow-control states of
@@ -137,12 +136,13 @@ pub struct ConnectionEntry {
     /// The client's own name for the connection (`connection_name` in its
     /// client properties), once the handshake has told it.
     client_name: OnceLock<String>,
-    state: watch::Sender<ConnectionState>,
+    state: Mutex<ConnectionState>,
+    /// The registry's count of state changes, which this bumps: one watch
+    /// for all connections rather than one each (320 octets apiece).
+    state_changes: Arc<watch::Sender<u64>>,
     pub counters: Arc<Counters>,
     /// Fault switches the test toolkit flips.
     pub faults: Arc<Faults>,
-    /// One-shot faults (kill, forced close) for the connection task.
-    commands: Mailbox<FaultCommand>,
     /// What the handshake settled, from `connection.open` on.
     details: OnceLock<ConnectionDetails>,
     /// For a TLS connection, what its TLS handshake settled.
@@ -154,17 +154,15 @@ pub struct ConnectionEntry {
 }
 
 impl ConnectionEntry {
-    /// The next one-shot fault (kill, forced close) sent to this connection.
-    pub async fn fault_command(&self) -> FaultCommand {
-        self.commands.recv().await
-    }
-
     pub fn state(&self) -> ConnectionState {
-        *self.state.borrow()
+        *self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn set_state(&self, state: ConnectionState) {
-        self.state.send_replace(state);
+        let old = std::mem::replace(&mut *self.state.lock().unwrap_or_else(|e| e.into_inner()), state);
+        if old != state {
+            self.state_changes.send_modify(|n| *n += 1);
+        }
     }
 
     pub fn set_client_name(&self, name: String) {
@@ -222,6 +220,8 @@ pub struct Connections {
     /// under it, so a sum never counts a connection twice or not at all.
     retired: Arc<Mutex<MessageCounts>>,
     events: Arc<Events>,
+    /// Bumped at every connection's every state change.
+    state_changes: Arc<watch::Sender<u64>>,
 }
 
 /// A connection's place in the registry, held by its task: dropping it marks
@@ -238,14 +238,19 @@ impl Drop for Registration {
         let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
         retired.add(&self.entry.counters);
         self.map.remove(&self.entry.id);
-        self.entry.commands.close();
     }
 }
 
 impl Connections {
     /// An empty registry whose connections announce changes to `events`.
     pub fn new(events: Arc<Events>) -> Connections {
-        Connections { map: Arc::default(), next_id: AtomicU64::new(0), retired: Arc::default(), events }
+        Connections {
+            map: Arc::default(),
+            next_id: AtomicU64::new(0),
+            retired: Arc::default(),
+            events,
+            state_changes: Arc::default(),
+        }
     }
 
     /// Registers a connection just accepted, named `client -> server`.
@@ -262,10 +267,10 @@ impl Connections {
             id,
             name,
             client_name: OnceLock::new(),
-            state: watch::Sender::new(ConnectionState::Starting),
+            state: Mutex::new(ConnectionState::Starting),
+            state_changes: self.state_changes.clone(),
             counters,
             faults,
-            commands: Mailbox::default(),
             details: OnceLock::new(),
             tls: OnceLock::new(),
             channels: Mutex::default(),
@@ -311,9 +316,9 @@ impl Connections {
         self.all().into_iter().find(|c| c.name() == name || c.client_name() == Some(name))
     }
 
-    /// Receivers that see the next state change of every connection open now.
-    pub fn watch_states(&self) -> Vec<watch::Receiver<ConnectionState>> {
-        self.map.iter().map(|e| e.state.subscribe()).collect()
+    /// A receiver that sees the next state change of any connection.
+    pub fn watch_states(&self) -> watch::Receiver<u64> {
+        self.state_changes.subscribe()
     }
 }
 
@@ -452,18 +457,18 @@ impl ConnectionHandle {
 
     /// Resets the TCP connection, without a word.
     pub fn kill(&self) {
-        self.entry.commands.send(FaultCommand::Kill);
+        self.entry.faults.command(FaultCommand::Kill);
     }
 
     /// Closes the connection with `connection.close` 320 CONNECTION_FORCED
     /// and `text`, as `rabbitmqctl close_connection` does.
     pub fn force_close(&self, text: &str) {
-        self.entry.commands.send(FaultCommand::ForceClose(text.to_string()));
+        self.entry.faults.command(FaultCommand::ForceClose(text.to_string()));
     }
 
     /// Sends `connection.close` 320 with `text` and closes the socket
     /// without waiting for `close-ok`.
     pub fn close_now(&self, text: &str) {
-        self.entry.commands.send(FaultCommand::CloseNow(text.to_string()));
+        self.entry.faults.command(FaultCommand::CloseNow(text.to_string()));
     }
 }
