@@ -217,13 +217,15 @@ impl Client {
             if self.buf.capacity() - self.buf.len() < 16 * 1024 {
                 self.buf.reserve(256 * 1024);
             }
+            // The stop first: once it is given, nothing more is read.
             tokio::select! {
+                biased;
+                _ = stop.changed() => return Ok(None),
                 read = self.reader.read_buf(&mut self.buf) => match read {
                     Ok(0) => return Err("the broker closed the connection".into()),
                     Ok(_) => {}
                     Err(e) => return Err(e.to_string()),
                 },
-                _ = stop.changed() => return Ok(None),
             }
         }
     }

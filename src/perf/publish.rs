@@ -374,7 +374,6 @@ async fn consume(
         let complete = match frame {
             Frame::Method { method: Method::BasicDeliver(d), .. } => {
                 tag = d.delivery_tag;
-                meter.received.fetch_add(1, Ordering::Relaxed);
                 false
             }
             Frame::Header { header, .. } => {
@@ -396,6 +395,12 @@ async fn consume(
             }
             _ => false,
         };
+        if complete {
+            // Counted when whole, as PerfTest counts in handleDelivery: a
+            // run that stops at its message limit has then read every
+            // message to its end.
+            meter.received.fetch_add(1, Ordering::Relaxed);
+        }
         if complete && !o.autoack {
             unacked += 1;
             if o.multi_ack_every == 0 || unacked >= o.multi_ack_every {
@@ -404,6 +409,12 @@ async fn consume(
                 unacked = 0;
             }
         }
+    }
+    // The messages read but not yet acked are acked before the close: a
+    // close would requeue them, and another consumer still reading would
+    // get them again and count them twice.
+    if unacked > 0 {
+        c.send(1, basic::Ack { delivery_tag: tag, multiple: true }).await?;
     }
     let _ = c.close().await;
     Ok(())
