@@ -15,7 +15,7 @@ use super::ending::{End, Stop};
 use super::handshake::{Limits, Opened, Step};
 use super::texts::{frame_error, payload_snippet};
 use super::writer::Outbound;
-use super::{Connection, Phase, Stage, CLOSE_TIMEOUT, READ_BUFFER, SMALL_READ};
+use super::{Connection, Phase, Stage, Turn, CLOSE_TIMEOUT, FRAMES_PER_TURN, READ_BUFFER, SMALL_READ};
 
 use crate::broker::events::Event;
 use crate::error::AmqpError;
@@ -25,10 +25,18 @@ use crate::protocol::methods::connection as conn;
 use crate::protocol::{Frame, Method, ShortStr};
 
 impl Connection {
-    /// Handles every complete frame already read, unless the throttle has
-    /// stopped this connection from taking input.
-    pub(super) fn handle_buffered(&mut self) -> Result<(), End> {
+    /// Handles the complete frames already read, up to [`FRAMES_PER_TURN`]
+    /// of them, unless the throttle has stopped this connection from taking
+    /// input.
+    pub(super) fn handle_buffered(&mut self) -> Result<Turn, End> {
+        let mut turn = Turn::Done;
+        let mut handled = 0;
         while !self.discard_input && self.throttle.reading() {
+            if handled == FRAMES_PER_TURN {
+                turn = Turn::More;
+                break;
+            }
+            handled += 1;
             match parse_frame(&mut self.buf, self.frame_max) {
                 Ok(Some(frame)) => match self.frame(frame) {
                     Ok(()) => {}
@@ -59,7 +67,7 @@ impl Connection {
             channels.flush_confirms();
         }
         self.size_read_buffer();
-        Ok(())
+        Ok(turn)
     }
 
     /// Sizes the read buffer for the next read. A client sending in earnest
