@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use serde_json::{json, Value};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::scenarios::{deadline, now_us, peak_rss, rss};
@@ -157,19 +157,38 @@ pub async fn publish_consume(o: &Options, target: &Target) -> Result<Value, Stri
     topology.declare(o, &mut admin).await?;
     let meter = Arc::new(Meter::default());
     let (stop_tx, stop) = watch::channel(false);
+    let (ready_tx, mut ready) = mpsc::unbounded_channel();
+    let (go_tx, go) = watch::channel(false);
     let mut consumers = JoinSet::new();
     for i in 0..o.consumers {
-        let (t, q, o2, m, s) = (target.clone(), names[i % names.len()].clone(), o.clone(), meter.clone(), stop.clone());
-        let h = meter.histogram();
-        consumers.spawn(async move { consume(&t, &q, &o2, &m, &h, s, i).await });
+        let (t, q, o2, m) = (target.clone(), names[i % names.len()].clone(), o.clone(), meter.clone());
+        let (h, cues) = (meter.histogram(), Cues { ready: ready_tx.clone(), go: go.clone(), stop: stop.clone() });
+        consumers.spawn(async move { consume(&t, &q, &o2, &m, &h, cues, i).await });
     }
     let mut producers = JoinSet::new();
     for i in 0..o.producers {
         let (exchange, key) = topology.route(o, i);
         let route = (exchange.to_string(), key.to_string());
-        let (t, o2, m, s) = (target.clone(), o.clone(), meter.clone(), stop.clone());
-        producers.spawn(async move { produce(&t, route, &o2, &m, s, i).await });
+        let (t, o2, m) = (target.clone(), o.clone(), meter.clone());
+        let cues = Cues { ready: ready_tx.clone(), go: go.clone(), stop: stop.clone() };
+        producers.spawn(async move { produce(&t, route, &o2, &m, cues, i).await });
     }
+    drop(ready_tx);
+    // PerfTest's order: the first publish waits until every consumer and
+    // producer is connected and set up. Otherwise the figures would include
+    // the ramp, and a broker busy with the first producers would keep the
+    // last ones waiting at their handshake (a thousand pairs did, past the
+    // broker's 10 s handshake timeout).
+    let mut set_up = 0;
+    while set_up < o.consumers + o.producers {
+        tokio::select! {
+            Some(()) = ready.recv() => set_up += 1,
+            Some(done) = consumers.join_next() => done.map_err(|e| e.to_string())??,
+            Some(done) = producers.join_next() => done.map_err(|e| e.to_string())??,
+            else => return Err("perf: a consumer or producer ended before the run began".into()),
+        }
+    }
+    go_tx.send_replace(true);
     let end = (o.time > 0).then(|| deadline(o, 0));
     // Through an exchange every message goes to every queue (each is bound
     // with the key the producers publish with).
@@ -281,7 +300,7 @@ async fn produce(
     (exchange, routing_key): (String, String),
     o: &Options,
     meter: &Meter,
-    stop: watch::Receiver<bool>,
+    mut cues: Cues,
     i: usize,
 ) -> Result<(), String> {
     let mut c = Client::open(target, 0, &format!("perf producer {i}")).await?;
@@ -289,6 +308,9 @@ async fn produce(
         c.send(1, confirm::Select { no_wait: false }).await?;
         c.expect(|m| matches!(m, Method::ConfirmSelectOk(_))).await?;
     }
+    let _ = cues.ready.send(());
+    // An error here is the run ending before it began.
+    let _ = cues.go.wait_for(|go| *go).await;
     let one = encode_publish(&exchange, &routing_key, o.size, o.persistent(), c.frame_max);
     // Up to 100 publishes a write, fewer when they are big (one when a
     // message is a megabyte or more).
@@ -302,7 +324,7 @@ async fn produce(
     // looking again every millisecond.
     let mut ticks = tokio::time::interval(Duration::from_millis(1));
     let started = Instant::now();
-    while sent < limit && !*stop.borrow() {
+    while sent < limit && !*cues.stop.borrow() {
         let mut n = (batch_count as u64).min(limit - sent).min(window.saturating_sub(sent - confirmed));
         if o.rate > 0 {
             let credit = (o.rate as f64 * started.elapsed().as_secs_f64() - sent as f64).min(o.rate as f64);
@@ -339,6 +361,14 @@ async fn produce(
     Ok(())
 }
 
+/// What a consumer or producer hears from the run: it says when it is set
+/// up, a producer then waits for the word to start, and all stop when told.
+struct Cues {
+    ready: mpsc::UnboundedSender<()>,
+    go: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
+}
+
 /// How many publishes are confirmed after `m`.
 fn count_confirm(m: Method, confirmed: u64) -> u64 {
     match m {
@@ -355,7 +385,7 @@ async fn consume(
     o: &Options,
     meter: &Meter,
     histogram: &super::stats::Histogram,
-    mut stop: watch::Receiver<bool>,
+    mut cues: Cues,
     i: usize,
 ) -> Result<(), String> {
     let mut c = Client::open(target, 0, &format!("perf consumer {i}")).await?;
@@ -365,12 +395,13 @@ async fn consume(
     }
     c.send(1, basic::Consume { queue: queue.into(), no_ack: o.autoack, ..Default::default() }).await?;
     c.expect(|m| matches!(m, Method::BasicConsumeOk(_))).await?;
+    let _ = cues.ready.send(());
     // The content still to come of the delivery being read, its tag, and
     // whether its first body frame (with the send time) is still ahead.
     let (mut remaining, mut tag, mut first_body) = (0u64, 0u64, false);
     let mut unacked = 0u64;
     loop {
-        let Some(frame) = c.frame_or_stop(&mut stop).await? else { break };
+        let Some(frame) = c.frame_or_stop(&mut cues.stop).await? else { break };
         let complete = match frame {
             Frame::Method { method: Method::BasicDeliver(d), .. } => {
                 tag = d.delivery_tag;
