@@ -244,11 +244,7 @@ async fn a_topic_publish_with_many_hashes_and_a_long_key_does_not_wedge_the_brok
             other => panic!("{other:?}"),
         }
     }
-    client.send(1, queue::Declare { queue: "hashes".into(), passive: true, ..Default::default() }).await;
-    match client.expect_method(WAIT).await.1 {
-        Method::QueueDeclareOk(ok) => assert_eq!(ok.message_count, 1),
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(client.message_count("hashes").await, 1);
     // And a new client still gets its connection.start at once.
     RawClient::open(broker.addr(), 0).await;
 }
@@ -377,14 +373,6 @@ fn client_text_cannot_forge_log_lines() {
     assert!(named.ends_with(r"app\nFORGED client name"), "{named}");
 }
 
-async fn message_count(client: &mut RawClient, queue: &str) -> u32 {
-    client.send(1, queue::Declare { queue: queue.into(), passive: true, ..Default::default() }).await;
-    match client.expect_method(WAIT).await.1 {
-        Method::QueueDeclareOk(ok) => ok.message_count,
-        other => panic!("{other:?}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn small_kept_messages_do_not_pin_the_buffers_they_were_read_into() {
     // Each 16-octet message kept in a queue shared its 64 KiB read buffer
@@ -406,7 +394,7 @@ async fn small_kept_messages_do_not_pin_the_buffers_they_were_read_into() {
         }
     }
     client.send_raw(&batch).await;
-    assert_eq!(message_count(&mut client, "keep").await, 3_000);
+    assert_eq!(client.message_count("keep").await, 3_000);
     let grown = warren.rss().saturating_sub(before);
     eprintln!("3,000 kept messages: resident memory grew {} KiB", grown >> 10);
     assert!(grown < 24 << 20, "resident memory grew {} MiB", grown >> 20);

@@ -177,4 +177,13 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> RawClient<S> {
         let (_, ok) = self.expect_method(Duration::from_secs(3)).await;
         assert!(matches!(ok, Method::QueueDeclareOk(_)), "{ok:?}");
     }
+
+    /// How many messages `queue` holds, by a passive `queue.declare`.
+    pub async fn message_count(&mut self, queue: &str) -> u32 {
+        self.send(1, queue::Declare { queue: queue.into(), passive: true, ..Default::default() }).await;
+        match self.expect_method(Duration::from_secs(10)).await.1 {
+            Method::QueueDeclareOk(ok) => ok.message_count,
+            other => panic!("{other:?}"),
+        }
+    }
 }
