@@ -33,6 +33,7 @@
 pub mod channel;
 pub mod channels;
 pub mod ending;
+mod frame_buffer;
 mod frames;
 pub mod handshake;
 pub mod heartbeat;
