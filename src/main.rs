@@ -91,6 +91,13 @@ struct Args {
     /// No plain AMQP listener: TLS only (listeners.tcp = none).
     #[arg(long)]
     no_tcp: bool,
+    /// Worker threads (1 to 256); by default one per core. Beside clients
+    /// on a machine with few cores (a load generator, a test suite), fewer
+    /// threads than cores keep the broker's threads and the clients' from
+    /// taking turns on the same cores, where each turn is a scheduler
+    /// time slice of latency.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+    threads: Option<u16>,
 }
 
 /// Applies the TLS flags on top of the config file's settings.
@@ -260,7 +267,12 @@ fn main() -> ExitCode {
         (false, None) => Some((config.management_listen, false)),
     };
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.thread_name("warren-worker").enable_all();
+    if let Some(n) = args.threads {
+        runtime.worker_threads(n.into());
+    }
+    let runtime = match runtime.build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("warren: cannot start the runtime: {e}");

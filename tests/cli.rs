@@ -120,6 +120,29 @@ fn the_config_file_can_come_from_rabbitmq_config_file() {
     child.wait().unwrap();
 }
 
+/// The threads of process `pid` named `name`.
+fn threads_named(pid: u32, name: &str) -> usize {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks.filter(|t| std::fs::read_to_string(t.as_ref().unwrap().path().join("comm")).unwrap().trim() == name).count()
+}
+
+#[test]
+fn threads_sets_the_runtime_s_worker_threads_within_bounds() {
+    for n in [1, 3] {
+        let (mut child, rx) = start(&["--port", "0", "--no-http", "--threads", &n.to_string()]);
+        wait_for(&rx, "started TCP listener");
+        assert_eq!(threads_named(child.id(), "warren-worker"), n);
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    for bad in ["0", "257", "many"] {
+        let out = Command::new(WARREN).args(["--port", "0", "--threads", bad]).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "--threads {bad}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("invalid value") && stderr.contains("--threads"), "{stderr}");
+    }
+}
+
 #[test]
 fn sigint_stops_the_broker_cleanly() {
     let (mut child, rx) = start(&["--port", "0"]);
