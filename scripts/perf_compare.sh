@@ -15,9 +15,9 @@ cargo build --release --quiet
 PERF=(target/release/warren perf)
 # A fresh warren for each memory figure: one that has carried load holds
 # freed memory a new load reuses, and would look smaller than it is.
-fresh_warren() {
+fresh_warren() { # extra arguments go to warren
     if [ -n "${PID:-}" ]; then kill "$PID" 2>/dev/null; wait "$PID" 2>/dev/null || true; fi
-    target/release/warren --port 5690 --no-http >/dev/null 2>&1 &
+    target/release/warren --port 5690 --no-http "$@" >/dev/null 2>&1 &
     PID=$!
     sleep 0.5
 }
@@ -49,6 +49,15 @@ done
 for rate in 10000 200000; do
     run "latency-$rate" -x 1 -y 1 -s 16 -q 1000 -A 100 -r "$rate" -z "$Z"
 done
+# The same with one thread for the tool and, for warren, one for the broker
+# (--threads 1): on two cores neither then waits out the other's time slice.
+# (For RabbitMQ the tool's side only; its schedulers are as it was started.)
+if [ "$BROKER" = warren ]; then fresh_warren --threads 1; fi
+run pipeline-1t -x 1 -y 1 -s 16 -q 1000 -c 1000 -A 100 -z "$Z" --threads 1
+for rate in 10000 200000; do
+    run "latency-1t-$rate" -x 1 -y 1 -s 16 -q 1000 -A 100 -r "$rate" -z "$Z" --threads 1
+done
+if [ "$BROKER" = warren ]; then fresh_warren; fi
 run large -x 1 -y 1 -s 4096 -q 1000 -c 1000 -A 100 -z "$Z"
 run fanout -x 1 -y 10 -t fanout -s 16 -q 1000 -c 1000 -A 100 -z "$Z"
 for round in 1 2 3; do # alternately, three of each: the figure is the median
@@ -78,10 +87,13 @@ def line(text, name, show):
     except (KeyError, TypeError):
         print(f"{broker} {text}: failed (see {out}/{broker}-{name}.log)")
 line("1 publisher/1 consumer, 16 B", "pipeline", lambda d: f"{int(d['receive_rate']):,} msg/s consumed")
+line("1 publisher/1 consumer, 16 B, one thread each", "pipeline-1t", lambda d: f"{int(d['receive_rate']):,} msg/s consumed")
 for pairs in (10, 100, 1000):
     line(f"{pairs} pairs on {pairs} queues", f"flows-{pairs}", lambda d: f"{int(d['receive_rate']):,} msg/s consumed")
 for rate in (10000, 200000):
     line(f"latency at {rate:,} msg/s", f"latency-{rate}",
+         lambda d: f"p50 {d['latency_us']['median']} µs, p99 {d['latency_us']['p99']} µs ({int(d['receive_rate']):,} msg/s)")
+    line(f"latency at {rate:,} msg/s, one thread each", f"latency-1t-{rate}",
          lambda d: f"p50 {d['latency_us']['median']} µs, p99 {d['latency_us']['p99']} µs ({int(d['receive_rate']):,} msg/s)")
 line("one 100 MB message", "huge",
      lambda d: f"broker peak {d['broker_rss_peak'] / 2**20:.0f} MiB, "
