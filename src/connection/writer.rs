@@ -4,8 +4,8 @@
 //! from any queue, heartbeats) goes through one [`Mailbox`] to one task, the
 //! only owner of the socket's write half. The task takes whatever has piled up,
 //! encodes it into a [`FrameBuffer`], and writes it with vectored writes: many
-//! frames, and message bodies straight from the publisher's buffers, in a few
-//! syscalls. It counts the octets it writes (RabbitMQ's `send_oct`) and,
+//! frames, and message bodies straight from the messages' own memory (all
+//! but the smallest, which are cheaper to copy), in a few syscalls. It counts the octets it writes (RabbitMQ's `send_oct`) and,
 //! apart, those that are not heartbeats, which the heartbeat sender watches.
 //!
 //! Deliveries are bounded: a queue must take a credit from the [`Outlet`]
