@@ -28,8 +28,9 @@ const SCRATCH: usize = 16 * 1024;
 /// carries the whole batch.
 const COPIED_BODY_MAX: usize = 512;
 
-/// Frames waiting to be written: small frames are encoded into one buffer,
-/// message bodies are queued as they are, and one vectored write sends it all.
+/// Frames waiting to be written: small frames and small bodies are encoded
+/// into one buffer, larger bodies are queued as they are, and one vectored
+/// write sends it all.
 pub struct FrameBuffer {
     scratch: BytesMut,
     chunks: VecDeque<Bytes>,

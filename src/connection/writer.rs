@@ -5,8 +5,9 @@
 //! only owner of the socket's write half. The task takes whatever has piled up,
 //! encodes it into a [`FrameBuffer`], and writes it with vectored writes: many
 //! frames, and message bodies straight from the messages' own memory (all
-//! but the smallest, which are cheaper to copy), in a few syscalls. It counts the octets it writes (RabbitMQ's `send_oct`) and,
-//! apart, those that are not heartbeats, which the heartbeat sender watches.
+//! but the smallest, which are cheaper to copy), in a few syscalls. It
+//! counts the octets it writes (RabbitMQ's `send_oct`) and, apart, those
+//! that are not heartbeats, which the heartbeat sender watches.
 //!
 //! Deliveries are bounded: a queue must take a credit from the [`Outlet`]
 //! before it hands over a message, and a connection that falls behind stops
