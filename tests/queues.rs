@@ -268,13 +268,15 @@ async fn an_unacked_delivery_past_its_consumer_timeout_closes_the_channel_and_is
     let (conn, ch) = channel(&broker).await;
     declare(&ch, "slow", args(&[("x-consumer-timeout", AMQPValue::LongInt(200))])).await;
     publish(&ch, "slow", b"task", BasicProperties::default()).await;
+    // Taken before basic.consume is sent, so the broker's delivery (and the
+    // deadline it starts) cannot come before it.
+    let consumed = Instant::now();
     let mut c = consume(&ch, "slow", FieldTable::default()).await;
-    let delivered = Instant::now();
     let d = next(&mut c).await;
     assert!(!d.redelivered);
     // Never acked: the broker closes the channel once 200 ms have passed.
     let closed = tokio::time::timeout(WAIT, c.next()).await.expect("the channel closes");
-    assert!(delivered.elapsed() >= Duration::from_millis(200));
+    assert!(consumed.elapsed() >= Duration::from_millis(200), "closed after {:?}", consumed.elapsed());
     let err = match closed {
         Some(Err(e)) => e.to_string(),
         other => panic!("expected the consumer to fail with the close reason, got {other:?}"),

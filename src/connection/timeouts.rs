@@ -31,7 +31,9 @@ impl Default for DeliveryDeadlines {
 impl DeliveryDeadlines {
     /// Records a deadline; wakes the connection if it is the nearest one.
     pub fn note(&self, deadline: Instant) {
-        let ms = deadline.saturating_duration_since(self.base).as_millis() as u64;
+        // Rounded up: a deadline kept to the millisecond must never fall due
+        // before the instant it stands for.
+        let ms = deadline.saturating_duration_since(self.base).as_nanos().div_ceil(1_000_000) as u64;
         if ms < self.earliest_ms.fetch_min(ms, Ordering::AcqRel) {
             self.wake.notify_one();
         }
@@ -53,5 +55,23 @@ impl DeliveryDeadlines {
     /// Resolves when a nearer deadline has been noted.
     pub async fn nearer(&self) {
         self.wake.notified().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_noted_deadline_never_falls_due_early() {
+        let deadlines = DeliveryDeadlines::default();
+        let at = deadlines.base + Duration::from_micros(200_400);
+        deadlines.note(at);
+        let earliest = deadlines.earliest().unwrap();
+        assert!(earliest >= at && earliest - at < Duration::from_millis(1), "{:?}", earliest - at);
+        deadlines.note(at + Duration::from_secs(1));
+        assert_eq!(deadlines.earliest(), Some(earliest), "a later deadline does not replace a nearer one");
+        deadlines.take();
+        assert_eq!(deadlines.earliest(), None);
     }
 }
