@@ -34,7 +34,9 @@ impl DeliveryDeadlines {
         // Rounded up: a deadline kept to the millisecond must never fall due
         // before the instant it stands for.
         let ms = deadline.saturating_duration_since(self.base).as_nanos().div_ceil(1_000_000) as u64;
-        if ms < self.earliest_ms.fetch_min(ms, Ordering::AcqRel) {
+        // Deadlines mostly come later than the one noted: a plain load spares
+        // them the read-modify-write, whose cache line the connection reads.
+        if ms < self.earliest_ms.load(Ordering::Acquire) && ms < self.earliest_ms.fetch_min(ms, Ordering::AcqRel) {
             self.wake.notify_one();
         }
     }

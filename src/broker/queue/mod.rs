@@ -73,6 +73,7 @@ pub trait DeliveryTarget: Send + Sync {
         consumer_tag: &ShortStr,
         message: QueuedMessage,
         no_ack: bool,
+        now: Instant,
     ) -> Result<(), (QueuedMessage, Refusal)>;
 
     /// The queue went away under the consumer (`queue.delete`): the channel
@@ -426,7 +427,7 @@ impl Queue {
             let no_ack = consumer.no_ack;
             st.next_consumer = index + 1;
             let stored = message.stored.then_some(message.seq);
-            match consumer.target.deliver(self, &consumer.tag, message, no_ack) {
+            match consumer.target.deliver(self, &consumer.tag, message, no_ack, now) {
                 Ok(()) => {
                     st.totals.delivered += 1;
                     if let Some(seq) = stored {

@@ -18,6 +18,7 @@ impl DeliveryTarget for FakeChannel {
         tag: &ShortStr,
         m: QueuedMessage,
         _no_ack: bool,
+        _now: Instant,
     ) -> Result<(), (QueuedMessage, Refusal)> {
         if self.refuse.load(std::sync::atomic::Ordering::SeqCst) {
             return Err((m, Refusal::Full));

@@ -91,15 +91,16 @@ impl ChannelShared {
     }
 
     /// Numbers a delivery and queues it for the writer, holding the lock so
-    /// tags reach the writer in order.
+    /// tags reach the writer in order. `now` starts its consumer timeout: the
+    /// queue's clock reading for the whole dispatch, not one per delivery.
     fn send(
         &self,
         d: &mut Deliveries,
         kind: DeliveryKind,
         queue: &Arc<Queue>,
-        consumer: Option<&ShortStr>,
         m: QueuedMessage,
         no_ack: bool,
+        now: Instant,
     ) {
         d.last_tag += 1;
         self.outlet.counters.delivered.fetch_add(1, Ordering::Relaxed);
@@ -118,14 +119,17 @@ impl ChannelShared {
             message: m.message.clone(),
         };
         if !no_ack {
-            let deadline = queue.consumer_timeout(self.consumer_timeout).map(|t| (Instant::now() + t, t));
+            let deadline = queue.consumer_timeout(self.consumer_timeout).map(|t| (now + t, t));
             if let Some((at, _)) = deadline {
                 self.deadlines.note(at);
             }
             d.unacked.push_back(Unacked {
                 delivery_tag: d.last_tag,
                 queue: queue.clone(),
-                consumer_tag: consumer.cloned(),
+                consumer_tag: match &delivery.kind {
+                    DeliveryKind::Deliver { consumer_tag } => Some(consumer_tag.clone()),
+                    _ => None,
+                },
                 message: m,
                 deadline,
             });
@@ -141,6 +145,7 @@ impl DeliveryTarget for ChannelShared {
         consumer_tag: &ShortStr,
         message: QueuedMessage,
         no_ack: bool,
+        now: Instant,
     ) -> Result<(), (QueuedMessage, Refusal)> {
         let mut d = self.lock();
         if d.closed {
@@ -156,7 +161,7 @@ impl DeliveryTarget for ChannelShared {
             return Err((message, Refusal::Full));
         }
         let kind = DeliveryKind::Deliver { consumer_tag: consumer_tag.clone() };
-        self.send(&mut d, kind, queue, Some(consumer_tag), message, no_ack);
+        self.send(&mut d, kind, queue, message, no_ack, now);
         Ok(())
     }
 

@@ -183,7 +183,8 @@ impl Channel {
             Some((message, message_count)) => {
                 s.outlet.force_reserve_delivery();
                 let mut d = self.shared.lock();
-                self.shared.send(&mut d, DeliveryKind::GetOk { message_count }, &q, None, message, m.no_ack);
+                let kind = DeliveryKind::GetOk { message_count };
+                self.shared.send(&mut d, kind, &q, message, m.no_ack, tokio::time::Instant::now());
             }
             None => self.reply(s, basic::GetEmpty { reserved_1: ShortStr::default() }),
         }
