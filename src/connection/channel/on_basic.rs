@@ -77,8 +77,9 @@ impl Channel {
             queues: queues.len(),
         });
         let mut refused = false;
+        let now = tokio::time::Instant::now();
         for q in queues {
-            refused |= q.publish(message.clone()) == Enqueued::Rejected;
+            refused |= q.publish_at(message.clone(), now) == Enqueued::Rejected;
         }
         if let Some(seq) = &mut self.confirm_seq {
             // Every message is in its queues (in memory) by now, so it can be
